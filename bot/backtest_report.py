@@ -1,0 +1,149 @@
+"""The backtest's result (the `--json` schema), its readable report and its chart. Every figure is
+derived from the run's own fill ledger and equity curve."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from storage import ledger
+from storage.models import Fill, Lot, Order, Roll
+from strategy import metrics
+from strategy.model import NY
+from strategy.settings import StrategySettings, effective_settings_json
+
+REASONS = {"entry": "entry", "take_profit": "take_profit", "force_exit": "force_exit",
+           "expiry_guard": "expiry_guard", "recycle": "recycle"}
+
+
+def _reason(order: Order | None, fill: Fill) -> str:
+    if order is None:
+        return "entry" if fill.side == "BUY" else "force_exit"
+    if order.purpose == "roll":
+        return "roll_in" if fill.side == "BUY" else "roll_out"
+    return REASONS.get(order.purpose, order.purpose)
+
+
+def trade_rows() -> list[dict[str, Any]]:
+    """One row per fill, in time order (a partial fill is its own row)."""
+    lots = {lot.id: lot for lot in Lot.select()}
+    orders = {o.id: o for o in Order.select()}
+    rows = []
+    for f in ledger.fills_in_order():
+        order = orders.get(f.order_id) if f.order_id else None
+        ctx = json.loads(order.context) if order is not None else {}
+        lot = lots.get(f.lot_id) if f.lot_id else None
+        held = pnl_pct = None
+        if lot is not None and f.side == "SELL":
+            held = (f.time.astimezone(NY).date() - lot.opened_at.astimezone(NY).date()).days
+            pnl_pct = float((f.price / lot.avg_price - 1) * 100) if lot.avg_price else None
+        elif lot is not None:
+            held = 0
+        rows.append({
+            "time": f.time.isoformat(), "lot_id": f.lot_id, "symbol": f.symbol, "sec_type": f.sec_type,
+            "expiry": f.expiry.isoformat() if f.expiry else None,
+            "strike": float(f.strike) if f.strike is not None else None, "right": f.right,
+            "side": f.side, "qty": f.qty, "price": str(f.price), "commission": str(f.commission or Decimal(0)),
+            "reason": _reason(order, f), "underlying_price": ctx.get("underlying_price"),
+            "prev_close": ctx.get("prev_close"),
+            "delta": ctx.get("delta") if f.sec_type == "OPT" else None,
+            "held_days": held, "pnl_pct": pnl_pct,
+        })
+    return rows
+
+
+def build_result(
+    bars_first: date, bars_last: date, equity: list[tuple[date, Decimal]], closes: dict[date, float],
+    capital: Decimal, settings: StrategySettings,
+) -> dict[str, Any]:
+    trades = trade_rows()
+    values = [float(v) for _, v in equity]
+    start, end = equity[0][0], equity[-1][0]
+    closed = [float(lot.realized_pnl) for lot in Lot.select().where(Lot.closed_at.is_null(False))]
+    shares, deployed = ledger.qqqm_bought()
+    entries = sum(1 for o in Order.select().where((Order.purpose == "entry") & (Order.filled_qty > 0)))
+    exits = sum(1 for lot in Lot.select().where(Lot.exit_reason.in_(["take_profit", "force_exit", "expiry_guard"])))
+    rolls = Roll.select().where(Roll.status == "completed").count()
+    bh = [capital * Decimal(str(closes[d])) / Decimal(str(closes[start])) for d, _ in equity]
+    bh_values = [float(v) for v in bh]
+    final = equity[-1][1]
+    return {
+        "summary": {
+            "start": start.isoformat(), "end": end.isoformat(), "sessions": len(equity),
+            "entries": entries, "exits": exits, "rolls": rolls,
+            "realized_pnl": str(ledger.realized_option_pnl().quantize(Decimal("0.01"))),
+            "win_rate": metrics.win_rate(closed),
+            "max_drawdown_pct": metrics.max_drawdown_pct(values),
+            "cagr": metrics.cagr(float(capital), float(final), start, end),
+            "sharpe": metrics.sharpe(values),
+            "qqqm_shares": shares, "qqqm_deployed": str(deployed.quantize(Decimal("0.01"))),
+            "pool": str(ledger.recycling_pool().quantize(Decimal("0.01"))),
+            "starting_capital": str(capital), "final_equity": str(final.quantize(Decimal("0.01"))),
+            "buy_hold": {
+                "cagr": metrics.cagr(float(capital), bh_values[-1], start, end),
+                "max_drawdown_pct": metrics.max_drawdown_pct(bh_values),
+                "final_equity": str(bh[-1].quantize(Decimal("0.01"))),
+            },
+        },
+        "settings": effective_settings_json(settings),
+        "trades": trades,
+        "equity": [{"date": d.isoformat(), "equity": float(v)} for d, v in equity],
+    }
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The readable report: the strategy beside QQQ buy-and-hold over the same period."""
+    s = result["summary"]
+    bh = s["buy_hold"]
+    option_trades = [t for t in result["trades"] if t["sec_type"] == "OPT"]
+    lines = [
+        f"Backtest {s['start']} → {s['end']} ({s['sessions']} sessions), starting capital {s['starting_capital']} USD",
+        "",
+        f"{'':24}{'strategy':>16}{'QQQ buy & hold':>18}",
+        f"{'final equity (USD)':24}{float(s['final_equity']):>16,.2f}{float(bh['final_equity']):>18,.2f}",
+        f"{'CAGR':24}{s['cagr'] * 100:>15.2f}%{bh['cagr'] * 100:>17.2f}%",
+        f"{'max drawdown':24}{s['max_drawdown_pct']:>15.2f}%{bh['max_drawdown_pct']:>17.2f}%",
+        f"{'Sharpe':24}{s['sharpe']:>16.2f}",
+        "",
+        f"entries {s['entries']}, exits {s['exits']}, rolls {s['rolls']}, option fills {len(option_trades)}",
+        f"win rate {s['win_rate'] * 100:.1f}% of closed lots, realized option P&L {float(s['realized_pnl']):,.2f} USD",
+        f"QQQM bought by recycling: {s['qqqm_shares']} shares for {float(s['qqqm_deployed']):,.2f} USD; "
+        f"pool left {float(s['pool']):,.2f} USD",
+    ]
+    exits = [t for t in option_trades if t["side"] == "SELL"][-10:]
+    if exits:
+        lines += ["", "last option sales:"]
+        for t in exits:
+            pnl = f"{t['pnl_pct']:+.1f}%" if t["pnl_pct"] is not None else ""
+            lines.append(f"  {t['time'][:10]} lot #{t['lot_id']} {t['expiry']} {t['strike']:g}C x{t['qty']} "
+                         f"@ {t['price']} {t['reason']} {pnl} held {t['held_days']}d")
+    return "\n".join(lines)
+
+
+def write_chart(result: dict[str, Any], positions: list[tuple[date, int]], buy_hold: list[float], path: Path) -> None:
+    """Equity (strategy vs buy & hold) and open lots over time, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    days = [date.fromisoformat(e["date"]) for e in result["equity"]]
+    eq = [e["equity"] for e in result["equity"]]
+    cap = float(result["summary"]["starting_capital"])
+    bh_final = float(result["summary"]["buy_hold"]["final_equity"])
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax1.plot(days, eq, label="strategy", lw=1.2)
+    ax1.plot(days, buy_hold, label="QQQ buy & hold", lw=1.0, alpha=0.7)
+    ax1.set_ylabel("equity (USD)")
+    ax1.set_title(f"QQQ LEAPS strategy {days[0]} → {days[-1]} (buy & hold ends at {bh_final:,.0f} from {cap:,.0f})")
+    ax1.grid(alpha=0.3)
+    ax1.legend()
+    ax2.step([d for d, _ in positions], [n for _, n in positions], where="post", lw=1)
+    ax2.set_ylabel("open lots")
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

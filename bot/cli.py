@@ -1,0 +1,109 @@
+"""The `qqq-bot` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from datetime import date
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a date (YYYY-MM-DD)") from None
+
+
+def _money(text: str) -> Decimal:
+    try:
+        d = Decimal(text.replace(",", "").replace("_", ""))
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an amount") from None
+    if not d.is_finite() or d <= 0:
+        raise argparse.ArgumentTypeError("the capital must be a positive amount")
+    return d
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qqq-bot", description="QQQ LEAPS core-satellite bot")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the bot (headless engine on the configured broker)")
+    run.add_argument("--max-ticks", type=int, default=None, help=argparse.SUPPRESS)
+    bt = sub.add_parser("backtest", help="replay the strategy over a price history")
+    src = bt.add_mutually_exclusive_group()
+    src.add_argument("--csv", type=Path, help="daily bars (Date,Open,High,Low,Close), e.g. a Yahoo export")
+    src.add_argument("--synthetic-years", type=int, default=10, help="years of a seeded synthetic path (default)")
+    bt.add_argument("--seed", type=int, default=1, help="seed of the synthetic and intraday paths")
+    bt.add_argument("--start", type=_date)
+    bt.add_argument("--end", type=_date)
+    bt.add_argument("--capital", type=_money, default=Decimal(100_000), help="starting cash in USD")
+    bt.add_argument("--iv", default="0.25",
+                    help="implied volatility: a constant (0.25 or 25%%), a column of --csv, or PATH:COLUMN")
+    bt.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="change a setting (repeatable; same names and checks as /set)")
+    bt.add_argument("--chart", type=Path, help="write an equity/positions PNG here")
+    bt.add_argument("--json", action="store_true", help="print the result as JSON on stdout, nothing else")
+    return p
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from bot.backtest import BacktestConfig, BacktestError, run_backtest, terminal_progress
+    from bot.backtest_report import format_report, write_chart
+
+    cfg = BacktestConfig(csv=args.csv, synthetic_years=args.synthetic_years, seed=args.seed, start=args.start,
+                         end=args.end, capital=args.capital, iv=args.iv, overrides=list(args.overrides))
+    progress = terminal_progress if sys.stderr.isatty() and not args.json else None
+    try:
+        run = asyncio.run(run_backtest(cfg, progress=progress))
+    except BacktestError as e:
+        print(f"qqq-bot backtest: {e}", file=sys.stderr)
+        return 2
+    if args.chart:
+        write_chart(run.result, run.positions, run.buy_hold, args.chart)
+    if args.json:
+        json.dump(run.result, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        print(format_report(run.result))
+        if args.chart:
+            print(f"\nchart written to {args.chart}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bot.config import ConfigError, load_config
+    from bot.runner import run_headless
+
+    try:
+        cfg = load_config()
+    except ConfigError as e:
+        print(f"qqq-bot: configuration error: {e}", file=sys.stderr)
+        return 2
+    _setup_logging(cfg.log_level)
+    try:
+        asyncio.run(run_headless(cfg, max_ticks=args.max_ticks))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "backtest":
+        _setup_logging("WARNING")
+        return cmd_backtest(args)
+    return cmd_run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,312 @@
+"""The engine: one tick = snapshot → the core decides → orders executed through the broker →
+ledger updated → events to the alert sink. It is also the broker's listener: every execution is
+recorded once by its id, whenever it arrives (after a cancel, after a restart)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+
+from bot.alerts import AlertSink, Event, EventKind
+from bot.orders import ORDER_REF_PREFIX, OrderRunner
+from bot.settings_service import SettingsService
+from broker.base import (
+    Broker,
+    CommissionReport,
+    ConnectionState,
+    Execution,
+    OrderStatus,
+    OrderUpdate,
+)
+from broker.clock import Clock
+from storage import kv, ledger
+from strategy.calendar import NY, SessionCalendar
+from strategy.model import Lot, MarketSnapshot, OptionQuote, StrategyState, TickPlan
+from strategy.rules import DailyLimits, decide_tick
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TickReport:
+    """What one tick saw, decided and did (for /status, /check and the log)."""
+
+    time: datetime
+    session: date | None
+    change: Decimal | None = None
+    qqq: Decimal | None = None
+    prev_close: Decimal | None = None
+    plan: TickPlan | None = None
+    dry_run: bool = False
+    paused: bool = False
+    actions: list[str] = field(default_factory=list)
+    skipped: str = ""
+
+    def summary(self) -> str:
+        if self.skipped:
+            return self.skipped
+        parts = []
+        if self.change is not None:
+            parts.append(f"QQQ {self.qqq} ({self.change * 100:+.2f}% vs {self.prev_close})")
+        would = "would " if (self.dry_run or self.paused) else ""
+        plan = self.plan
+        if plan is not None:
+            for e in plan.exits:
+                parts.append(f"{would}sell lot #{e.lot_id} ({e.reason.value})")
+            if plan.retry_roll_buy is not None:
+                parts.append(f"{would}retry roll #{plan.retry_roll_buy} buy leg")
+            if plan.roll is not None:
+                parts.append(f"{would}roll lot #{plan.roll.lot_id}")
+            if plan.entry is not None:
+                parts.append(f"{would}enter a new LEAPS")
+            if plan.recycle is not None:
+                parts.append(f"{would}buy {plan.recycle.shares} QQQM")
+            parts.extend(plan.notes)
+            if plan.is_empty and not plan.notes:
+                parts.append("no action")
+        if self.paused:
+            parts.append("(paused)")
+        parts.extend(self.actions)
+        return "; ".join(parts)
+
+
+@dataclass
+class _Book:
+    """The ledger as the rules need it, cached until something changes."""
+
+    version: int
+    day: date
+    lots: tuple[Lot, ...]
+    entered: bool
+    rolled: bool
+    unresolved: bool
+    pool: Decimal
+    pending_roll: int | None
+
+
+class Engine:
+    def __init__(
+        self,
+        broker: Broker,
+        clock: Clock,
+        calendar: SessionCalendar,
+        settings: SettingsService,
+        alerts: AlertSink,
+        limits: DailyLimits | None = None,
+        *,
+        persist_last_tick: bool = True,
+    ) -> None:
+        self.broker = broker
+        self.clock = clock
+        self.calendar = calendar
+        self.settings = settings
+        self.alerts = alerts
+        self.limits = limits or DailyLimits()
+        self.persist_last_tick = persist_last_tick
+        self.runner = OrderRunner(broker, clock, self._changed)
+        self.ready = False
+        self.last_report: TickReport | None = None
+        self._lock = asyncio.Lock()
+        self._version = 0
+        self._book: _Book | None = None
+        self._prev_close: tuple[date, Decimal] | None = None
+        self.iv_guess = 0.25
+
+    # --- life cycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, then reconcile with the broker before anything may be sent."""
+        self.broker.set_listener(self)
+        await self.broker.connect()
+        await self.reconcile()
+
+    async def stop(self) -> None:
+        self.broker.set_listener(None)
+        await self.broker.close()
+
+    def emit(self, kind: EventKind, text: str, **data: object) -> None:
+        try:
+            self.alerts.emit(Event(kind, text, self.clock.now(), dict(data)))
+        except Exception:
+            log.exception("alert sink failed for %s", kind)
+
+    def _changed(self) -> None:
+        self._version += 1
+
+    # --- the broker's listener -----------------------------------------------------------------
+
+    def on_execution(self, execution: Execution) -> None:
+        try:
+            if not execution.order_ref.startswith(ORDER_REF_PREFIX) and ledger.order_by_ref(execution.order_ref) is None:
+                return  # someone else's trade in the account: shown, never managed
+            rec = ledger.record_execution(execution, self.clock.now())
+            if rec.duplicate:
+                return
+            self._changed()
+            order = ledger.order_by_ref(execution.order_ref)
+            what = execution.instrument.key
+            if order is None:
+                self.emit(EventKind.ERROR, f"Execution {execution.exec_id} for unknown order {execution.order_ref} "
+                          f"recorded: {execution.side} {execution.qty} {what} @ {execution.price}")
+                return
+            kind = EventKind.ORDER_FILLED if order.filled_qty >= order.qty else EventKind.ORDER_PARTIAL
+            self.emit(kind, f"{execution.side} {execution.qty} {what} @ {execution.price} "
+                      f"({order.purpose}, {order.filled_qty}/{order.qty} filled)",
+                      order_ref=order.order_ref, purpose=order.purpose)
+            if rec.closed_lot and rec.lot_id is not None:
+                lot = ledger.lot_row(rec.lot_id)
+                if lot is not None:
+                    self.emit(EventKind(order.purpose) if order.purpose in ("take_profit", "force_exit",
+                                                                           "expiry_guard") else EventKind.ROLL,
+                              f"Lot #{lot.id} {what} closed ({order.purpose}); realized {lot.realized_pnl:.2f} USD",
+                              lot_id=lot.id)
+        except Exception:
+            log.exception("recording execution %s failed", execution.exec_id)
+            self.emit(EventKind.ERROR, f"Could not record execution {execution.exec_id}; reconciliation will retry")
+            self.ready = False
+
+    def on_commission(self, report: CommissionReport) -> None:
+        try:
+            if ledger.record_commission(report.exec_id, report.commission):
+                self._changed()
+        except Exception:
+            log.exception("recording commission for %s failed", report.exec_id)
+
+    def on_order_update(self, update: OrderUpdate) -> None:
+        try:
+            if update.status in (OrderStatus.CANCELLED, OrderStatus.REJECTED):
+                order = ledger.order_by_ref(update.order_ref)
+                if order is None:
+                    return
+                if ledger.finish_order(update.order_ref, update.status.value, self.clock.now(), update.message):
+                    kind = EventKind.ORDER_CANCELLED if update.status == OrderStatus.CANCELLED else EventKind.ORDER_REJECTED
+                    self.emit(kind, f"Order {order.purpose} {order.side} {order.qty} ({order.filled_qty} filled) "
+                              f"{update.status.value}{': ' + update.message if update.message else ''}",
+                              order_ref=update.order_ref)
+                self._changed()
+                self.runner.notify_final(update.order_ref)
+            elif update.status == OrderStatus.FILLED:
+                self.runner.notify_final(update.order_ref)
+        except Exception:
+            log.exception("order update for %s failed", update.order_ref)
+
+    def on_connection(self, state: ConnectionState, detail: str) -> None:
+        if state == ConnectionState.DOWN:
+            self.ready = False
+            self.emit(EventKind.DISCONNECT, f"Broker connection down: {detail}")
+        elif state == ConnectionState.CONNECTED:
+            self.emit(EventKind.RECONNECT, f"Broker connected: {detail}")
+            self.ready = False  # reconcile before the next order
+
+    # --- reconciliation ------------------------------------------------------------------------
+
+    async def reconcile(self) -> list[str]:
+        """Align the ledger with the broker: record missed executions, settle orders the bot was
+        working when it stopped, and only then allow new orders."""
+        from bot.reconcile import reconcile
+
+        notes = await reconcile(self)
+        self._changed()
+        self.ready = True
+        return notes
+
+    # --- the tick ------------------------------------------------------------------------------
+
+    def book(self, day: date) -> _Book:
+        b = self._book
+        if b is not None and b.version == self._version and b.day == day:
+            return b
+        pending = [r for r in ledger.rolls_with_pending_buy() if r.session_day == day]
+        b = _Book(
+            version=self._version, day=day, lots=ledger.open_lots(), entered=ledger.entered_on(day),
+            rolled=ledger.rolled_on(day), unresolved=bool(ledger.unresolved_orders()),
+            pool=ledger.recycling_pool(), pending_roll=pending[0].id if pending else None,
+        )
+        self._book = b
+        return b
+
+    async def _prev_close_for(self, day: date) -> Decimal:
+        if self._prev_close is None or self._prev_close[0] != day:
+            self._prev_close = (day, await self.broker.prev_close("QQQ"))
+        return self._prev_close[1]
+
+    async def snapshot(self, day: date) -> tuple[MarketSnapshot, _Book]:
+        book = self.book(day)
+        now = self.clock.now()
+        qqq = await self.broker.quote("QQQ")
+        prev = await self._prev_close_for(day)
+        lot_quotes: dict[int, OptionQuote] = {}
+        if book.lots:
+            quotes = await self.broker.option_quotes([lot.contract for lot in book.lots])
+            by_key = {q.contract.key: q for q in quotes}
+            for lot in book.lots:
+                q = by_key.get(lot.contract.key)
+                if q is not None:
+                    lot_quotes[lot.id] = q
+                    if q.iv:
+                        self.iv_guess = q.iv
+        s = self.settings.current
+        qqqm = None
+        if s.recycle_enabled and book.pool >= s.recycle_threshold and book.pool > 0:
+            qqqm = await self.broker.quote("QQQM")
+        return MarketSnapshot(now, day, qqq, prev, lot_quotes, qqqm), book
+
+    async def tick(self, *, dry_run: bool = False) -> TickReport:
+        """Evaluate one tick (exits, roll, entry, recycle) and act on it unless paused or dry_run.
+        Never raises: errors are logged and alerted, and the next tick runs as usual."""
+        now = self.clock.now()
+        if self._lock.locked():
+            return TickReport(now, None, skipped="previous tick still running: skipped")
+        async with self._lock:
+            try:
+                report = await self._tick(now, dry_run)
+            except Exception as e:
+                log.exception("tick at %s failed", now.isoformat())
+                self.emit(EventKind.ERROR, f"Tick failed: {type(e).__name__}: {e}")
+                report = TickReport(now, None, skipped=f"error: {type(e).__name__}: {e}")
+        if not dry_run:
+            self.last_report = report
+            if self.persist_last_tick:
+                try:
+                    kv.put("last_tick", json.dumps({"time": now.isoformat(), "summary": report.summary()}), now)
+                except Exception:
+                    log.exception("could not store the last tick")
+        return report
+
+    async def _tick(self, now: datetime, dry_run: bool) -> TickReport:
+        session = self.calendar.open_session(now)
+        if session is None:
+            return TickReport(now, None, skipped="market closed: nothing evaluated")
+        day = session.day
+        if not self.ready and not dry_run:
+            await self.reconcile()
+        self._expire_old_roll_buys(day)
+        settings = self.settings.current
+        snap, book = await self.snapshot(day)
+        state = StrategyState(
+            open_lots=book.lots, entered_this_session=book.entered, rolled_this_session=book.rolled,
+            unresolved_order=book.unresolved, pool=book.pool, pending_roll_buy=book.pending_roll,
+        )
+        plan = decide_tick(state, snap, settings)
+        report = TickReport(now, day, plan.change, snap.qqq.price, snap.prev_close, plan, dry_run, settings.paused)
+        if dry_run or settings.paused or plan.is_empty:
+            return report
+        from bot.actions import execute_plan
+
+        await execute_plan(self, plan, snap, book, settings, report)
+        return report
+
+    def _expire_old_roll_buys(self, day: date) -> None:
+        for roll in ledger.rolls_with_pending_buy():
+            if roll.session_day < day:
+                ledger.set_roll_status(roll.id, "buy_expired")
+                self._changed()
+                self.emit(EventKind.ROLL, f"Roll #{roll.id}: the buy leg was not bought during its session "
+                          "and is dropped; the freed slot is open to a normal entry", roll_id=roll.id)
+
+    def today(self) -> date:
+        return self.clock.now().astimezone(NY).date()

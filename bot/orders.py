@@ -1,0 +1,170 @@
+"""Executing one order by the spec's order rules: persisted before it is sent, a limit at the mid,
+repriced toward the far side every ``reprice_s`` (never past ``max_slippage``), cancelled at
+``order_timeout_s``. Fills are recorded by the engine's broker listener, not here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from broker.base import Broker, BrokerError, OrderRequest
+from broker.clock import Clock
+from storage import ledger
+from storage.models import Order
+from strategy.rules import limit_price
+from strategy.settings import StrategySettings
+
+log = logging.getLogger(__name__)
+
+ORDER_REF_PREFIX = "qqqbot-"
+
+# (bid, ask, tick) of what the order trades (net for a combo), or None when there is no quote.
+QuoteFn = Callable[[], Awaitable[tuple[Decimal, Decimal, Decimal] | None]]
+
+
+def new_order_ref() -> str:
+    return f"{ORDER_REF_PREFIX}{secrets.token_hex(8)}"
+
+
+@dataclass(frozen=True, slots=True)
+class OrderOutcome:
+    order_ref: str
+    status: str
+    filled: int
+    qty: int
+    message: str = ""
+
+    @property
+    def fully_filled(self) -> bool:
+        return self.filled >= self.qty
+
+
+class OrderRunner:
+    """Runs orders to a final state; one at a time per engine."""
+
+    def __init__(self, broker: Broker, clock: Clock, on_change: Callable[[], None]) -> None:
+        self.broker = broker
+        self.clock = clock
+        self._on_change = on_change
+        self._final_events: dict[str, asyncio.Event] = {}
+
+    def notify_final(self, order_ref: str) -> None:
+        """Called by the engine's listener when an order reached a final state."""
+        ev = self._final_events.get(order_ref)
+        if ev is not None:
+            ev.set()
+
+    async def _wait(self, order_ref: str, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        if self.clock.simulated:
+            await self.clock.sleep(seconds)
+            return
+        ev = self._final_events.setdefault(order_ref, asyncio.Event())
+        try:
+            await asyncio.wait_for(ev.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+
+    @staticmethod
+    def _status(order_ref: str) -> Order:
+        order = ledger.order_by_ref(order_ref)
+        if order is None:  # pragma: no cover - written before sending
+            raise RuntimeError(f"order {order_ref} vanished from the database")
+        return order
+
+    async def run(
+        self,
+        req: OrderRequest,
+        *,
+        purpose: str,
+        session_day: date,
+        settings: StrategySettings,
+        quote: QuoteFn,
+        tick: Decimal,
+        lot_id: int | None = None,
+        roll_id: int | None = None,
+        context: dict[str, Any] | None = None,
+        after_create: Callable[[Order], None] | None = None,
+    ) -> OrderOutcome:
+        """Persist, send, reprice, time out. Returns what the ledger says when the order is done."""
+        from storage.models import database_proxy
+
+        now = self.clock.now()
+        with database_proxy.atomic():
+            order = ledger.create_order(req, purpose, session_day, now, lot_id=lot_id, roll_id=roll_id,
+                                        context=context)
+            if after_create is not None:
+                after_create(order)
+        self._on_change()
+        ref = req.order_ref
+        try:
+            broker_id = await self.broker.place_order(req)
+        except BrokerError as e:
+            ledger.finish_order(ref, "rejected", self.clock.now(), str(e))
+            self._on_change()
+            return OrderOutcome(ref, "rejected", 0, req.qty, str(e))
+        ledger.mark_sent(ref, broker_id, self.clock.now())
+        self._on_change()
+        try:
+            return await self._work(req, settings, quote, tick)
+        finally:
+            self._final_events.pop(ref, None)
+
+    async def _work(self, req: OrderRequest, settings: StrategySettings, quote: QuoteFn, tick: Decimal) -> OrderOutcome:
+        ref = req.order_ref
+        started = self.clock.now()
+        step = 0
+        limit = req.limit
+        while True:
+            order = self._status(ref)
+            if order.status not in ledger.ACTIVE:
+                break
+            elapsed = (self.clock.now() - started).total_seconds()
+            if elapsed >= settings.order_timeout_s:
+                await self._cancel(ref)
+                break
+            next_reprice = (step + 1) * settings.reprice_s
+            await self._wait(ref, min(next_reprice, settings.order_timeout_s) - elapsed)
+            order = self._status(ref)
+            if order.status not in ledger.ACTIVE:
+                break
+            elapsed = (self.clock.now() - started).total_seconds()
+            if elapsed >= settings.order_timeout_s:
+                await self._cancel(ref)
+                break
+            step += 1
+            q = await quote()
+            if q is None:
+                continue
+            bid, ask, tk = q
+            new_limit = limit_price(bid, ask, req.action, step, settings, tk or tick)
+            if new_limit != limit:
+                try:
+                    await self.broker.modify_order(ref, new_limit)
+                except BrokerError as e:
+                    log.warning("reprice of %s to %s refused: %s", ref, new_limit, e)
+                    continue
+                limit = new_limit
+                ledger.set_limit(ref, new_limit)
+        order = self._status(ref)
+        return OrderOutcome(ref, order.status, order.filled_qty, order.qty, order.message)
+
+    async def _cancel(self, ref: str) -> None:
+        try:
+            await self.broker.cancel_order(ref)
+        except BrokerError as e:
+            log.info("cancel of %s: %s", ref, e)
+        # The broker may confirm asynchronously; the order is over for the bot either way, and
+        # fills that still arrive for it are recorded by execution id.
+        order = self._status(ref)
+        if order.status in ledger.ACTIVE:
+            status = "filled" if order.filled_qty >= order.qty else "cancelled"
+            ledger.finish_order(ref, status, self.clock.now(), "timed out" if status == "cancelled" else "")
+        self._on_change()

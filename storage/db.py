@@ -1,0 +1,56 @@
+"""Opening the database: SQLite in WAL mode under DATA_DIR by default, or DATABASE_URL."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from peewee import Database, SqliteDatabase
+from playhouse.db_url import connect
+
+from storage.models import ALL_MODELS, database_proxy
+
+log = logging.getLogger(__name__)
+
+SQLITE_PRAGMAS = {
+    "journal_mode": "wal",
+    "foreign_keys": 1,
+    "synchronous": "normal",
+    "busy_timeout": 5000,
+}
+
+
+def database_url_for(data_dir: Path | str) -> str:
+    """The default URL: one SQLite file under DATA_DIR."""
+    return f"sqlite:///{Path(data_dir) / 'bot.db'}"
+
+
+def open_database(url: str) -> Database:
+    """Open (creating if needed) the database at ``url``, bind the models and apply migrations.
+
+    ``sqlite:///path`` (WAL, foreign keys on), ``sqlite:///:memory:`` and
+    ``postgresql://user:pass@host/db`` are accepted."""
+    from storage.migrations import migrate
+
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        pragmas = dict(SQLITE_PRAGMAS)
+        if path == ":memory:":
+            pragmas.pop("journal_mode")
+        db: Database = SqliteDatabase(path, pragmas=pragmas, check_same_thread=False)
+    else:
+        db = connect(url)
+    database_proxy.initialize(db)
+    db.connect(reuse_if_open=True)
+    migrate(db)
+    return db
+
+
+def close_database(db: Database) -> None:
+    if not db.is_closed():
+        db.close()
+
+
+__all__ = ["ALL_MODELS", "close_database", "database_url_for", "open_database"]

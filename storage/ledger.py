@@ -1,0 +1,336 @@
+"""The order and fill ledger: named queries and the atomic writes that keep lots, rolls and the
+recycling pool consistent with the fills. Every write of a fill happens once per execution id."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from peewee import fn
+
+from broker.base import Execution, OrderRequest, sec_type
+from storage.models import Fill, Lot, Order, Recycle, Roll, database_proxy
+from strategy import accounting
+from strategy.model import Lot as LotView
+from strategy.model import OptionContract
+
+ACTIVE = ("pending_submit", "submitted", "partially_filled")
+FINAL = ("filled", "cancelled", "rejected", "abandoned")
+ZERO = Decimal(0)
+
+
+# --- orders ------------------------------------------------------------------------------------
+
+
+def request_to_json(req: OrderRequest) -> str:
+    legs = []
+    for leg in req.legs:
+        ins = leg.instrument
+        if isinstance(ins, OptionContract):
+            legs.append({"action": leg.action, "ratio": leg.ratio, "sec_type": "OPT", "symbol": ins.symbol,
+                         "expiry": ins.expiry.isoformat(), "strike": str(ins.strike), "right": ins.right,
+                         "multiplier": ins.multiplier})
+        else:
+            legs.append({"action": leg.action, "ratio": leg.ratio, "sec_type": "STK", "symbol": ins.symbol})
+    return json.dumps({"order_ref": req.order_ref, "qty": req.qty, "limit": str(req.limit), "legs": legs})
+
+
+def request_from_json(text: str) -> OrderRequest:
+    from broker.base import OrderLeg, StockContract
+
+    data = json.loads(text)
+    legs = []
+    for leg in data["legs"]:
+        if leg["sec_type"] == "OPT":
+            ins: Any = OptionContract(leg["symbol"], date.fromisoformat(leg["expiry"]), Decimal(leg["strike"]),
+                                      leg["right"], int(leg["multiplier"]))
+        else:
+            ins = StockContract(leg["symbol"])
+        legs.append(OrderLeg(ins, leg["action"], int(leg["ratio"])))
+    return OrderRequest(data["order_ref"], tuple(legs), int(data["qty"]), Decimal(data["limit"]))
+
+
+def create_order(
+    req: OrderRequest, purpose: str, session_day: date, now: datetime, *, lot_id: int | None = None,
+    roll_id: int | None = None, context: dict[str, Any] | None = None,
+) -> Order:
+    """Write an order before it is sent (status pending_submit)."""
+    first = req.legs[0]
+    return Order.create(
+        order_ref=req.order_ref, purpose=purpose, session_day=session_day, lot=lot_id, roll=roll_id,
+        request=request_to_json(req), side=req.action, sec_type=sec_type(first.instrument),
+        qty=req.qty, limit=req.limit, status="pending_submit", created_at=now,
+        context=json.dumps(context or {}, default=str),
+    )
+
+
+def order_by_ref(order_ref: str) -> Order | None:
+    return Order.get_or_none(Order.order_ref == order_ref)
+
+
+def mark_sent(order_ref: str, broker_order_id: str, at: datetime) -> None:
+    Order.update(broker_order_id=broker_order_id, sent_at=at,
+                 status=fn.IIF(Order.status == "pending_submit", "submitted", Order.status)
+                 ).where(Order.order_ref == order_ref).execute()
+
+
+def set_limit(order_ref: str, limit: Decimal) -> None:
+    Order.update(limit=limit).where(Order.order_ref == order_ref).execute()
+
+
+def finish_order(order_ref: str, status: str, at: datetime, message: str = "") -> bool:
+    """Move an order to a final status once; returns False when it already was final."""
+    n = (Order.update(status=status, finished_at=at, message=message)
+         .where((Order.order_ref == order_ref) & (Order.status.in_(ACTIVE))).execute())
+    return bool(n)
+
+
+def set_order_progress(order_ref: str, status: str) -> None:
+    """submitted → partially_filled (never moves a final order back)."""
+    Order.update(status=status).where((Order.order_ref == order_ref) & (Order.status.in_(ACTIVE))).execute()
+
+
+def unresolved_orders() -> list[Order]:
+    return list(Order.select().where(Order.status.in_(ACTIVE)).order_by(Order.id))
+
+
+def orders_sent_on(day: date) -> int:
+    return Order.select().where((Order.session_day == day) & (Order.status != "abandoned")
+                                & (Order.status != "pending_submit")).count()
+
+
+def premium_bought_on(day: date) -> Decimal:
+    """Option premium bought in a session: filled buys plus the working remainder at its limit."""
+    total = ZERO
+    q = (Fill.select(Fill.price, Fill.qty).join(Order)
+         .where((Order.session_day == day) & (Fill.sec_type == "OPT") & (Fill.side == "BUY")))
+    for f in q:
+        total += f.price * f.qty * 100
+    for o in Order.select().where((Order.session_day == day) & Order.status.in_(ACTIVE)
+                                  & (Order.sec_type == "OPT") & (Order.side == "BUY")):
+        total += o.limit * max(o.qty - o.filled_qty, 0) * 100
+    return total
+
+
+def recent_orders(limit: int = 20) -> list[Order]:
+    return list(Order.select().order_by(Order.id.desc()).limit(limit))
+
+
+# --- fills -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What recording one execution did."""
+
+    fill_id: int | None
+    duplicate: bool
+    order_ref: str
+    lot_id: int | None
+    closed_lot: bool = False
+    realized_pnl: Decimal | None = None
+
+
+def _lot_for_buy(order: Order | None, ex: Execution) -> Lot | None:
+    """The lot an option buy adds to: the entry's lot, or a roll's new lot; None → create one."""
+    if order is None:
+        return None
+    if order.roll_id is not None:
+        roll = Roll.get_by_id(order.roll_id)
+        return Lot.get_by_id(roll.new_lot_id) if roll.new_lot_id else None
+    return Lot.get_by_id(order.lot_id) if order.lot_id else None
+
+
+def _lot_for_sell(order: Order | None, ex: Execution) -> Lot | None:
+    if order is None:
+        return None
+    if order.roll_id is not None:
+        return Lot.get_by_id(Roll.get_by_id(order.roll_id).old_lot_id)
+    return Lot.get_by_id(order.lot_id) if order.lot_id else None
+
+
+def record_execution(ex: Execution, recorded_at: datetime) -> Recorded:
+    """Record one execution exactly once and apply it to the lots, atomically.
+
+    A second call with the same exec_id changes nothing (``duplicate=True``)."""
+    db = database_proxy
+    with db.atomic():
+        if Fill.select().where(Fill.exec_id == ex.exec_id).exists():
+            return Recorded(None, True, ex.order_ref, None)
+        order = order_by_ref(ex.order_ref)
+        ins = ex.instrument
+        is_opt = isinstance(ins, OptionContract)
+        commission = ex.commission
+        lot: Lot | None = None
+        realized: Decimal | None = None
+        closed = False
+        if is_opt and ex.side == "BUY":
+            lot = _lot_for_buy(order, ex)
+            if lot is None:
+                lot = Lot.create(symbol=ins.symbol, expiry=ins.expiry, strike=ins.strike, right=ins.right,
+                                 multiplier=ins.multiplier, opened_at=ex.time)
+                if order is not None:
+                    if order.roll_id is not None:
+                        Roll.update(new_lot=lot.id).where(Roll.id == order.roll_id).execute()
+                    else:
+                        Order.update(lot=lot.id).where(Order.id == order.id).execute()
+            lot.avg_price = accounting.average_price(lot.qty_opened, lot.avg_price, ex.qty, ex.price)
+            lot.qty_opened += ex.qty
+            lot.qty_open += ex.qty
+            lot.commission += commission or ZERO
+            lot.save()
+        elif is_opt and ex.side == "SELL":
+            lot = _lot_for_sell(order, ex)
+            if lot is not None:
+                qty = min(ex.qty, lot.qty_open)
+                share = accounting.entry_commission_share(lot.commission, qty, lot.qty_opened)
+                realized = accounting.closing_pnl(lot.avg_price, ex.price, qty, lot.multiplier,
+                                                  commission or ZERO, share)
+                lot.qty_open -= qty
+                lot.realized_pnl += realized
+                if lot.qty_open == 0:
+                    lot.closed_at = ex.time
+                    lot.exit_reason = "roll" if order is not None and order.roll_id else (
+                        order.purpose if order is not None else "unknown")
+                    closed = True
+                lot.save()
+        fill = Fill.create(
+            exec_id=ex.exec_id, order=order.id if order else None, lot=lot.id if lot else None,
+            symbol=ins.symbol, sec_type=sec_type(ins), expiry=ins.expiry if is_opt else None,
+            strike=ins.strike if is_opt else None, right=ins.right if is_opt else None,
+            side=ex.side, qty=ex.qty, price=ex.price, commission=commission, realized_pnl=realized,
+            time=ex.time, recorded_at=recorded_at,
+        )
+        if order is not None:
+            _update_filled(order)
+        return Recorded(fill.id, False, ex.order_ref, lot.id if lot else None, closed, realized)
+
+
+def _update_filled(order: Order) -> None:
+    """filled_qty of an order: units of its first leg filled (a combo counts in combo units)."""
+    req = request_from_json(order.request)
+    first = req.legs[0]
+    ins = first.instrument
+    q = Fill.select(fn.COALESCE(fn.SUM(Fill.qty), 0)).where(
+        (Fill.order == order.id) & (Fill.side == first.action) & (Fill.symbol == ins.symbol))
+    if isinstance(ins, OptionContract):
+        q = q.where((Fill.expiry == ins.expiry) & (Fill.strike == ins.strike))
+    filled = int(q.scalar() or 0) // max(first.ratio, 1)
+    status = order.status
+    if status in ACTIVE and filled > 0:
+        status = "filled" if filled >= order.qty else "partially_filled"
+    Order.update(filled_qty=filled, status=status).where(Order.id == order.id).execute()
+
+
+def record_commission(exec_id: str, commission: Decimal) -> bool:
+    """Apply a commission report that arrived after its fill; once per fill. False if unknown or
+    already known."""
+    with database_proxy.atomic():
+        fill = Fill.get_or_none(Fill.exec_id == exec_id)
+        if fill is None or fill.commission is not None:
+            return False
+        fill.commission = commission
+        if fill.lot_id is not None and fill.sec_type == "OPT":
+            lot = Lot.get_by_id(fill.lot_id)
+            if fill.side == "BUY":
+                lot.commission += commission
+            else:
+                fill.realized_pnl = (fill.realized_pnl or ZERO) - commission
+                lot.realized_pnl -= commission
+            lot.save()
+        fill.save()
+        return True
+
+
+def known_exec_ids() -> set[str]:
+    return {f.exec_id for f in Fill.select(Fill.exec_id)}
+
+
+def fills_in_order(limit: int | None = None) -> list[Fill]:
+    q = Fill.select().order_by(Fill.time, Fill.id)
+    if limit is not None:
+        q = Fill.select().order_by(Fill.time.desc(), Fill.id.desc()).limit(limit)
+        return list(reversed(list(q)))
+    return list(q)
+
+
+# --- lots, pool --------------------------------------------------------------------------------
+
+
+def lot_view(row: Lot) -> LotView:
+    return LotView(
+        id=row.id,
+        contract=OptionContract(row.symbol, row.expiry, row.strike, row.right, row.multiplier),
+        qty=row.qty_open, avg_price=row.avg_price, commission=row.commission, opened_at=row.opened_at,
+    )
+
+
+def open_lots() -> tuple[LotView, ...]:
+    rows = Lot.select().where(Lot.qty_open > 0).order_by(Lot.opened_at, Lot.id)
+    return tuple(lot_view(r) for r in rows)
+
+
+def realized_option_pnl() -> Decimal:
+    return sum((f.realized_pnl for f in Fill.select(Fill.realized_pnl).where(
+        (Fill.sec_type == "OPT") & Fill.realized_pnl.is_null(False))), ZERO)
+
+
+def qqqm_bought() -> tuple[int, Decimal]:
+    """QQQM shares the bot bought and what they cost (fills + commissions)."""
+    shares, deployed = 0, ZERO
+    for f in Fill.select().where((Fill.symbol == "QQQM") & (Fill.side == "BUY")):
+        shares += f.qty
+        deployed += f.price * f.qty + (f.commission or ZERO)
+    return shares, deployed
+
+
+def recycling_pool() -> Decimal:
+    """pool = Σ realized option P&L − Σ QQQM deployed, from the fill ledger."""
+    _, deployed = qqqm_bought()
+    return accounting.recycling_pool([realized_option_pnl()], [deployed])
+
+
+def create_recycle(order: Order, pool_before: Decimal, shares: int, now: datetime) -> None:
+    Recycle.create(order=order.id, pool_before=pool_before, shares_planned=shares, created_at=now)
+
+
+# --- session flags, rolls ----------------------------------------------------------------------
+
+
+def entered_on(day: date) -> bool:
+    """An entry this session: one with a fill, or one still working."""
+    return Order.select().where(
+        (Order.session_day == day) & (Order.purpose == "entry")
+        & ((Order.filled_qty > 0) | Order.status.in_(ACTIVE))).exists()
+
+
+def rolled_on(day: date) -> bool:
+    """A roll this session: any roll started today that sold something or is still working."""
+    for roll in Roll.select().where(Roll.session_day == day):
+        if roll.status != "failed":
+            return True
+    return False
+
+
+def create_roll(day: date, old_lot_id: int, combo: bool, now: datetime, expiry: date, strike: Decimal) -> Roll:
+    return Roll.create(session_day=day, old_lot=old_lot_id, status="working", combo=combo, created_at=now,
+                       new_expiry=expiry, new_strike=strike)
+
+
+def set_roll_status(roll_id: int, status: str) -> None:
+    Roll.update(status=status).where(Roll.id == roll_id).execute()
+
+
+def rolls_with_pending_buy() -> list[Roll]:
+    return list(Roll.select().where(Roll.status == "buy_pending").order_by(Roll.id))
+
+
+def roll_by_id(roll_id: int) -> Roll | None:
+    return Roll.get_or_none(Roll.id == roll_id)
+
+
+def lot_row(lot_id: int) -> Lot | None:
+    return Lot.get_or_none(Lot.id == lot_id)

@@ -1,0 +1,47 @@
+"""Versioned schema migrations, applied in order at start-up, each once, each in a transaction.
+
+To change the schema, append a function to ``MIGRATIONS``; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from peewee import Database
+
+from storage.models import ALL_MODELS, SchemaVersion
+
+log = logging.getLogger(__name__)
+
+
+def _v1_initial(db: Database) -> None:
+    db.create_tables([m for m in ALL_MODELS if m is not SchemaVersion])
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial]
+
+
+def current_version(db: Database) -> int:
+    if not db.table_exists(SchemaVersion._meta.table_name):
+        return 0
+    row = SchemaVersion.select().order_by(SchemaVersion.version.desc()).first()
+    return row.version if row else 0
+
+
+def migrate(db: Database) -> int:
+    """Apply every pending migration; returns the schema version."""
+    db.create_tables([SchemaVersion])
+    version = current_version(db)
+    if version > len(MIGRATIONS):
+        raise RuntimeError(
+            f"database schema version {version} is newer than this program knows ({len(MIGRATIONS)}): "
+            "upgrade the bot, or restore a matching backup"
+        )
+    for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+        with db.atomic():
+            step(db)
+            SchemaVersion.create(version=number, applied_at=datetime.now(UTC))
+        log.info("database migrated to schema version %d", number)
+    return len(MIGRATIONS)

@@ -1,0 +1,219 @@
+"""peewee models. The schema says what must hold: unique order references and execution ids,
+foreign keys, non-null money stored exactly (Decimal as text, never a float)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from peewee import (
+    AutoField,
+    BigIntegerField,
+    BooleanField,
+    CharField,
+    DatabaseProxy,
+    DateField,
+    Field,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    TextField,
+)
+
+database_proxy = DatabaseProxy()
+
+
+class MoneyField(Field):
+    """A Decimal stored as its exact text; peewee's DecimalField would round-trip through REAL on
+    SQLite."""
+
+    field_type = "TEXT"
+
+    def db_value(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        d = value if isinstance(value, Decimal) else Decimal(str(value))
+        if not d.is_finite():
+            raise ValueError(f"money must be finite, got {value!r}")
+        return format(d, "f")
+
+    def python_value(self, value: Any) -> Decimal | None:
+        return None if value is None else Decimal(value)
+
+
+class UtcDateTimeField(Field):
+    """An aware UTC datetime stored as ISO-8601 text (sortable)."""
+
+    field_type = "TEXT"
+
+    def db_value(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise ValueError(f"datetimes must be timezone-aware, got {value!r}")
+        return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+    def python_value(self, value: Any) -> datetime | None:
+        return None if value is None else datetime.fromisoformat(value)
+
+
+class BaseModel(Model):
+    class Meta:
+        database = database_proxy
+        legacy_table_names = False
+
+
+class SchemaVersion(BaseModel):
+    version = IntegerField()
+    applied_at = UtcDateTimeField()
+
+
+class KeyValue(BaseModel):
+    """Small durable facts: the last tick's decision, one-per-session alert markers, heartbeat."""
+
+    key = CharField(primary_key=True, max_length=100)
+    value = TextField()
+    updated_at = UtcDateTimeField()
+
+
+class Admin(BaseModel):
+    user_id = BigIntegerField(unique=True)
+    totp_secret_enc = TextField(null=True)
+    totp_active = BooleanField(default=False)
+    last_timecode = BigIntegerField(default=0)
+    session_expires_at = UtcDateTimeField(null=True)
+    locked_until = UtcDateTimeField(null=True)
+    enrolled_at = UtcDateTimeField(null=True)
+
+
+class LoginAttempt(BaseModel):
+    user_id = BigIntegerField(index=True)
+    at = UtcDateTimeField()
+    ok = BooleanField()
+
+
+class Setting(BaseModel):
+    key = CharField(primary_key=True, max_length=64)
+    value = TextField()
+    updated_at = UtcDateTimeField()
+
+
+class SettingChange(BaseModel):
+    id = AutoField()
+    key = CharField(max_length=64)
+    old_value = TextField(null=True)
+    new_value = TextField()
+    who = CharField(max_length=100)
+    at = UtcDateTimeField()
+
+
+class Lot(BaseModel):
+    id = AutoField()
+    symbol = CharField(max_length=16)
+    expiry = DateField()
+    strike = MoneyField()
+    right = CharField(max_length=1)
+    multiplier = IntegerField(default=100)
+    qty_opened = IntegerField(default=0)
+    qty_open = IntegerField(default=0)
+    avg_price = MoneyField(default=Decimal(0))
+    commission = MoneyField(default=Decimal(0))  # entry commissions
+    realized_pnl = MoneyField(default=Decimal(0))
+    opened_at = UtcDateTimeField()
+    closed_at = UtcDateTimeField(null=True)
+    exit_reason = CharField(max_length=20, null=True)
+
+
+class Roll(BaseModel):
+    id = AutoField()
+    session_day = DateField(index=True)
+    old_lot = ForeignKeyField(Lot, backref="rolls_out")
+    new_lot = ForeignKeyField(Lot, null=True, backref="rolls_in")
+    status = CharField(max_length=20)  # working | buy_pending | completed | failed | buy_expired
+    combo = BooleanField()
+    created_at = UtcDateTimeField()
+    new_expiry = DateField(null=True)
+    new_strike = MoneyField(null=True)
+
+
+class Order(BaseModel):
+    id = AutoField()
+    order_ref = CharField(unique=True, max_length=64)
+    broker_order_id = CharField(null=True, max_length=64)
+    purpose = CharField(max_length=20)  # entry, take_profit, force_exit, expiry_guard, roll, recycle
+    session_day = DateField(index=True)
+    lot = ForeignKeyField(Lot, null=True, backref="orders")
+    roll = ForeignKeyField(Roll, null=True, backref="orders")
+    request = TextField()  # the OrderRequest as JSON: legs, qty, limit
+    side = CharField(max_length=4)
+    sec_type = CharField(max_length=4)
+    qty = IntegerField()
+    limit = MoneyField()
+    status = CharField(max_length=20, index=True)
+    filled_qty = IntegerField(default=0)
+    created_at = UtcDateTimeField()
+    sent_at = UtcDateTimeField(null=True)
+    finished_at = UtcDateTimeField(null=True)
+    message = TextField(default="")
+    context = TextField(default="{}")  # what the rules saw: underlying, prev_close, delta, held_days…
+
+
+class Fill(BaseModel):
+    id = AutoField()
+    exec_id = CharField(unique=True, max_length=128)
+    order = ForeignKeyField(Order, null=True, backref="fills")
+    lot = ForeignKeyField(Lot, null=True, backref="fills")
+    symbol = CharField(max_length=16)
+    sec_type = CharField(max_length=4)
+    expiry = DateField(null=True)
+    strike = MoneyField(null=True)
+    right = CharField(max_length=1, null=True)
+    side = CharField(max_length=4)
+    qty = IntegerField()
+    price = MoneyField()
+    commission = MoneyField(null=True)  # None until the broker's commission report arrives
+    realized_pnl = MoneyField(null=True)  # closing option fills only, net of commissions
+    time = UtcDateTimeField(index=True)
+    recorded_at = UtcDateTimeField()
+
+
+class Recycle(BaseModel):
+    id = AutoField()
+    order = ForeignKeyField(Order, unique=True, backref="recycle")
+    pool_before = MoneyField()
+    shares_planned = IntegerField()
+    created_at = UtcDateTimeField()
+
+
+class AlertRecord(BaseModel):
+    """Every alert the bot raised, and whether it reached its destination (an outbox)."""
+
+    class Meta:
+        table_name = "alert"
+
+    id = AutoField()
+    kind = CharField(max_length=40, index=True)
+    text = TextField()
+    created_at = UtcDateTimeField()
+    status = CharField(max_length=10, default="pending", index=True)  # pending | sent | off | failed
+    attempts = IntegerField(default=0)
+    sent_at = UtcDateTimeField(null=True)
+
+
+ALL_MODELS: list[type[BaseModel]] = [
+    SchemaVersion,
+    KeyValue,
+    Admin,
+    LoginAttempt,
+    Setting,
+    SettingChange,
+    Lot,
+    Roll,
+    Order,
+    Fill,
+    Recycle,
+    AlertRecord,
+]
+
+_ = date  # re-exported for type users

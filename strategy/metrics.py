@@ -1,0 +1,52 @@
+"""Performance figures of an equity curve, as pure functions (used by the backtest report)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import date
+
+TRADING_DAYS = 252
+
+
+def cagr(start_value: float, end_value: float, start: date, end: date) -> float:
+    """Compound annual growth rate between two dates (calendar years of 365.25 days)."""
+    years = (end - start).days / 365.25
+    if start_value <= 0 or years <= 0:
+        return 0.0
+    if end_value <= 0:
+        return -1.0
+    return float((end_value / start_value) ** (1.0 / years) - 1.0)
+
+
+def max_drawdown_pct(values: Sequence[float]) -> float:
+    """The largest peak-to-trough fall of the curve, in percent (a positive number)."""
+    peak = -math.inf
+    worst = 0.0
+    for v in values:
+        peak = max(peak, v)
+        if peak > 0:
+            worst = max(worst, (peak - v) / peak)
+    return worst * 100.0
+
+
+def daily_returns(values: Sequence[float]) -> list[float]:
+    return [b / a - 1.0 for a, b in zip(values, values[1:], strict=False) if a > 0]
+
+
+def sharpe(values: Sequence[float], risk_free_rate: float = 0.0) -> float:
+    """Annualized Sharpe ratio of daily returns (sample standard deviation; 0 if undefined)."""
+    rets = daily_returns(values)
+    if len(rets) < 2:
+        return 0.0
+    rf_daily = risk_free_rate / TRADING_DAYS
+    excess = [r - rf_daily for r in rets]
+    mean = sum(excess) / len(excess)
+    var = sum((r - mean) ** 2 for r in excess) / (len(excess) - 1)
+    sd = math.sqrt(var)
+    return 0.0 if sd == 0 else mean / sd * math.sqrt(TRADING_DAYS)
+
+
+def win_rate(pnls: Sequence[float]) -> float:
+    """Share of closed lots with a positive realized P&L (0 when none closed)."""
+    return sum(1 for p in pnls if p > 0) / len(pnls) if pnls else 0.0
