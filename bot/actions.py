@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 from datetime import date
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bot.alerts import EventKind
 from bot.orders import OrderOutcome, QuoteFn, new_order_ref
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from bot.engine import Engine, TickReport, _Book
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TICK = Decimal("0.01")
 OPTION_FEE = Decimal("0.65")
@@ -64,17 +66,28 @@ async def execute_plan(
             continue
         ctx = _context(snap, delta=quote.delta, held_days=decision.held_days,
                        pnl_pct=decision.pnl_pct, reason=decision.reason.value)
-        out = await _sell_lot(engine, lot, quote, decision.reason.value, day, settings, ctx)
+        out = await _guarded(engine, f"exit of lot #{lot.id}",
+                             _sell_lot(engine, lot, quote, decision.reason.value, day, settings, ctx))
         if out is not None:
             report.actions.append(f"exit lot #{lot.id} ({decision.reason.value}): {out.status} {out.filled}/{out.qty}")
     if plan.retry_roll_buy is not None:
-        await _roll_buy(engine, plan.retry_roll_buy, snap, settings, report)
+        await _guarded(engine, "roll buy leg", _roll_buy(engine, plan.retry_roll_buy, snap, settings, report))
     elif plan.roll is not None:
-        await _roll(engine, lots[plan.roll.lot_id], snap, settings, report)
+        await _guarded(engine, "roll", _roll(engine, lots[plan.roll.lot_id], snap, settings, report))
     elif plan.entry is not None:
-        await _enter(engine, snap, settings, report)
+        await _guarded(engine, "entry", _enter(engine, snap, settings, report))
     if plan.recycle is not None:
-        await _recycle(engine, snap, settings, report)
+        await _guarded(engine, "recycling", _recycle(engine, snap, settings, report))
+
+
+async def _guarded(engine: Engine, what: str, action: Awaitable[T]) -> T | None:
+    """Run one action; a failure is logged and alerted and the tick goes on with the next."""
+    try:
+        return await action
+    except Exception as e:
+        log.exception("%s failed", what)
+        engine.emit(EventKind.ERROR, f"{what} failed: {type(e).__name__}: {e}")
+        return None
 
 
 def _context(snap: MarketSnapshot, **extra: Any) -> dict[str, Any]:

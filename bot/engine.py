@@ -114,6 +114,8 @@ class Engine:
         self._version = 0
         self._book: _Book | None = None
         self._prev_close: tuple[date, Decimal] | None = None
+        self._last_day: date | None = None
+        self._last_error = ""
         self.iv_guess = 0.25
 
     # --- life cycle ----------------------------------------------------------------------------
@@ -264,10 +266,14 @@ class Engine:
         async with self._lock:
             try:
                 report = await self._tick(now, dry_run)
+                self._last_error = ""
             except Exception as e:
+                text = f"{type(e).__name__}: {e}"
                 log.exception("tick at %s failed", now.isoformat())
-                self.emit(EventKind.ERROR, f"Tick failed: {type(e).__name__}: {e}")
-                report = TickReport(now, None, skipped=f"error: {type(e).__name__}: {e}")
+                if text != self._last_error:  # one alert per incident, not one per tick
+                    self.emit(EventKind.ERROR, f"Tick failed: {text}")
+                self._last_error = text
+                report = TickReport(now, None, skipped=f"error: {text}")
         if not dry_run:
             self.last_report = report
             if self.persist_last_tick:
@@ -282,9 +288,13 @@ class Engine:
         if session is None:
             return TickReport(now, None, skipped="market closed: nothing evaluated")
         day = session.day
+        if self.broker.state == ConnectionState.DOWN:
+            return TickReport(now, day, skipped="broker connection down: nothing evaluated")
         if not self.ready and not dry_run:
             await self.reconcile()
-        self._expire_old_roll_buys(day)
+        if day != self._last_day:
+            self._expire_old_roll_buys(day)
+            self._last_day = day
         settings = self.settings.current
         snap, book = await self.snapshot(day)
         state = StrategyState(

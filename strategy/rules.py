@@ -290,7 +290,8 @@ def decide_tick(state: StrategyState, snap: MarketSnapshot, settings: StrategySe
     if not fresh:
         notes.append("QQQ quote missing or stale: no order")
 
-    exits = exit_decisions(state.open_lots, snap.lot_quotes, snap.now, settings)
+    # While an order is unresolved nothing new is sent, exits included: the next tick decides.
+    exits = () if state.unresolved_order else exit_decisions(state.open_lots, snap.lot_quotes, snap.now, settings)
     busy = state.unresolved_order or bool(exits)
 
     roll = None
