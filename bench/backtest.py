@@ -18,14 +18,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bot.backtest import BacktestConfig, load_bars, run_backtest  # noqa: E402
-from broker.sim_market import PricePath  # noqa: E402
-from strategy.calendar import NY, nyse  # noqa: E402
-from strategy.model import Lot, MarketSnapshot, OptionContract, OptionQuote, Quote, StrategyState  # noqa: E402
-from strategy.pricing import bs_delta, bs_price  # noqa: E402
-from strategy.rules import decide_tick  # noqa: E402
-from strategy.selection import select_expiry, select_strike, strike_window, years_to_expiry  # noqa: E402
-from strategy.settings import StrategySettings  # noqa: E402
+from broker.sim_market import PricePath
+
+from bot.backtest import BacktestConfig, load_bars, run_backtest
+from strategy.calendar import NY, nyse
+from strategy.model import Lot, MarketSnapshot, OptionContract, OptionQuote, Quote, StrategyState
+from strategy.pricing import bs_delta, bs_price
+from strategy.rules import decide_tick
+from strategy.selection import select_expiry, select_strike, strike_window, years_to_expiry
+from strategy.settings import StrategySettings
 
 
 def _third_friday(y: int, m: int) -> date:
@@ -109,7 +110,8 @@ def main() -> None:
 
     print(f"{args.years}-year 5-minute backtest, seed {args.seed}: {s['sessions']} sessions, {ticks} ticks")
     print(f"{'':28}{'wall time':>12}{'per tick':>12}{'trades':>10}")
-    print(f"{'engine + sim broker + db':28}{engine_s:>11.2f}s{engine_s / ticks * 1e6:>10.1f}us{len(run.result['trades']):>10}")
+    n_trades = len(run.result["trades"])
+    print(f"{'engine + sim broker + db':28}{engine_s:>11.2f}s{engine_s / ticks * 1e6:>10.1f}us{n_trades:>10}")
     print(f"{'bare rules, tight loop':28}{bare_s:>11.2f}s{bare_s / ticks * 1e6:>10.1f}us{trades:>10}")
     print(f"ratio engine / bare: {engine_s / bare_s:.2f}x   (targets: engine < 10 s, ratio <= 5x)")
     print(f"run at {datetime.now(UTC).isoformat(timespec='seconds')}")

@@ -6,9 +6,9 @@ limits before it is written and sent; every skip is alerted."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from datetime import date
 from decimal import Decimal
-from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bot.alerts import EventKind
@@ -87,6 +87,7 @@ async def _guarded(engine: Engine, what: str, action: Awaitable[T]) -> T | None:
     except Exception as e:
         log.exception("%s failed", what)
         engine.emit(EventKind.ERROR, f"{what} failed: {type(e).__name__}: {e}")
+        engine.ready = False  # whatever state the order is in, reconcile before the next one
         return None
 
 
@@ -116,7 +117,8 @@ def _limit_ok(engine: Engine, day: date, premium: Decimal, what: str) -> bool:
     if breach is None:
         return True
     kv.put(f"halted:{day.isoformat()}", breach, engine.clock.now())
-    engine.emit(EventKind.LIMIT_REACHED, f"{breach}: {what} not sent; automatic orders stop for the rest of the session")
+    engine.emit(EventKind.LIMIT_REACHED,
+                f"{breach}: {what} not sent; automatic orders stop for the rest of the session")
     return False
 
 
@@ -205,7 +207,8 @@ async def _buy(
     qty = settings.order_quantity
     req = OrderRequest(new_order_ref(), (OrderLeg(choice.contract, "BUY"),), qty,
                        limit_price(q.bid, q.ask, "BUY", 0, settings, q.min_tick))
-    engine.emit(EventKind.ORDER_SENT, f"BUY {qty} {choice.contract.key} @ {req.limit} ({purpose}, delta {choice.delta:.2f})")
+    engine.emit(EventKind.ORDER_SENT,
+                f"BUY {qty} {choice.contract.key} @ {req.limit} ({purpose}, delta {choice.delta:.2f})")
     ctx = _context(snap, delta=choice.delta, reason="roll_in" if purpose == "roll" else "entry")
     return await engine.runner.run(req, purpose=purpose, session_day=snap.session, settings=settings,
                                    quote=_option_quote_fn(engine, choice.contract), tick=q.min_tick,
@@ -292,7 +295,8 @@ async def _roll_buy(
     out = await _buy(engine, choice, snap, settings, "roll", roll_id=roll_id) if choice is not None else None
     if out is not None and out.filled > 0:
         ledger.set_roll_status(roll_id, "completed")
-        engine.emit(EventKind.ROLL, f"Roll #{roll_id} completed: bought {out.filled} {choice.contract.key if choice else ''}",
+        bought = choice.contract.key if choice else ""
+        engine.emit(EventKind.ROLL, f"Roll #{roll_id} completed: bought {out.filled} {bought}",
                     roll_id=roll_id)
     else:
         ledger.set_roll_status(roll_id, "buy_pending")
@@ -318,7 +322,8 @@ async def _recycle(engine: Engine, snap: MarketSnapshot, settings: StrategySetti
     cost = decision.limit * decision.shares + stock_commission(decision.shares, decision.limit)
     account = await engine.broker.account_summary()
     if not can_afford(account.available_funds_usd, cost, Decimal(0)):
-        engine.emit(EventKind.SKIPPED, f"Recycling skipped: available funds {account.available_funds_usd:.2f} USD < {cost:.2f} USD")
+        engine.emit(EventKind.SKIPPED,
+                    f"Recycling skipped: available funds {account.available_funds_usd:.2f} USD < {cost:.2f} USD")
         return
     req = OrderRequest(new_order_ref(), (OrderLeg(StockContract("QQQM"), "BUY"),), decision.shares,
                        limit_price(plan.bid, plan.ask, "BUY", 0, settings, TICK))
@@ -327,7 +332,8 @@ async def _recycle(engine: Engine, snap: MarketSnapshot, settings: StrategySetti
         q = await engine.broker.quote("QQQM")
         return (q.bid, q.ask, TICK) if q.bid is not None and q.ask is not None else None
 
-    engine.emit(EventKind.ORDER_SENT, f"BUY {decision.shares} QQQM @ {req.limit} (recycling pool {decision_pool:.2f} USD)")
+    engine.emit(EventKind.ORDER_SENT,
+                f"BUY {decision.shares} QQQM @ {req.limit} (recycling pool {decision_pool:.2f} USD)")
     try:
         out = await engine.runner.run(
             req, purpose="recycle", session_day=day, settings=settings, quote=quote, tick=TICK,

@@ -143,7 +143,8 @@ class Engine:
 
     def on_execution(self, execution: Execution) -> None:
         try:
-            if not execution.order_ref.startswith(ORDER_REF_PREFIX) and ledger.order_by_ref(execution.order_ref) is None:
+            ours = execution.order_ref.startswith(ORDER_REF_PREFIX)
+            if not ours and ledger.order_by_ref(execution.order_ref) is None:
                 return  # someone else's trade in the account: shown, never managed
             rec = ledger.record_execution(execution, self.clock.now())
             if rec.duplicate:
@@ -185,7 +186,8 @@ class Engine:
                 if order is None:
                     return
                 if ledger.finish_order(update.order_ref, update.status.value, self.clock.now(), update.message):
-                    kind = EventKind.ORDER_CANCELLED if update.status == OrderStatus.CANCELLED else EventKind.ORDER_REJECTED
+                    cancelled = update.status == OrderStatus.CANCELLED
+                    kind = EventKind.ORDER_CANCELLED if cancelled else EventKind.ORDER_REJECTED
                     self.emit(kind, f"Order {order.purpose} {order.side} {order.qty} ({order.filled_qty} filled) "
                               f"{update.status.value}{': ' + update.message if update.message else ''}",
                               order_ref=update.order_ref)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from datetime import date
+from itertools import pairwise
 
 TRADING_DAYS = 252
 
@@ -31,7 +32,7 @@ def max_drawdown_pct(values: Sequence[float]) -> float:
 
 
 def daily_returns(values: Sequence[float]) -> list[float]:
-    return [b / a - 1.0 for a, b in zip(values, values[1:], strict=False) if a > 0]
+    return [b / a - 1.0 for a, b in pairwise(values) if a > 0]
 
 
 def sharpe(values: Sequence[float], risk_free_rate: float = 0.0) -> float:

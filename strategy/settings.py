@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from itertools import pairwise
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -83,7 +84,7 @@ def validate_tiers(tiers: tuple[Tier, ...]) -> tuple[Tier, ...]:
     days = [d for d, _ in tiers]
     if days[0] != 0:
         raise ValueError("the first tier must start at day 0")
-    if any(b <= a for a, b in zip(days, days[1:], strict=False)):
+    if any(b <= a for a, b in pairwise(days)):
         raise ValueError("tier days must strictly increase")
     for d, pct in tiers:
         if d < 0 or d > 1000:
