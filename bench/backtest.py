@@ -18,9 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from broker.sim_market import PricePath
-
 from bot.backtest import BacktestConfig, load_bars, run_backtest
+from broker.sim_market import PricePath
 from strategy.calendar import NY, nyse
 from strategy.model import Lot, MarketSnapshot, OptionContract, OptionQuote, Quote, StrategyState
 from strategy.pricing import bs_delta, bs_price

@@ -19,6 +19,7 @@ from strategy.model import Lot, MarketSnapshot, OptionContract, OptionQuote, Tic
 from strategy.rules import (
     can_afford,
     daily_limit_breach,
+    is_fresh,
     limit_price,
     premium_within_limit,
     stock_commission,
@@ -157,7 +158,8 @@ async def select_contract(engine: Engine, snap: MarketSnapshot, settings: Strate
         new = [k for k in window if k not in quoted]
         if new:
             for q in await engine.broker.option_quotes([OptionContract("QQQ", expiry, k, "C") for k in new]):
-                quoted[q.contract.strike] = q
+                if is_fresh(q.time, snap.now, settings.max_quote_age_s):  # a stale quote never trades
+                    quoted[q.contract.strike] = q
         result = select_strike([quoted[k] for k in window if k in quoted], spot, snap.session, settings)
         if not isinstance(result, Candidate) or not best_at_window_edge(result, window) or len(window) < width:
             break

@@ -13,6 +13,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from bot.alerts import MemorySink
+from bot.backtest_report import build_result
+from bot.engine import Engine
+from bot.settings_service import SettingsService
+from broker.clock import SimClock
 from broker.sim import SimBroker
 from broker.sim_market import (
     CsvError,
@@ -23,12 +28,6 @@ from broker.sim_market import (
     load_series_csv,
     synthetic_bars,
 )
-
-from bot.alerts import MemorySink
-from bot.backtest_report import build_result
-from bot.engine import Engine
-from bot.settings_service import SettingsService
-from broker.clock import SimClock
 from storage.db import close_database, open_database
 from strategy.calendar import nyse
 from strategy.rules import DailyLimits
