@@ -151,7 +151,9 @@ async def run_backtest(
         total = len(sessions)
         for i, session in enumerate(sessions):
             s = settings.current
-            for t in cal.tick_times(session, s.check_interval_min, s.delay_after_open_min):
+            # The first session only provides the previous close: trading starts on the second.
+            ticks = cal.tick_times(session, s.check_interval_min, s.delay_after_open_min) if i else []
+            for t in ticks:
                 if t < clock.now():
                     continue  # an order's wait ran past this tick
                 clock.advance_to(t)

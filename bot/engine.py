@@ -222,8 +222,15 @@ class Engine:
 
     def book(self, day: date) -> _Book:
         b = self._book
-        if b is not None and b.version == self._version and b.day == day:
-            return b
+        if b is not None and b.version == self._version:
+            if b.day == day:
+                return b
+            if day > b.day:
+                # Nothing was recorded since the last look: the new session has no entry, roll or
+                # pending roll yet (session flags only come from orders, which bump the version).
+                b = _Book(b.version, day, b.lots, False, False, b.unresolved, b.pool, None)
+                self._book = b
+                return b
         pending = [r for r in ledger.rolls_with_pending_buy() if r.session_day == day]
         b = _Book(
             version=self._version, day=day, lots=ledger.open_lots(), entered=ledger.entered_on(day),
@@ -246,9 +253,9 @@ class Engine:
         lot_quotes: dict[int, OptionQuote] = {}
         if book.lots:
             quotes = await self.broker.option_quotes([lot.contract for lot in book.lots])
-            by_key = {q.contract.key: q for q in quotes}
+            by_contract = {q.contract: q for q in quotes}
             for lot in book.lots:
-                q = by_key.get(lot.contract.key)
+                q = by_contract.get(lot.contract)
                 if q is not None:
                     lot_quotes[lot.id] = q
                     if q.iv:
@@ -271,9 +278,11 @@ class Engine:
                 self._last_error = ""
             except Exception as e:
                 text = f"{type(e).__name__}: {e}"
-                log.exception("tick at %s failed", now.isoformat())
-                if text != self._last_error:  # one alert per incident, not one per tick
+                if text != self._last_error:  # one alert (and one traceback) per incident
+                    log.exception("tick at %s failed", now.isoformat())
                     self.emit(EventKind.ERROR, f"Tick failed: {text}")
+                else:
+                    log.warning("tick at %s failed again: %s", now.isoformat(), text)
                 self._last_error = text
                 report = TickReport(now, None, skipped=f"error: {text}")
         if not dry_run:

@@ -65,6 +65,22 @@ def bs_delta(S: float, K: float, T: float, r: float, q: float, sigma: float, rig
     return disc_q * (_norm_cdf(d1) - 1.0)
 
 
+def bs_price_delta(
+    S: float, K: float, T: float, r: float, q: float, sigma: float, right: str
+) -> tuple[float, float]:
+    """Price and delta together (one d1/d2 evaluation), for quoting many contracts."""
+    if T <= _MIN_T or sigma <= 0:
+        return bs_price(S, K, T, r, q, sigma, right), bs_delta(S, K, T, r, q, sigma, right)
+    _check_right(right)
+    d1, d2 = _d1_d2(S, K, T, r, q, sigma)
+    disc_q = math.exp(-q * T)
+    disc_r = math.exp(-r * T)
+    n1 = _norm_cdf(d1)
+    if right == "C":
+        return S * disc_q * n1 - K * disc_r * _norm_cdf(d2), disc_q * n1
+    return K * disc_r * _norm_cdf(-d2) - S * disc_q * _norm_cdf(-d1), disc_q * (n1 - 1.0)
+
+
 def bs_vega(S: float, K: float, T: float, r: float, q: float, sigma: float) -> float:
     """dV/dsigma, the same for calls and puts."""
     if T <= _MIN_T or sigma <= 0:

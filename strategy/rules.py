@@ -84,7 +84,7 @@ def expiry_guard(lot: Lot, today: date, settings: StrategySettings) -> bool:
 
 
 def exit_decision(
-    lot: Lot, quote: OptionQuote | None, now: datetime, settings: StrategySettings
+    lot: Lot, quote: OptionQuote | None, now: datetime, settings: StrategySettings, today: date | None = None
 ) -> ExitDecision | None:
     """Whether to sell this lot now and why: take profit first, then force exit, then expiry guard.
 
@@ -93,7 +93,8 @@ def exit_decision(
         return None
     if not is_fresh(quote.time, now, settings.max_quote_age_s):
         return None
-    today = now.astimezone(NY).date()
+    if today is None:
+        today = now.astimezone(NY).date()
     held = lot.held_days(today)
     dte = lot.contract.dte(today)
     pnl = lot_pnl_pct(quote.mid, lot.avg_price)
@@ -112,8 +113,9 @@ def exit_decisions(
 ) -> tuple[ExitDecision, ...]:
     """Exit decisions for every open lot, oldest first."""
     out = []
+    today = now.astimezone(NY).date()
     for lot in sorted(lots, key=lambda lt: (lt.opened_at, lt.id)):
-        d = exit_decision(lot, quotes.get(lot.id), now, settings)
+        d = exit_decision(lot, quotes.get(lot.id), now, settings, today)
         if d is not None:
             out.append(d)
     return tuple(out)
