@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import itertools
 import math
 import random
 from dataclasses import dataclass
@@ -264,7 +265,7 @@ def _intraday(b: DailyBar, n: int, rng: random.Random) -> list[float]:
     anchors = sorted({0: b.open, n: b.close, t_hi: b.high, t_lo: b.low}.items())
     pts = [0.0] * (n + 1)
     scale = (b.high - b.low) * 0.25 + 1e-9
-    for (k0, v0), (k1, v1) in zip(anchors, anchors[1:], strict=False):
+    for (k0, v0), (k1, v1) in itertools.pairwise(anchors):
         steps = k1 - k0
         walk = [0.0]
         for _ in range(steps):
