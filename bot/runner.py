@@ -1,15 +1,19 @@
 """`qqq-bot run` (headless): the engine on the configured broker, on the wall clock, ticking at
-every aligned tick of every session, alerts to the log. The Telegram bot wraps the same pieces."""
+every aligned tick of every session, alerts to the log, a heartbeat for `qqq-bot health`, and a
+clean stop on SIGTERM/SIGINT (the tick in flight finishes its bookkeeping, the database closes)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 from datetime import timedelta
 
 from bot.alerts import LogSink, mode_label
 from bot.config import AppConfig
 from bot.engine import Engine
+from bot.health import write_heartbeat
 from bot.settings_service import SettingsService
 from broker.base import Broker
 from broker.clock import WallClock
@@ -17,6 +21,7 @@ from storage.db import close_database, open_database
 from strategy.calendar import nyse
 
 log = logging.getLogger(__name__)
+HEARTBEAT_S = 30
 
 
 def make_sim_broker(cfg: AppConfig, clock: WallClock) -> Broker:
@@ -30,32 +35,64 @@ def make_sim_broker(cfg: AppConfig, clock: WallClock) -> Broker:
                      mixed_account=True, seed=cfg.sim_seed)
 
 
+async def _heartbeat(engine: Engine, clock: WallClock) -> None:
+    while True:
+        try:
+            write_heartbeat(clock.now(), engine.broker.state.value)
+        except Exception:
+            log.exception("could not write the heartbeat")
+        await asyncio.sleep(HEARTBEAT_S)
+
+
+async def _tick_loop(engine: Engine, settings: SettingsService, clock: WallClock, max_ticks: int | None) -> None:
+    cal = engine.calendar
+    ticks = 0
+    while max_ticks is None or ticks < max_ticks:
+        s = settings.current
+        nxt = cal.next_tick(clock.now(), s.check_interval_min, s.delay_after_open_min)
+        if nxt is None:
+            log.error("no future session in the calendar; stopping")
+            return
+        wait = (nxt - clock.now()).total_seconds()
+        log.info("next tick at %s (in %.0f s)", nxt.isoformat(), wait)
+        await asyncio.sleep(max(wait, 0))
+        report = await engine.tick()
+        ticks += 1
+        log.info("tick %s: %s", report.time.isoformat(timespec="seconds"), report.summary())
+
+
 async def run_headless(cfg: AppConfig, max_ticks: int | None = None) -> None:
     db = open_database(cfg.db_url)
     clock = WallClock()
     if cfg.broker != "sim":
-        raise SystemExit("BROKER=ib needs the IB adapter (not part of this build yet); use BROKER=sim")
+        close_database(db)
+        raise SystemExit("BROKER=ib needs the IB adapter, which this build does not have yet; use BROKER=sim")
     broker = make_sim_broker(cfg, clock)
     alerts = LogSink(mode_label(broker.mode))
     settings = SettingsService(alerts, clock.now)
-    cal = nyse()
-    engine = Engine(broker, clock, cal, settings, alerts, cfg.limits)
-    await engine.start()
-    log.info("engine ready on the %s broker; database %s", broker.name, cfg.db_url.split("@")[-1])
-    ticks = 0
+    engine = Engine(broker, clock, nyse(), settings, alerts, cfg.limits)
+    main = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, lambda s=sig: _stop(main, s))
+    beat = asyncio.create_task(_heartbeat(engine, clock), name="heartbeat")
     try:
-        while max_ticks is None or ticks < max_ticks:
-            s = settings.current
-            nxt = cal.next_tick(clock.now(), s.check_interval_min, s.delay_after_open_min)
-            if nxt is None:
-                log.error("no future session in the calendar; stopping")
-                return
-            wait = (nxt - clock.now()).total_seconds()
-            log.info("next tick at %s (in %.0f s)", nxt.isoformat(), wait)
-            await asyncio.sleep(max(wait, 0))
-            report = await engine.tick()
-            ticks += 1
-            log.info("tick %s: %s", report.time.isoformat(timespec="seconds"), report.summary())
+        await engine.start()
+        log.info("engine ready on the %s broker", broker.name)
+        await _tick_loop(engine, settings, clock, max_ticks)
+    except asyncio.CancelledError:
+        log.info("stopping: the engine's state is in the database")
     finally:
+        beat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beat
         await engine.stop()
         close_database(db)
+        log.info("stopped cleanly")
+
+
+def _stop(task: asyncio.Task[object] | None, sig: signal.Signals) -> None:
+    log.info("received %s", sig.name)
+    if task is not None:
+        task.cancel()
