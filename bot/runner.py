@@ -35,6 +35,25 @@ def make_sim_broker(cfg: AppConfig, clock: WallClock) -> Broker:
                      mixed_account=True, seed=cfg.sim_seed)
 
 
+def _adopt_ledger(broker: Broker) -> None:
+    """A new sim process starts with an empty account: hand it the bot's open lots and QQQM so
+    that selling them is not refused (IB keeps positions by itself)."""
+    from broker.base import StockContract
+    from broker.sim import SimBroker
+    from storage import ledger
+
+    if not isinstance(broker, SimBroker):
+        return
+    for lot in ledger.open_lots():
+        try:
+            broker.adopt_position(lot.contract, lot.qty, lot.avg_price)
+        except Exception as e:  # an expired lot: the engine's exits will report it
+            log.warning("sim: could not adopt lot #%d (%s): %s", lot.id, lot.contract.key, e)
+    shares, deployed = ledger.qqqm_bought()
+    if shares:
+        broker.adopt_position(StockContract("QQQM"), shares, deployed / shares)
+
+
 async def _heartbeat(engine: Engine, clock: WallClock) -> None:
     while True:
         try:
@@ -68,6 +87,7 @@ async def run_headless(cfg: AppConfig, max_ticks: int | None = None) -> None:
         close_database(db)
         raise SystemExit("BROKER=ib needs the IB adapter, which this build does not have yet; use BROKER=sim")
     broker = make_sim_broker(cfg, clock)
+    _adopt_ledger(broker)
     alerts = LogSink(mode_label(broker.mode))
     settings = SettingsService(alerts, clock.now)
     engine = Engine(broker, clock, nyse(), settings, alerts, cfg.limits)

@@ -141,7 +141,8 @@ PositionCategory = Literal["stock", "option", "bond", "cash"]
 
 @dataclass(frozen=True, slots=True)
 class Position:
-    """A holding of the account, whoever opened it."""
+    """A holding of the account, whoever opened it. ``avg_cost`` and ``market_price`` are per
+    share (an option's per-contract figure divided by its multiplier)."""
 
     category: PositionCategory
     symbol: str

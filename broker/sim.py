@@ -1,20 +1,21 @@
 """The `sim` broker: a simulated market and account that behave like IB from the engine's side.
 
 QQQ follows a `PricePath`, QQQM is QQQ × 0.4115, QQQ options are priced with Black–Scholes–Merton
-plus a spread. Limit orders fill against those quotes on every clock step (marketable limits at
-once, limits inside the spread with a seeded probability, optional partial fills), with IBKR-like
-commissions. The object keeps every order and execution, so a restarted engine reconciles against
-it as it would against IB."""
+plus a spread (`broker.sim_options`). DAY limit orders fill against those quotes on placement, on
+modification and on every clock step (marketable limits at once, limits inside the spread with a
+seeded probability, optional partial fills), with IBKR-like commissions. The object keeps every
+order and execution, so a restarted engine reconciles against it as it would against IB."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import datetime
 from decimal import Decimal
 
 from broker.base import (
@@ -27,85 +28,45 @@ from broker.base import (
     Execution,
     Instrument,
     OptionChain,
+    OrderLeg,
     OrderRequest,
     OrderStatus,
     OrderUpdate,
     Position,
     StockContract,
 )
-from broker.clock import Clock, SimClock
+from broker.clock import Clock
+from broker.sim_account import MIXED_EUR_CASH, SimAccount, mixed_holdings, multiplier
+from broker.sim_fills import SimFillModel, base36, check_limit, check_request, combo_prices, crosses, order_commission
 from broker.sim_market import QQQM_RATIO, IvSource, PricePath
-from strategy.calendar import NY, SessionCalendar
+from broker.sim_options import CENT, OptionPricer, chain_strikes, expiry_close
+from strategy.calendar import NY, Session, SessionCalendar
 from strategy.model import OptionContract, OptionQuote, Quote
-from strategy.pricing import bs_price_delta
-from strategy.rules import stock_commission
 
 log = logging.getLogger(__name__)
 
-CENT = Decimal("0.01")
-OPTION_FEE = Decimal("0.65")
-EUR_USD = Decimal("1.08")
-YEAR_S = 365.0 * 86400
+STOCKS = {"QQQ": 1.0, "QQQM": QQQM_RATIO}
 
 
-def _d(x: float) -> Decimal:
-    return Decimal(f"{x:.2f}")
-
-
-@dataclass(frozen=True, slots=True)
-class SimFillModel:
-    """How eagerly limits inside the spread fill; switches for tests."""
-
-    p_at_mid: float = 0.3
-    always_fill_at_mid: bool = False
-    partial_max_qty: int | None = None
-    never_fill: bool = False
+def _cents(x: float) -> Decimal:
+    return Decimal(round(x * 100)) / 100
 
 
 @dataclass
-class _Working:
+class _Order:
     req: OrderRequest
     broker_id: str
     limit: Decimal
-    day: date
+    session: Session
+    placed_at: datetime
     filled: int = 0
     status: OrderStatus = OrderStatus.SUBMITTED
-
-
-@dataclass
-class _Holding:
-    instrument: Instrument
-    qty: int = 0
-    cost: Decimal = Decimal(0)  # total cost of the open quantity
-
-
-@dataclass(frozen=True, slots=True)
-class _Static:
-    category: str
-    symbol: str
-    description: str
-    qty: Decimal
-    price: Decimal
-    currency: str = "USD"
-    multiplier: int = 1
-
-
-MIXED_HOLDINGS = (
-    _Static("stock", "AAPL", "Apple Inc.", Decimal(50), Decimal("190.00")),
-    _Static("stock", "MSFT", "Microsoft Corp.", Decimal(30), Decimal("410.00")),
-    _Static("option", "SPY", "SPY 2027-01-15 450P", Decimal(1), Decimal("12.40"), multiplier=100),
-    _Static("bond", "US912828ZT0", "US Treasury 2.5% 2030", Decimal(10000), Decimal("0.9850")),
-)
-
-
-@dataclass
-class _Account:
-    cash: dict[str, Decimal]
-    holdings: dict[str, _Holding] = field(default_factory=dict)
-    static: tuple[_Static, ...] = ()
+    fees: dict[int, tuple[int, Decimal]] = field(default_factory=dict)  # leg → (qty filled, fee charged)
 
 
 class SimBroker:
+    """A `Broker` over a simulated market; see the module docstring."""
+
     name = "sim"
     mode: BrokerMode = "sim"
     supports_combo = True
@@ -120,24 +81,28 @@ class SimBroker:
         self.iv = iv
         self.calendar = calendar
         self.fill = fill or SimFillModel()
-        self.r = rate
-        self.q = dividend_yield
+        self.pricer = OptionPricer(calendar, iv, rate, dividend_yield)
         self._rng = random.Random(seed)
         cash = {"USD": Decimal(starting_cash)}
         if mixed_account:
-            cash["EUR"] = Decimal(5000)
-        self.account = _Account(cash, static=MIXED_HOLDINGS if mixed_account else ())
-        self._orders: dict[str, _Working] = {}
-        self._working: dict[str, _Working] = {}
+            cash["EUR"] = MIXED_EUR_CASH
+        static = mixed_holdings(clock.now().astimezone(NY).date()) if mixed_account else ()
+        self.account = SimAccount(cash, static)
+        self._orders: dict[str, _Order] = {}
+        self._working: dict[str, _Order] = {}
         self._executions: list[Execution] = []
         self._listener: BrokerListener | None = None
         self._state = ConnectionState.DOWN
         self._next_id = 1
         self._next_exec = 1
         self._task: asyncio.Task[None] | None = None
-        self._expiry_t: dict[date, datetime] = {}
-        if isinstance(clock, SimClock):
-            clock.add_listener(self._on_time)
+        # Execution ids must be unique for ever, also across processes sharing one database: they
+        # carry the instant this broker was created (deterministic on a simulated clock).
+        self._run = base36(int(clock.now().timestamp()))
+        add_listener = getattr(clock, "add_listener", None)
+        self._clock_driven = add_listener is not None
+        if add_listener is not None:
+            add_listener(self._on_time)
 
     # --- connection ------------------------------------------------------------------------------
 
@@ -150,10 +115,11 @@ class SimBroker:
 
     async def connect(self) -> None:
         self._state = ConnectionState.CONNECTED
-        if not self.clock.simulated and self._task is None:
+        if not self._clock_driven and self._task is None:
             self._task = asyncio.create_task(self._wall_clock_matcher(), name="sim-matcher")
 
     async def close(self) -> None:
+        """Disconnect; orders, executions and the account stay as they are."""
         self._state = ConnectionState.DOWN
         if self._task is not None:
             self._task.cancel()
@@ -171,327 +137,244 @@ class SimBroker:
 
     # --- market data ---------------------------------------------------------------------------
 
-    def _spot(self, now: datetime) -> float:
-        return self.path.price_at(now)
+    def _stock_bid_ask_last(self, symbol: str, now: datetime) -> tuple[Decimal, Decimal, Decimal]:
+        ratio = STOCKS.get(symbol)
+        if ratio is None:
+            raise BrokerError(f"sim: no market data for {symbol} (only QQQ, QQQM and QQQ options)")
+        last = _cents(self.path.price_at(now) * ratio)
+        return last - CENT, last + CENT, last
 
     async def quote(self, symbol: str) -> Quote:
         now = self.clock.now()
-        if symbol == "QQQ":
-            p = self._spot(now)
-            last = _d(p)
-            return Quote("QQQ", last - CENT, last + CENT, last, now)
-        if symbol == "QQQM":
-            last = _d(self._spot(now) * QQQM_RATIO)
-            return Quote("QQQM", last - CENT, last + CENT, last, now)
-        raise BrokerError(f"sim: no market data for {symbol}")
+        bid, ask, last = self._stock_bid_ask_last(symbol, now)
+        return Quote(symbol, bid, ask, last, now)
 
     async def prev_close(self, symbol: str) -> Decimal:
-        day = self.clock.now().astimezone(NY).date()
-        close = self.path.prev_close(day)
-        if close is None:
-            raise BrokerError(f"sim: no close before {day}")
-        if symbol == "QQQM":
-            close *= QQQM_RATIO
-        elif symbol != "QQQ":
+        """The close of the session before today's (on a non-session day: before the last one)."""
+        ratio = STOCKS.get(symbol)
+        if ratio is None:
             raise BrokerError(f"sim: no history for {symbol}")
-        return _d(close)
-
-    def _expiries(self, today: date) -> tuple[date, ...]:
-        out: set[date] = set()
-        y, m = today.year, today.month
-        for k in range(13):
-            yy, mm = y + (m - 1 + k) // 12, (m - 1 + k) % 12 + 1
-            out.add(self._listed_friday(yy, mm))
-        for yy in range(today.year + 1, today.year + 4):
-            out.add(self._listed_friday(yy, 1))
-            out.add(self._listed_friday(yy, 6))
-            out.add(self._listed_friday(yy, 12))
-        return tuple(sorted(e for e in out if e > today))
-
-    def _listed_friday(self, y: int, m: int) -> date:
-        """The third Friday, or the session before it when that Friday is a holiday."""
-        d = date(y, m, 15)
-        d += timedelta(days=(4 - d.weekday()) % 7)
-        if self.calendar.first <= d <= self.calendar.last and not self.calendar.is_session(d):
-            prev = self.calendar.previous_session(d)
-            if prev is not None:
-                return prev.day
-        return d
+        day = self.clock.now().astimezone(NY).date()
+        current = day if self.calendar.is_session(day) else self.path.last_session_day(day)
+        close = self.path.prev_close(current) if current is not None else None
+        if close is None:
+            raise BrokerError(f"sim: no close before {day} in the price history")
+        return _cents(close * ratio)
 
     async def option_chain(self, symbol: str) -> OptionChain:
         if symbol != "QQQ":
             raise BrokerError(f"sim: no options on {symbol}")
         now = self.clock.now()
-        spot = self._spot(now)
-        step = 1 if spot < 150 else 5
-        lo = int(spot * 0.5 // step * step)
-        hi = int(spot * 1.5 // step * step) + step
-        strikes = tuple(Decimal(k) for k in range(max(lo, step), hi + 1, step))
-        return OptionChain("QQQ", self._expiries(now.astimezone(NY).date()), strikes)
-
-    def _years(self, expiry: date, now: datetime) -> float:
-        t = self._expiry_t.get(expiry)
-        if t is None:
-            t = datetime.combine(expiry, time(16, 0), NY).astimezone(UTC)
-            self._expiry_t[expiry] = t
-        return (t - now).total_seconds() / YEAR_S
-
-    def _option_quote(self, c: OptionContract, now: datetime, spot: float, base_iv: float) -> OptionQuote | None:
-        T = self._years(c.expiry, now)
-        if T <= 0 or c.symbol != "QQQ":
-            return None
-        K = float(c.strike)
-        skew = min(max(-0.06 * (K / spot - 1.0), -0.05), 0.08)  # puts and low strikes richer
-        sigma = max(base_iv + skew, 0.05)
-        mid, delta = bs_price_delta(spot, K, T, self.r, self.q, sigma, c.right)
-        half = max(0.025, mid * 0.0075)
-        bid = max(round(mid - half, 2), 0.0)
-        ask = max(round(mid + half, 2), 0.01)
-        return OptionQuote(c, _d(bid), _d(ask), now, delta=delta, iv=sigma, min_tick=CENT)
+        return OptionChain("QQQ", self.pricer.expiries(now), chain_strikes(self.path.price_at(now)))
 
     async def option_quotes(self, contracts: Sequence[OptionContract]) -> list[OptionQuote]:
         now = self.clock.now()
-        spot = self._spot(now)
+        spot = self.path.price_at(now)
         base_iv = self.iv.iv(now.astimezone(NY).date())
-        out = []
-        for c in contracts:
-            q = self._option_quote(c, now, spot, base_iv)
-            if q is not None:
-                out.append(q)
-        return out
+        quote = self.pricer.quote
+        return [q for c in contracts if (q := quote(c, now, spot, base_iv)) is not None]
 
-    def _bid_ask(self, ins: Instrument, now: datetime) -> tuple[Decimal, Decimal]:
-        spot = self._spot(now)
+    def _bid_ask(self, ins: Instrument, now: datetime) -> tuple[Decimal, Decimal] | None:
         if isinstance(ins, OptionContract):
-            q = self._option_quote(ins, now, spot, self.iv.iv(now.astimezone(NY).date()))
-            if q is None or q.bid is None or q.ask is None:
-                raise BrokerError(f"sim: {ins.key} is not quoted (expired?)")
-            return q.bid, q.ask
-        p = _d(spot * QQQM_RATIO) if ins.symbol == "QQQM" else _d(spot) if ins.symbol == "QQQ" else None
-        if p is None:
-            raise BrokerError(f"sim: {ins.symbol} is not traded here")
-        return p - CENT, p + CENT
+            q = self.pricer.quote(ins, now, self.path.price_at(now), self.iv.iv(now.astimezone(NY).date()))
+            return None if q is None or q.bid is None or q.ask is None else (q.bid, q.ask)
+        bid, ask, _ = self._stock_bid_ask_last(ins.symbol, now)
+        return bid, ask
+
+    def _mark(self, ins: Instrument) -> Decimal | None:
+        now = self.clock.now()
+        spot = self.path.price_at(now)
+        if isinstance(ins, OptionContract):
+            return self.pricer.mark(ins, now, spot, self.iv.iv(now.astimezone(NY).date()))
+        return _cents(spot * STOCKS.get(ins.symbol, 0.0)) if ins.symbol in STOCKS else None
 
     # --- orders --------------------------------------------------------------------------------
 
+    def _check_instrument(self, ins: Instrument, now: datetime) -> None:
+        if isinstance(ins, OptionContract):
+            if not self.pricer.is_listed(ins):
+                raise BrokerError(f"sim: {ins.key} is not a listed contract")
+            if expiry_close(ins.expiry) <= now:
+                raise BrokerError(f"sim: {ins.key} has expired")
+        elif not isinstance(ins, StockContract) or ins.symbol not in STOCKS or ins.currency != "USD":
+            raise BrokerError(f"sim: {getattr(ins, 'symbol', ins)} is not traded here (only QQQ, QQQM, QQQ options)")
+
+    def _validate(self, req: OrderRequest, now: datetime) -> None:
+        check_request(req)
+        for leg in req.legs:
+            self._check_instrument(leg.instrument, now)
+
     async def place_order(self, request: OrderRequest) -> str:
+        """Accept a DAY limit order and match it at once. Malformed orders raise BrokerError; account
+        problems (funds, selling more than held) emit a REJECTED update and then raise BrokerError."""
         now = self.clock.now()
         if self._state != ConnectionState.CONNECTED:
             raise BrokerError("sim: not connected")
         if request.order_ref in self._orders:
-            raise BrokerError(f"sim: order reference {request.order_ref} already used")
-        if request.qty <= 0 or not request.legs:
-            raise BrokerError("sim: an order needs a positive quantity and at least one leg")
-        if not request.is_combo and request.limit <= 0:
-            raise BrokerError("sim: a limit price must be positive")
+            raise BrokerError(f"sim: order reference {request.order_ref} was already used; duplicate refused")
+        self._validate(request, now)
         session = self.calendar.open_session(now)
         if session is None:
-            raise BrokerError("sim: the market is closed")
-        for leg in request.legs:
-            self._bid_ask(leg.instrument, now)  # unknown or expired instruments are refused
-        cost = self._max_cost(request)
-        if cost > self.account.cash["USD"]:
-            raise BrokerError(f"sim: insufficient funds ({cost:.2f} USD needed, "
-                              f"{self.account.cash['USD']:.2f} available)")
-        bid = str(self._next_id)
+            raise BrokerError("sim: the market is closed; DAY orders are taken during a session only")
+        broker_id = str(self._next_id)
         self._next_id += 1
-        w = _Working(request, bid, request.limit, session.day)
-        self._orders[request.order_ref] = w
-        self._working[request.order_ref] = w
-        self._match(w, now)
-        return bid
+        o = _Order(request, broker_id, request.limit, session, now)
+        self._orders[request.order_ref] = o
+        problem = self._account_problem(o, request.qty, request.limit, reserve=True)
+        if problem:  # like IB: the order is rejected (REJECTED update); the caller hears it at once too
+            self._finish(o, OrderStatus.REJECTED, problem)
+            raise BrokerError(f"sim: order {request.order_ref} rejected: {problem}")
+        self._working[request.order_ref] = o
+        self._match(o, now)
+        return broker_id
 
-    def _max_cost(self, req: OrderRequest) -> Decimal:
-        if req.is_combo or req.action != "BUY":
-            return Decimal(0) if req.limit <= 0 else req.limit * req.qty * 100
-        ins = req.legs[0].instrument
-        mult = ins.multiplier if isinstance(ins, OptionContract) else 1
-        return req.limit * req.qty * mult
+    def _working_order(self, order_ref: str) -> _Order:
+        o = self._orders.get(order_ref)
+        if o is None:
+            raise BrokerError(f"sim: no order {order_ref}")
+        if o.status.is_final:
+            raise BrokerError(f"sim: order {order_ref} is already {o.status.value}")
+        return o
 
     async def modify_order(self, order_ref: str, limit: Decimal) -> None:
-        w = self._orders.get(order_ref)
-        if w is None or w.status.is_final:
-            raise BrokerError(f"sim: no working order {order_ref}")
-        w.limit = limit
-        self._match(w, self.clock.now())
+        o = self._working_order(order_ref)
+        check_limit(o.req, limit)
+        o.limit = limit
+        self._match(o, self.clock.now())
 
     async def cancel_order(self, order_ref: str) -> None:
-        w = self._orders.get(order_ref)
-        if w is None or w.status.is_final:
-            raise BrokerError(f"sim: no working order {order_ref}")
-        self._finish(w, OrderStatus.CANCELLED, "cancelled")
+        o = self._working_order(order_ref)
+        self._finish(o, OrderStatus.CANCELLED, "cancelled on request")
 
-    def _finish(self, w: _Working, status: OrderStatus, message: str) -> None:
-        w.status = status
-        self._working.pop(w.req.order_ref, None)
-        if self._listener is not None:
-            self._listener.on_order_update(OrderUpdate(w.req.order_ref, w.broker_id, status, w.filled,
-                                                       w.req.qty - w.filled, message))
+    def _account_problem(self, o: _Order, qty: int, limit: Decimal, *, reserve: bool) -> str | None:
+        """Why the account cannot take ``qty`` more of this order at ``limit``, if it cannot."""
+        req = o.req
+        cost = Decimal(0)
+        for leg in req.legs:
+            ins = leg.instrument
+            if leg.action == "SELL":
+                held = self.account.held(ins)
+                offered = self._offered(ins, o) if reserve else 0
+                if qty > held - offered:
+                    also = f", {offered} already offered" if offered else ""
+                    return f"cannot sell {qty} {ins.key}: the account holds {held}{also}"
+            if isinstance(ins, OptionContract) or leg.action == "BUY":  # a stock sale pays from its proceeds
+                cost += order_commission(ins, 0, Decimal(0), qty, limit)
+        if req.is_combo or req.action == "BUY":
+            cost += limit * qty * (100 if req.is_combo else multiplier(req.legs[0].instrument))
+            if cost > self.account.usd:
+                return f"insufficient funds: {cost:.2f} USD needed, {self.account.usd:.2f} USD available"
+        return None
+
+    def _offered(self, ins: Instrument, other_than: _Order) -> int:
+        """The unfilled quantity of working orders, other than ``other_than``, that sell ``ins``."""
+        return sum(w.req.qty - w.filled for w in self._working.values() if w is not other_than
+                   and any(leg.action == "SELL" and leg.instrument == ins for leg in w.req.legs))
+
+    def _finish(self, o: _Order, status: OrderStatus, message: str) -> None:
+        o.status = status
+        self._working.pop(o.req.order_ref, None)
+        self._emit([], OrderUpdate(o.req.order_ref, o.broker_id, status, o.filled, o.req.qty - o.filled, message))
+
+    def _emit(self, executions: list[Execution], update: OrderUpdate) -> None:
+        listener = self._listener
+        if listener is None:
+            return
+        try:
+            for ex in executions:
+                listener.on_execution(ex)
+            listener.on_order_update(update)
+        except Exception:
+            log.exception("sim: the listener failed on %s", update.order_ref)
 
     def _on_time(self, now: datetime) -> None:
-        if not self._working:
-            return
-        for w in list(self._working.values()):
-            s = self.calendar.session(w.day)
-            if s is not None and now >= s.close:
-                self._finish(w, OrderStatus.CANCELLED, "DAY order expired at the close")
+        """A clock step: expire DAY orders at the close, match the others."""
+        for o in list(self._working.values()):
+            if o.status.is_final:
+                continue
+            if now >= o.session.close:
+                self._finish(o, OrderStatus.CANCELLED, "DAY order expired at the close")
             else:
-                self._match(w, now)
+                self._match(o, now)
 
-    def _match(self, w: _Working, now: datetime) -> None:
-        if w.status.is_final or self.fill.never_fill:
+    def _match(self, o: _Order, now: datetime) -> None:
+        if o.status.is_final or self.fill.never_fill or not o.session.open <= now < o.session.close:
             return
-        req = w.req
-        if req.is_combo:
-            legs = [(leg, *self._bid_ask(leg.instrument, now)) for leg in req.legs]
-            net_bid = sum((b if leg.action == "BUY" else -a) * leg.ratio for leg, b, a in legs)
-            net_ask = sum((a if leg.action == "BUY" else -b) * leg.ratio for leg, b, a in legs)
-            if not self._fills(w.limit, net_bid, net_ask, "BUY"):
-                return
+        if (now - o.placed_at).total_seconds() < self.fill.delay_s:
+            return
+        quotes = [self._bid_ask(leg.instrument, now) for leg in o.req.legs]
+        if any(q is None for q in quotes):
+            return
+        legs = list(zip(o.req.legs, [q for q in quotes if q is not None], strict=True))
+        if o.req.is_combo:
+            (_, (bb, ba)), (_, (sb, sa)) = sorted(legs, key=lambda x: x[0].action)  # BUY leg first
+            bid, ask = bb - sa, ba - sb
         else:
-            bid, ask = self._bid_ask(req.legs[0].instrument, now)
-            if not self._fills(w.limit, bid, ask, req.action):
-                return
-        qty = req.qty - w.filled
+            bid, ask = legs[0][1]
+        if not crosses(self.fill, self._rng, o.limit, bid, ask, o.req.action):
+            return
+        qty = o.req.qty - o.filled
         if self.fill.partial_max_qty is not None:
             qty = min(qty, self.fill.partial_max_qty)
-        self._execute(w, qty, now)
+        problem = self._account_problem(o, qty, o.limit, reserve=False)
+        if problem:
+            self._finish(o, OrderStatus.REJECTED, problem)
+            return
+        prices = combo_prices(o.limit, [(leg.action, q) for leg, q in legs]) if o.req.is_combo else [o.limit]
+        self._execute(o, qty, now, [(leg, px) for (leg, _), px in zip(legs, prices, strict=True)])
 
-    def _fills(self, limit: Decimal, bid: Decimal, ask: Decimal, side: str) -> bool:
-        mid = (bid + ask) / 2
-        if side == "BUY":
-            if limit >= ask:
-                return True
-            if limit < mid:
-                return False
-            frac = float((limit - mid) / (ask - mid)) if ask > mid else 1.0
-        else:
-            if limit <= bid:
-                return True
-            if limit > mid:
-                return False
-            frac = float((mid - limit) / (mid - bid)) if mid > bid else 1.0
-        if self.fill.always_fill_at_mid:
-            return True
-        p = self.fill.p_at_mid + (1 - self.fill.p_at_mid) * frac
-        return self._rng.random() < p
+    def _commission(self, o: _Order, i: int, ins: Instrument, qty: int, price: Decimal) -> Decimal:
+        """IBKR-like, with the minimum applied per order leg: partial fills add up to one fee."""
+        done, charged = o.fees.get(i, (0, Decimal(0)))
+        fee = order_commission(ins, done, charged, qty, price)
+        o.fees[i] = (done + qty, charged + fee)
+        return fee
 
-    def _execute(self, w: _Working, qty: int, now: datetime) -> None:
-        req = w.req
-        if req.is_combo:
-            sell_px = {leg.instrument.key: (self._bid_ask(leg.instrument, now)) for leg in req.legs}
-            prices: dict[str, Decimal] = {}
-            sells = [leg for leg in req.legs if leg.action == "SELL"]
-            for leg in sells:
-                b, a = sell_px[leg.instrument.key]
-                prices[leg.instrument.key] = ((b + a) / 2).quantize(CENT)
-            buys = [leg for leg in req.legs if leg.action == "BUY"]
-            credit = sum(prices[leg.instrument.key] * leg.ratio for leg in sells)
-            for leg in buys:  # the buy leg carries the net limit
-                prices[leg.instrument.key] = ((w.limit + credit) / leg.ratio).quantize(CENT)
-            fills = [(leg.instrument, leg.action, qty * leg.ratio, prices[leg.instrument.key]) for leg in req.legs]
-        else:
-            fills = [(req.legs[0].instrument, req.action, qty, w.limit)]
+    def _execute(self, o: _Order, qty: int, now: datetime, fills: list[tuple[OrderLeg, Decimal]]) -> None:
+        req = o.req
         executions = []
-        for ins, side, n, price in fills:
-            commission = self._commission(ins, n, price)
-            ex = Execution(f"sim-{self._next_exec:08d}", req.order_ref, w.broker_id, ins, side, n, price, now,
-                           commission)
+        for i, (leg, price) in enumerate(fills):
+            n = qty * leg.ratio
+            ex = Execution(f"sim-{self._run}-{self._next_exec:08d}", req.order_ref, o.broker_id, leg.instrument,
+                           leg.action, n, price, now, self._commission(o, i, leg.instrument, n, price))
             self._next_exec += 1
-            self._book(ex)
+            self._executions.append(ex)
+            self.account.book(ex)
             executions.append(ex)
-        w.filled += qty
-        if w.filled >= req.qty:
-            w.status = OrderStatus.FILLED
+        o.filled += qty
+        if o.filled >= req.qty:
+            o.status = OrderStatus.FILLED
             self._working.pop(req.order_ref, None)
         else:
-            w.status = OrderStatus.PARTIALLY_FILLED
-        if self._listener is not None:
-            for ex in executions:
-                self._listener.on_execution(ex)
-            self._listener.on_order_update(OrderUpdate(req.order_ref, w.broker_id, w.status, w.filled,
-                                                       req.qty - w.filled))
-
-    @staticmethod
-    def _commission(ins: Instrument, qty: int, price: Decimal) -> Decimal:
-        if isinstance(ins, OptionContract):
-            return max(OPTION_FEE * qty, Decimal(1))
-        return stock_commission(qty, price)
-
-    def _book(self, ex: Execution) -> None:
-        self._executions.append(ex)
-        ins = ex.instrument
-        mult = ins.multiplier if isinstance(ins, OptionContract) else 1
-        amount = ex.price * ex.qty * mult
-        h = self.account.holdings.setdefault(ins.key, _Holding(ins))
-        fee = ex.commission or Decimal(0)
-        if ex.side == "BUY":
-            self.account.cash["USD"] -= amount + fee
-            h.qty += ex.qty
-            h.cost += amount
-        else:
-            self.account.cash["USD"] += amount - fee
-            if h.qty > 0:
-                h.cost -= h.cost * min(ex.qty, h.qty) / h.qty
-            h.qty -= ex.qty
-        if h.qty == 0:
-            self.account.holdings.pop(ins.key, None)
+            o.status = OrderStatus.PARTIALLY_FILLED
+        self._emit(executions, OrderUpdate(req.order_ref, o.broker_id, o.status, o.filled, req.qty - o.filled))
 
     # --- reconciliation and account ------------------------------------------------------------
 
     async def open_orders(self) -> list[BrokerOrder]:
-        return [BrokerOrder(w.req.order_ref, w.broker_id, w.req, w.status, w.filled) for w in self._working.values()]
+        return [BrokerOrder(o.req.order_ref, o.broker_id, dataclasses.replace(o.req, limit=o.limit), o.status,
+                            o.filled) for o in self._working.values()]
 
     async def executions(self, since: datetime | None = None) -> list[Execution]:
+        """Every execution this broker ever made (with commissions), optionally from ``since``."""
         return [e for e in self._executions if since is None or e.time >= since]
 
-    def _mark(self, h: _Holding, now: datetime) -> Decimal | None:
-        try:
-            bid, ask = self._bid_ask(h.instrument, now)
-        except BrokerError:
-            return None
-        return (bid + ask) / 2
-
     async def positions(self) -> list[Position]:
-        now = self.clock.now()
-        out: list[Position] = []
-        for h in self.account.holdings.values():
-            ins = h.instrument
-            is_opt = isinstance(ins, OptionContract)
-            mult = ins.multiplier if isinstance(ins, OptionContract) else 1
-            px = self._mark(h, now)
-            out.append(Position("option" if is_opt else "stock", ins.symbol, ins.key, Decimal(h.qty),
-                                h.cost / h.qty / mult if h.qty else Decimal(0), px,
-                                px * h.qty * mult if px is not None else None, "USD", ins))
-        for s in self.account.static:
-            out.append(Position(s.category, s.symbol, s.description, s.qty, s.price, s.price,  # type: ignore[arg-type]
-                                s.price * s.qty * s.multiplier, s.currency))
-        for cur, amount in self.account.cash.items():
-            out.append(Position("cash", cur, f"{cur} cash", amount, Decimal(1), Decimal(1), amount, cur))
-        return out
+        return self.account.positions(self._mark)
 
     async def account_summary(self) -> AccountSummary:
-        now = self.clock.now()
-        value = Decimal(0)
-        for h in self.account.holdings.values():
-            px = self._mark(h, now)
-            mult = h.instrument.multiplier if isinstance(h.instrument, OptionContract) else 1
-            value += (px if px is not None else Decimal(0)) * h.qty * mult
-        for s in self.account.static:
-            value += s.price * s.qty * s.multiplier
-        usd = self.account.cash.get("USD", Decimal(0))
-        eur = self.account.cash.get("EUR", Decimal(0))
-        net = usd + eur * EUR_USD + value
-        return AccountSummary(net_liquidation=net, cash_by_currency=dict(self.account.cash), buying_power=usd,
-                              available_funds_usd=usd)
+        return self.account.summary(self._mark)
 
-    # --- for tests -------------------------------------------------------------------------------
+    def adopt_position(self, instrument: Instrument, qty: int, avg_price: Decimal) -> None:
+        """Put a holding into the account without a fill: a new sim process on an existing database
+        can hand it the bot's open lots, so that selling them is not refused."""
+        self._check_instrument(instrument, self.clock.now())
+        self.account.adopt(instrument, qty, avg_price * qty * multiplier(instrument))
 
-    def order_count(self) -> int:
-        return len(self._orders)
-
-    def working(self, order_ref: str) -> _Working | None:
-        return self._orders.get(order_ref)
+    def order_status(self, order_ref: str) -> tuple[OrderStatus, int] | None:
+        """(status, filled) of any order this broker has seen, for tests and diagnostics."""
+        o = self._orders.get(order_ref)
+        return None if o is None else (o.status, o.filled)
 
 
-__all__ = ["SimBroker", "SimFillModel", "StockContract"]
+__all__ = ["SimBroker", "SimFillModel"]

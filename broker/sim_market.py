@@ -5,20 +5,26 @@ from __future__ import annotations
 
 import bisect
 import csv
-import itertools
+import logging
 import math
 import random
 from dataclasses import dataclass
 from datetime import date, datetime
+from itertools import pairwise
 from pathlib import Path
 
 from strategy.calendar import Session, SessionCalendar
 
-QQQM_RATIO = 0.4115
+log = logging.getLogger(__name__)
+
+QQQM_RATIO = 0.4115  # QQQM is priced as QQQ × this
+_NULLS = ("", "null", "nan", "n/a", ".")
 
 
 @dataclass(frozen=True, slots=True)
 class DailyBar:
+    """One session's open, high, low and close."""
+
     day: date
     open: float
     high: float
@@ -28,6 +34,14 @@ class DailyBar:
 
 class CsvError(ValueError):
     """A CSV the bot cannot use, with the file, the line and the problem."""
+
+
+@dataclass(frozen=True, slots=True)
+class OhlcFile:
+    """The bars of a CSV and how many rows were skipped for missing ("null") prices."""
+
+    bars: list[DailyBar]
+    skipped_null: int
 
 
 def _parse_date(text: str) -> date:
@@ -47,9 +61,20 @@ def _open_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     return header, body
 
 
-def load_ohlc_csv(path: Path | str) -> list[DailyBar]:
-    """Daily bars from a Yahoo/IB export (Date,Open,High,Low,Close[,...]); rows of Yahoo's "null"
-    are skipped; anything else malformed raises CsvError naming the line."""
+def _date_at(path: Path, line: int, text: str, last: date | None) -> date:
+    try:
+        day = _parse_date(text)
+    except ValueError:
+        raise CsvError(f"{path}, line {line}: '{text}' is not a date (YYYY-MM-DD or YYYYMMDD)") from None
+    if last is not None and day <= last:
+        what = "duplicate date" if day == last else "dates must ascend"
+        raise CsvError(f"{path}, line {line}: {what} ({day} after {last})")
+    return day
+
+
+def read_ohlc_csv(path: Path | str) -> OhlcFile:
+    """Daily bars from a Yahoo/IB export (Date,Open,High,Low,Close[,...]); Yahoo's "null" rows are
+    skipped and counted; anything else malformed raises CsvError naming the line."""
     path = Path(path)
     header, body = _open_rows(path)
     need = ["date", "open", "high", "low", "close"]
@@ -59,59 +84,69 @@ def load_ohlc_csv(path: Path | str) -> list[DailyBar]:
                        f"found {','.join(header)})")
     idx = [header.index(n) for n in need]
     bars: list[DailyBar] = []
+    skipped = 0
     for line, row in body:
         try:
             cells = [row[i].strip() for i in idx]
         except IndexError:
-            raise CsvError(f"{path}, line {line}: too few columns") from None
-        if any(c.lower() in ("null", "") for c in cells[1:]):
+            raise CsvError(f"{path}, line {line}: too few columns (need Date,Open,High,Low,Close)") from None
+        if any(c.lower() in _NULLS for c in cells[1:]):
+            skipped += 1
             continue
-        try:
-            day = _parse_date(cells[0])
-        except ValueError:
-            raise CsvError(f"{path}, line {line}: '{cells[0]}' is not a date (YYYY-MM-DD)") from None
+        day = _date_at(path, line, cells[0], bars[-1].day if bars else None)
         try:
             o, h, lo, c = (float(x) for x in cells[1:])
         except ValueError:
             raise CsvError(f"{path}, line {line}: a price is not a number ({','.join(cells[1:])})") from None
         if not all(math.isfinite(v) and v > 0 for v in (o, h, lo, c)):
-            raise CsvError(f"{path}, line {line}: prices must be positive numbers")
-        tol = 1e-6 * h
-        if lo > h + tol or not (lo - tol <= c <= h + tol) or not (lo - tol <= o <= h + tol):
-            raise CsvError(f"{path}, line {line}: open/close outside the low–high range")
-        if bars and day <= bars[-1].day:
-            raise CsvError(f"{path}, line {line}: date {day} is not after {bars[-1].day} (duplicate or unsorted)")
-        bars.append(DailyBar(day, o, h, lo, c))
+            raise CsvError(f"{path}, line {line}: prices must be positive numbers ({','.join(cells[1:])})")
+        tol = 1e-6 * max(1.0, h)
+        if lo > h + tol:
+            raise CsvError(f"{path}, line {line}: low {lo:g} is above high {h:g}")
+        if not lo - tol <= c <= h + tol:
+            raise CsvError(f"{path}, line {line}: close {c:g} is outside the low–high range [{lo:g}, {h:g}]")
+        # An open just outside the range (seen in some exports) widens it rather than failing.
+        bars.append(DailyBar(day, o, max(h, o, c), min(lo, o, c), c))
     if not bars:
-        raise CsvError(f"{path}: no usable rows (the file is empty of prices)")
-    return bars
+        raise CsvError(f"{path}: no rows with prices (only a header, or every price is null)")
+    return OhlcFile(bars, skipped)
+
+
+def load_ohlc_csv(path: Path | str) -> list[DailyBar]:
+    """The bars of :func:`read_ohlc_csv`; the count of skipped "null" rows is logged."""
+    result = read_ohlc_csv(path)
+    if result.skipped_null:
+        log.info("%s: skipped %d row(s) without prices", path, result.skipped_null)
+    return result.bars
 
 
 def load_series_csv(path: Path | str, column: str) -> dict[date, float]:
-    """One numeric column by date (e.g. VXN); values above 3 are percent (25.3 → 0.253)."""
+    """One volatility column by date (e.g. VXN) as fractions; values above 3 are taken as percent
+    (25.3 → 0.253). Empty/"null" values are skipped."""
     path = Path(path)
     header, body = _open_rows(path)
     if "date" not in header:
-        raise CsvError(f"{path}: no Date column")
+        raise CsvError(f"{path}: no Date column (found {','.join(header)})")
     col = column.strip().lower()
     if col not in header:
         raise CsvError(f"{path}: no column '{column}' (found {','.join(header)})")
     di, ci = header.index("date"), header.index(col)
     out: dict[date, float] = {}
+    last: date | None = None
     for line, row in body:
-        try:
-            day = _parse_date(row[di])
-            text = row[ci].strip()
-        except (ValueError, IndexError):
-            raise CsvError(f"{path}, line {line}: unreadable date or missing value") from None
-        if text.lower() in ("", "null", "."):
+        if max(di, ci) >= len(row):
+            raise CsvError(f"{path}, line {line}: too few columns")
+        day = _date_at(path, line, row[di], last)
+        last = day
+        text = row[ci].strip()
+        if text.lower() in _NULLS:
             continue
         try:
             v = float(text)
         except ValueError:
             raise CsvError(f"{path}, line {line}: '{text}' is not a number") from None
         if not math.isfinite(v) or v <= 0:
-            raise CsvError(f"{path}, line {line}: volatility must be positive")
+            raise CsvError(f"{path}, line {line}: a volatility must be positive, got {text}")
         out[day] = v / 100 if v > 3 else v
     if not out:
         raise CsvError(f"{path}: column '{column}' has no values")
@@ -119,9 +154,14 @@ def load_series_csv(path: Path | str, column: str) -> dict[date, float]:
 
 
 class IvSource:
-    """Implied volatility by day: a constant, or a series (latest value on or before the day)."""
+    """Implied volatility by day: a constant, or a series (latest value on or before the day;
+    before the first value, the first)."""
 
     def __init__(self, constant: float | None = None, series: dict[date, float] | None = None) -> None:
+        if constant is None and not series:
+            raise ValueError("IvSource needs a constant or a non-empty series")
+        if constant is not None and not 0 < constant < 10:
+            raise ValueError(f"implied volatility must be a positive fraction, got {constant}")
         self._constant = constant
         self._days = sorted(series) if series else []
         self._values = [series[d] for d in self._days] if series else []
@@ -144,8 +184,8 @@ class IvSource:
 def synthetic_bars(
     sessions: list[Session], seed: int, s0: float = 100.0, mu: float = 0.10, sigma: float = 0.22
 ) -> list[DailyBar]:
-    """A seeded daily path: GBM with GARCH-like volatility clustering, so calm stretches alternate
-    with stressed ones (−1 % days are common, −5 % days rare but present)."""
+    """A seeded daily path: GBM with GARCH-like volatility clustering and rare downward jumps, so
+    calm stretches alternate with stressed ones (−1 % days common, −5 % days rare but present)."""
     rng = random.Random(seed)
     daily_var = sigma * sigma / 252
     var = daily_var
@@ -155,7 +195,8 @@ def synthetic_bars(
         vol = math.sqrt(var)
         gap = rng.gauss(0, vol * 0.35)
         body = rng.gauss(0, vol * 0.94)
-        ret = mu / 252 - 0.5 * vol * vol + gap + body
+        jump = rng.gauss(-0.035, 0.015) if rng.random() < 0.0015 else 0.0
+        ret = mu / 252 - 0.5 * vol * vol + gap + body + jump
         o = price * math.exp(gap)
         c = price * math.exp(ret)
         span = abs(rng.gauss(0, vol * 0.6))
@@ -173,17 +214,22 @@ class PricePath:
     ``step_min`` resolution, interpolated linearly; outside hours, the last close."""
 
     def __init__(self, sessions: list[Session], points: list[list[float]], step_s: float, skipped: int = 0) -> None:
+        if not sessions or len(sessions) != len(points):
+            raise ValueError("a price path needs one point list per session")
         self.sessions = sessions
         self._points = points
         self._step_s = step_s
         self._opens = [s.open for s in sessions]
         self._days = [s.day for s in sessions]
         self._index = {s.day: i for i, s in enumerate(sessions)}
-        self.skipped = skipped
+        self.skipped = skipped  # bars on days the calendar does not know
         self._cache_i = 0
 
     @classmethod
     def from_bars(cls, bars: list[DailyBar], calendar: SessionCalendar, seed: int, step_min: int = 5) -> PricePath:
+        """One intraday path per bar whose day is a session of ``calendar`` (others are skipped)."""
+        if step_min <= 0:
+            raise ValueError("step_min must be positive")
         rng = random.Random(seed * 7919 + 17)
         sessions: list[Session] = []
         points: list[list[float]] = []
@@ -193,15 +239,18 @@ class PricePath:
             if s is None:
                 skipped += 1
                 continue
-            n = max(2, int((s.close - s.open).total_seconds() // (step_min * 60)))
+            n = max(3, int((s.close - s.open).total_seconds() // (step_min * 60)))
             sessions.append(s)
             points.append(_intraday(b, n, rng))
         if not sessions:
             raise ValueError("no bar falls on a session of the calendar")
+        if skipped:
+            log.info("price path: skipped %d bar(s) on days that are not sessions", skipped)
         return cls(sessions, points, step_min * 60.0, skipped)
 
     @classmethod
     def wall_clock(cls, calendar: SessionCalendar, seed: int, start: date, end: date, s0: float = 480.0) -> PricePath:
+        """A synthetic path over today's dates, for the live demo on the wall clock."""
         sessions = calendar.sessions_between(start, end)
         return cls.from_bars(synthetic_bars(sessions, seed, s0=s0), calendar, seed)
 
@@ -225,6 +274,7 @@ class PricePath:
         return i
 
     def price_at(self, t: datetime) -> float:
+        """The price at ``t``; outside hours the last close, before the first session its open."""
         i = self._session_index(t)
         if i < 0:
             return self._points[0][0]
@@ -236,19 +286,24 @@ class PricePath:
         k = int(x)
         if k >= len(pts) - 1:
             return pts[-1]
-        frac = x - k
-        return pts[k] + (pts[k + 1] - pts[k]) * frac
+        return pts[k] + (pts[k + 1] - pts[k]) * (x - k)
 
     def close_of(self, day: date) -> float | None:
         i = self._index.get(day)
         return None if i is None else self._points[i][-1]
 
     def prev_close(self, day: date) -> float | None:
-        """The close of the session before ``day``."""
+        """The close of the last session strictly before ``day``."""
         i = bisect.bisect_left(self._days, day) - 1
         return self._points[i][-1] if i >= 0 else None
 
+    def last_session_day(self, day: date) -> date | None:
+        """The last session on or before ``day``."""
+        i = bisect.bisect_right(self._days, day) - 1
+        return self._days[i] if i >= 0 else None
+
     def session_at(self, t: datetime) -> Session | None:
+        """The session open at ``t``, if any."""
         i = self._session_index(t)
         if i < 0:
             return None
@@ -257,24 +312,27 @@ class PricePath:
 
 
 def _intraday(b: DailyBar, n: int, rng: random.Random) -> list[float]:
-    """n+1 points from open to close that touch the high and the low (a Brownian bridge through
+    """n+1 (n ≥ 3) points from open to close that touch the high and the low (a Brownian bridge through
     both extremes at random times), clipped to [low, high]."""
-    t_hi, t_lo = rng.randint(1, n - 1) if n > 2 else 1, rng.randint(1, n - 1) if n > 2 else 1
+    t_hi = rng.randint(1, n - 1)
+    t_lo = rng.randint(1, n - 1)
     if t_hi == t_lo:
         t_lo = t_lo + 1 if t_lo < n - 1 else t_lo - 1
-    anchors = sorted({0: b.open, n: b.close, t_hi: b.high, t_lo: b.low}.items())
+    anchors = {0: b.open, n: b.close, t_hi: b.high, t_lo: b.low}
+    ordered = sorted(anchors.items())
     pts = [0.0] * (n + 1)
-    scale = (b.high - b.low) * 0.25 + 1e-9
-    for (k0, v0), (k1, v1) in itertools.pairwise(anchors):
+    scale = (b.high - b.low) * 0.125
+    for (k0, v0), (k1, v1) in pairwise(ordered):
         steps = k1 - k0
         walk = [0.0]
         for _ in range(steps):
             walk.append(walk[-1] + rng.gauss(0, 1))
+        amp = scale / math.sqrt(steps)
+        end = walk[-1]
         for j in range(steps + 1):
-            frac = j / steps if steps else 0
-            bridge = walk[j] - frac * walk[-1]
-            pts[k0 + j] = v0 + (v1 - v0) * frac + bridge * scale / math.sqrt(max(steps, 1)) * 0.5
-    for k, v in anchors:
+            frac = j / steps
+            pts[k0 + j] = v0 + (v1 - v0) * frac + (walk[j] - frac * end) * amp
+    for k, v in ordered:
         pts[k] = v
-    return [min(max(p, b.low), b.high) for p in pts]
-
+    lo, hi = b.low, b.high
+    return [lo if p < lo else hi if p > hi else p for p in pts]
