@@ -34,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the bot (headless engine on the configured broker)")
     run.add_argument("--max-ticks", type=int, default=None, help=argparse.SUPPRESS)
+    sub.add_parser("health", help="exit 0 when the running bot is healthy; else print what failed")
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    backup = db_sub.add_parser("backup", help="online, consistent copy of the SQLite database")
+    backup.add_argument("path", help="file, or folder (existing, or ending in /), to write the backup to")
     bt = sub.add_parser("backtest", help="replay the strategy over a price history")
     src = bt.add_mutually_exclusive_group()
     src.add_argument("--csv", type=Path, help="daily bars (Date,Open,High,Low,Close), e.g. a Yahoo export")
@@ -97,11 +102,59 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """One line; exit 0 only when the heartbeat is recent, the database opens and (ib) the gateway
+    connection is up."""
+    from datetime import UTC, datetime
+
+    from bot.config import ConfigError, load_config
+    from bot.health import check_heartbeat
+    from storage.db import close_database, open_database
+
+    try:
+        cfg = load_config()
+    except ConfigError as e:
+        print(f"unhealthy: configuration: {e}")
+        return 1
+    try:
+        db = open_database(cfg.db_url)
+    except Exception as e:
+        print(f"unhealthy: database does not open: {type(e).__name__}: {e}")
+        return 1
+    try:
+        result = check_heartbeat(datetime.now(UTC), cfg.broker)
+    finally:
+        close_database(db)
+    print(result.message if result.ok else f"unhealthy: {result.message}")
+    return 0 if result.ok else 1
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from bot.config import ConfigError, load_config
+    from storage.backup import BackupError, backup_sqlite, sqlite_path
+
+    try:
+        cfg = load_config()
+        target = Path(args.path)
+        if args.path.endswith(("/", "\\")):
+            target.mkdir(parents=True, exist_ok=True)
+        dest = backup_sqlite(sqlite_path(cfg.db_url), target)
+    except (ConfigError, BackupError) as e:
+        print(f"qqq-bot db backup: {e}", file=sys.stderr)
+        return 2
+    print(f"backup written to {dest}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "backtest":
         _setup_logging("WARNING")
         return cmd_backtest(args)
+    if args.command == "health":
+        return cmd_health(args)
+    if args.command == "db":
+        return cmd_db(args)
     return cmd_run(args)
 
 
