@@ -86,8 +86,7 @@ async def _guarded(engine: Engine, what: str, action: Awaitable[T]) -> T | None:
     try:
         return await action
     except Exception as e:
-        log.exception("%s failed", what)
-        engine.emit(EventKind.ERROR, f"{what} failed: {type(e).__name__}: {e}")
+        engine.report_error(f"{what} failed", e)
         engine.ready = False  # whatever state the order is in, reconcile before the next one
         return None
 

@@ -116,6 +116,7 @@ class Engine:
         self._prev_close: tuple[date, Decimal] | None = None
         self._last_day: date | None = None
         self._last_error = ""
+        self._tick_errors = 0
         self.iv_guess = 0.25
 
     # --- life cycle ----------------------------------------------------------------------------
@@ -273,26 +274,35 @@ class Engine:
         if self._lock.locked():
             return TickReport(now, None, skipped="previous tick still running: skipped")
         async with self._lock:
+            self._tick_errors = 0
             try:
                 report = await self._tick(now, dry_run)
-                self._last_error = ""
             except Exception as e:
                 text = f"{type(e).__name__}: {e}"
-                if text != self._last_error:  # one alert (and one traceback) per incident
-                    log.exception("tick at %s failed", now.isoformat())
-                    self.emit(EventKind.ERROR, f"Tick failed: {text}")
-                else:
-                    log.warning("tick at %s failed again: %s", now.isoformat(), text)
-                self._last_error = text
+                self.report_error("Tick failed", e)
                 report = TickReport(now, None, skipped=f"error: {text}")
         if not dry_run:
             self.last_report = report
             if self.persist_last_tick:
                 try:
                     kv.put("last_tick", json.dumps({"time": now.isoformat(), "summary": report.summary()}), now)
-                except Exception:
-                    log.exception("could not store the last tick")
+                except Exception as e:
+                    self.report_error("Could not store the last tick", e)
+            if self._tick_errors == 0:
+                self._last_error = ""  # the incident is over: the next error is a new one
         return report
+
+    def report_error(self, what: str, e: BaseException) -> None:
+        """Log and alert an error once per incident (the same error at every tick is one incident)."""
+        self._tick_errors += 1
+        key = f"{type(e).__name__}: {e}"
+        text = f"{what}: {key}"
+        if key != self._last_error:
+            log.error("%s", text, exc_info=e)
+            self.emit(EventKind.ERROR, text)
+        else:
+            log.warning("again: %s", text)
+        self._last_error = key
 
     async def _tick(self, now: datetime, dry_run: bool) -> TickReport:
         session = self.calendar.open_session(now)
