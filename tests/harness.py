@@ -76,7 +76,8 @@ class World:
 
     async def run_days(self, days: list[date]) -> None:
         for d in days:
-            await self.run_session(d)
+            if d != self.path.first_day:  # the first bar only provides the previous close
+                await self.run_session(d)
             await self.close_session(d)
 
     def events(self, kind: EventKind) -> list[str]:
