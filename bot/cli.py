@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from datetime import date
 from decimal import Decimal, InvalidOperation
@@ -56,9 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+def _setup_logging(level: str, fmt: str = "text", secrets: list[str] | None = None) -> None:
+    from bot.logs import setup_logging
+
+    setup_logging(level, fmt, secrets)
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
@@ -94,7 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"qqq-bot: configuration error: {e}", file=sys.stderr)
         return 2
-    _setup_logging(cfg.log_level)
+    _setup_logging(cfg.log_level, cfg.log_format)
     try:
         asyncio.run(run_headless(cfg, max_ticks=args.max_ticks))
     except KeyboardInterrupt:

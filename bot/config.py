@@ -20,6 +20,8 @@ class AppConfig(BaseSettings):
     data_dir: Path = Field(Path("./data"), alias="DATA_DIR")
     database_url: str | None = Field(None, alias="DATABASE_URL")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="LOG_LEVEL")
+    log_format: Literal["text", "json"] = Field("text", alias="LOG_FORMAT")
+    backup_keep_days: int = Field(14, ge=1, le=3650, alias="BACKUP_KEEP_DAYS")
     max_orders_per_day: int = Field(10, ge=1, le=1000, alias="MAX_ORDERS_PER_DAY")
     max_premium_per_day: Decimal = Field(Decimal(25000), ge=0, le=Decimal(10_000_000), alias="MAX_PREMIUM_PER_DAY")
     sim_seed: int = Field(7, alias="SIM_SEED")

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from datetime import timedelta
+from datetime import date, timedelta
 
 from bot.alerts import LogSink, mode_label
 from bot.config import AppConfig
@@ -54,13 +54,31 @@ def _adopt_ledger(broker: Broker) -> None:
         broker.adopt_position(StockContract("QQQM"), shares, deployed / shares)
 
 
-async def _heartbeat(engine: Engine, clock: WallClock) -> None:
+async def _heartbeat(engine: Engine, clock: WallClock, cfg: AppConfig) -> None:
+    backed_up = None
     while True:
         try:
             write_heartbeat(clock.now(), engine.broker.state.value)
         except Exception:
             log.exception("could not write the heartbeat")
+        today = clock.now().date()
+        if backed_up != today:
+            backed_up = today
+            await asyncio.to_thread(daily_backup_job, cfg, today)
         await asyncio.sleep(HEARTBEAT_S)
+
+
+def daily_backup_job(cfg: AppConfig, today: date) -> None:
+    """Today's SQLite backup under DATA_DIR/backups, keeping BACKUP_KEEP_DAYS days."""
+    from storage.backup import BackupError, daily_backup, sqlite_path
+
+    try:
+        path = sqlite_path(cfg.db_url)
+        daily_backup(path, path.parent / "backups", today, cfg.backup_keep_days)
+    except BackupError as e:
+        log.warning("daily backup skipped: %s", e)
+    except Exception:
+        log.exception("daily backup failed")
 
 
 async def _tick_loop(engine: Engine, settings: SettingsService, clock: WallClock, max_ticks: int | None) -> None:
@@ -96,7 +114,7 @@ async def run_headless(cfg: AppConfig, max_ticks: int | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, lambda s=sig: _stop(main, s))
-    beat = asyncio.create_task(_heartbeat(engine, clock), name="heartbeat")
+    beat = asyncio.create_task(_heartbeat(engine, clock, cfg), name="heartbeat")
     try:
         await engine.start()
         log.info("engine ready on the %s broker", broker.name)
