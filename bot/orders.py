@@ -9,7 +9,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -122,22 +122,10 @@ class OrderRunner:
         started = self.clock.now()
         step = 0
         limit = req.limit
-        while True:
-            order = self._status(ref)
-            if order.status not in ledger.ACTIVE:
-                break
+        while not await self._finished(ref, started, settings):
             elapsed = (self.clock.now() - started).total_seconds()
-            if elapsed >= settings.order_timeout_s:
-                await self._cancel(ref)
-                break
-            next_reprice = (step + 1) * settings.reprice_s
-            await self._wait(ref, min(next_reprice, settings.order_timeout_s) - elapsed)
-            order = self._status(ref)
-            if order.status not in ledger.ACTIVE:
-                break
-            elapsed = (self.clock.now() - started).total_seconds()
-            if elapsed >= settings.order_timeout_s:
-                await self._cancel(ref)
+            await self._wait(ref, min((step + 1) * settings.reprice_s, settings.order_timeout_s) - elapsed)
+            if await self._finished(ref, started, settings):
                 break
             step += 1
             q = await quote()
@@ -155,6 +143,15 @@ class OrderRunner:
                 ledger.set_limit(ref, new_limit)
         order = self._status(ref)
         return OrderOutcome(ref, order.status, order.filled_qty, order.qty, order.message)
+
+    async def _finished(self, ref: str, started: datetime, settings: StrategySettings) -> bool:
+        """True when the order is final, or has just been cancelled for timing out."""
+        if self._status(ref).status not in ledger.ACTIVE:
+            return True
+        if (self.clock.now() - started).total_seconds() >= settings.order_timeout_s:
+            await self._cancel(ref)
+            return True
+        return False
 
     async def _cancel(self, ref: str) -> None:
         try:
