@@ -23,6 +23,7 @@ from strategy.rules import (
     limit_price,
     premium_within_limit,
     stock_commission,
+    worst_limit,
 )
 from strategy.selection import (
     Candidate,
@@ -213,7 +214,8 @@ async def _buy(
     ctx = _context(snap, delta=choice.delta, reason="roll_in" if purpose == "roll" else "entry")
     return await engine.runner.run(req, purpose=purpose, session_day=snap.session, settings=settings,
                                    quote=_option_quote_fn(engine, choice.contract), tick=q.min_tick,
-                                   roll_id=roll_id, context=ctx)
+                                   roll_id=roll_id, context=ctx,
+                                   max_buy_limit=worst_limit(q.bid, q.ask, "BUY", settings, q.min_tick))
 
 
 async def _enter(engine: Engine, snap: MarketSnapshot, settings: StrategySettings, report: TickReport) -> None:
@@ -340,6 +342,7 @@ async def _recycle(engine: Engine, snap: MarketSnapshot, settings: StrategySetti
             req, purpose="recycle", session_day=day, settings=settings, quote=quote, tick=TICK,
             context=_context(snap, reason="recycle", pool=decision_pool),
             after_create=lambda order: ledger.create_recycle(order, decision_pool, decision.shares, engine.clock.now()),
+            max_buy_limit=decision.limit,
         )
     except BrokerError as e:  # pragma: no cover - run() turns broker errors into outcomes
         engine.emit(EventKind.ERROR, f"Recycling order failed: {e}")

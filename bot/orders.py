@@ -92,8 +92,11 @@ class OrderRunner:
         roll_id: int | None = None,
         context: dict[str, Any] | None = None,
         after_create: Callable[[Order], None] | None = None,
+        max_buy_limit: Decimal | None = None,
     ) -> OrderOutcome:
-        """Persist, send, reprice, time out. Returns what the ledger says when the order is done."""
+        """Persist, send, reprice, time out. Returns what the ledger says when the order is done.
+        ``max_buy_limit`` bounds a buy's reprices by the price its budget was checked against, so a
+        quote that moves up while the order works never spends more than was decided."""
         from storage.models import database_proxy
 
         now = self.clock.now()
@@ -113,11 +116,14 @@ class OrderRunner:
         ledger.mark_sent(ref, broker_id, self.clock.now())
         self._on_change()
         try:
-            return await self._work(req, settings, quote, tick)
+            return await self._work(req, settings, quote, tick, max_buy_limit)
         finally:
             self._final_events.pop(ref, None)
 
-    async def _work(self, req: OrderRequest, settings: StrategySettings, quote: QuoteFn, tick: Decimal) -> OrderOutcome:
+    async def _work(
+        self, req: OrderRequest, settings: StrategySettings, quote: QuoteFn, tick: Decimal,
+        max_buy_limit: Decimal | None,
+    ) -> OrderOutcome:
         ref = req.order_ref
         started = self.clock.now()
         step = 0
@@ -133,6 +139,8 @@ class OrderRunner:
                 continue
             bid, ask, tk = q
             new_limit = limit_price(bid, ask, req.action, step, settings, tk or tick)
+            if req.action == "BUY" and max_buy_limit is not None:
+                new_limit = min(new_limit, max_buy_limit)
             if new_limit != limit:
                 try:
                     await self.broker.modify_order(ref, new_limit)

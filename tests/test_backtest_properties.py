@@ -11,7 +11,7 @@ from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bot.backtest import BacktestConfig, run_backtest
@@ -21,6 +21,8 @@ N = int(os.environ.get("QQQ_PROPERTY_RUNS", "8"))
 
 
 @settings(max_examples=N, deadline=None)
+# found by this test: a recycling buy repriced above its budget when QQQM's ask rose while it worked
+@example(seed=7492, drop="2", max_pos=4, roll="2", qty=3, iv="0.18")
 @given(seed=st.integers(1, 10_000), drop=st.sampled_from(["0.5", "1", "2"]), max_pos=st.integers(1, 4),
        roll=st.sampled_from(["2", "3", "5"]), qty=st.integers(1, 3), iv=st.sampled_from(["0.18", "0.3", "0.45"]))
 async def test_whole_runs_keep_the_rules(seed: int, drop: str, max_pos: int, roll: str, qty: int, iv: str) -> None:
