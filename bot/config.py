@@ -7,7 +7,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from strategy.rules import DailyLimits
@@ -26,6 +26,76 @@ class AppConfig(BaseSettings):
     max_premium_per_day: Decimal = Field(Decimal(25000), ge=0, le=Decimal(10_000_000), alias="MAX_PREMIUM_PER_DAY")
     sim_seed: int = Field(7, alias="SIM_SEED")
     sim_capital: Decimal = Field(Decimal(100_000), gt=0, alias="SIM_CAPITAL")
+    # Telegram control plane
+    telegram_bot_token: SecretStr | None = Field(None, alias="TELEGRAM_BOT_TOKEN")
+    admin_user_ids_text: str = Field("", alias="ADMIN_USER_IDS")
+    totp_encryption_key: SecretStr | None = Field(None, alias="TOTP_ENCRYPTION_KEY")
+    session_ttl_min: int = Field(30, ge=1, le=1440, alias="SESSION_TTL_MIN")
+    telegram_api_base_url: str = Field("https://api.telegram.org/bot", alias="TELEGRAM_API_BASE_URL")
+    # Interactive Brokers
+    ib_host: str = Field("127.0.0.1", alias="IB_HOST")
+    ib_port: int = Field(4004, ge=1, le=65535, alias="IB_PORT")
+    ib_client_id: int = Field(1, ge=0, le=2**31 - 1, alias="IB_CLIENT_ID")
+    allow_live_trading: bool = Field(False, alias="ALLOW_LIVE_TRADING")
+
+    @field_validator("admin_user_ids_text")
+    @classmethod
+    def _user_ids(cls, v: str) -> str:
+        for part in v.replace(" ", "").split(","):
+            if part and not part.isdigit():
+                raise ValueError(f"'{part}' is not a Telegram user id (comma-separated positive numbers)")
+        return v
+
+    @field_validator("telegram_bot_token")
+    @classmethod
+    def _token(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value():
+            return None
+        bot_id, _, rest = v.get_secret_value().partition(":")
+        if not bot_id.isdigit() or len(rest) < 20:
+            raise ValueError("does not look like a BotFather token (123456:ABC...)")
+        return v
+
+    @field_validator("totp_encryption_key")
+    @classmethod
+    def _fernet_key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value():
+            return None
+        import base64
+        import binascii
+
+        try:
+            raw = base64.urlsafe_b64decode(v.get_secret_value().encode())
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) != 32:
+            raise ValueError("must be a urlsafe-base64 32-byte key (`qqq-bot totp keygen` prints one)")
+        return v
+
+    @field_validator("telegram_api_base_url")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        if not v.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL such as https://api.telegram.org/bot")
+        return v
+
+    @property
+    def admin_user_ids(self) -> frozenset[int]:
+        return frozenset(int(p) for p in self.admin_user_ids_text.replace(" ", "").split(",") if p)
+
+    def telegram_problem(self) -> str | None:
+        """The first missing piece the Telegram bot needs, as one line naming the variable."""
+        if self.telegram_bot_token is None:
+            return "TELEGRAM_BOT_TOKEN: missing (the token BotFather gave you); or run `qqq-bot run --headless`"
+        if not self.admin_user_ids:
+            return "ADMIN_USER_IDS: missing (your numeric Telegram user id, comma-separated for several)"
+        if self.totp_encryption_key is None:
+            return "TOTP_ENCRYPTION_KEY: missing (`qqq-bot totp keygen` prints one)"
+        return None
+
+    def secrets(self) -> list[str]:
+        """Values that must never reach a log line."""
+        return [s.get_secret_value() for s in (self.telegram_bot_token, self.totp_encryption_key) if s is not None]
 
     @property
     def db_url(self) -> str:

@@ -241,6 +241,10 @@ class Engine:
         self._book = b
         return b
 
+    async def prev_close(self, day: date) -> Decimal:
+        """QQQ's previous close for ``day`` (asked of the broker once per day)."""
+        return await self._prev_close_for(day)
+
     async def _prev_close_for(self, day: date) -> Decimal:
         if self._prev_close is None or self._prev_close[0] != day:
             self._prev_close = (day, await self.broker.prev_close("QQQ"))

@@ -278,6 +278,12 @@ def realized_option_pnl() -> Decimal:
         (Fill.sec_type == "OPT") & Fill.realized_pnl.is_null(False))), ZERO)
 
 
+def closed_lot_pnls() -> list[Decimal]:
+    """Realized P&L of every fully closed lot, oldest first."""
+    rows = Lot.select(Lot.realized_pnl).where((Lot.qty_open == 0) & Lot.closed_at.is_null(False)).order_by(Lot.id)
+    return [r.realized_pnl for r in rows]
+
+
 def qqqm_bought() -> tuple[int, Decimal]:
     """QQQM shares the bot bought and what they cost (fills + commissions)."""
     shares, deployed = 0, ZERO

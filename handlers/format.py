@@ -1,0 +1,263 @@
+"""Telegram message formatting (HTML parse mode). Every value is escaped; every line is complete
+HTML on its own, so a long message can be split between lines; nothing here computes strategy
+figures, it only lays out what the service returns."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from decimal import Decimal
+
+from bot.alerts import Event, EventKind
+from bot.engine import TickReport
+from bot.service import AccountView, PnlView, PositionsView, StatusView, TradeRow
+from strategy.calendar import NY
+from strategy.settings import GROUPS, SETTING_SPECS, SettingChange, SettingError, StrategySettings, format_value
+
+LIMIT = 4096
+ALERT_TEXT_LIMIT = 3000
+
+
+def e(value: object) -> str:
+    """Escape any value for HTML parse mode."""
+    return html.escape(str(value), quote=False)
+
+
+def money(value: Decimal | None, currency: str = "USD", signed: bool = False) -> str:
+    if value is None:
+        return "—"
+    text = f"{value:+,.2f}" if signed else f"{value:,.2f}"
+    return f"{text} {currency}" if currency else text
+
+
+def pct(value: Decimal | None) -> str:
+    return "—" if value is None else f"{value:+.2f} %"
+
+
+def mark(value: Decimal | None) -> str:
+    """A colour for a P&L: green up, red down."""
+    if value is None:
+        return "⚪"
+    return "🟢" if value > 0 else ("🔴" if value < 0 else "⚪")
+
+
+def ny(t: datetime | None) -> str:
+    return "—" if t is None else t.astimezone(NY).strftime("%Y-%m-%d %H:%M ET")
+
+
+def split_message(text: str, limit: int = LIMIT) -> list[str]:
+    """Split at line boundaries into chunks of at most ``limit`` characters; a single longer line
+    is cut (its tags were closed on the line, so only that line loses its end)."""
+    chunks: list[str] = []
+    current = ""
+    for line in text.split("\n"):
+        if len(line) > limit:
+            line = _cut(line, limit)
+        candidate = line if not current else current + "\n" + line
+        if len(candidate) > limit:
+            chunks.append(current)
+            current = line
+        else:
+            current = candidate
+    if current or not chunks:
+        chunks.append(current)
+    return chunks
+
+
+def _cut(line: str, limit: int) -> str:
+    plain = html.unescape(_strip_tags(line))
+    return e(plain[: max(limit // 2, 1) - 1]) + "…"
+
+
+def _strip_tags(text: str) -> str:
+    out, inside = [], False
+    for ch in text:
+        if ch == "<":
+            inside = True
+        elif ch == ">":
+            inside = False
+        elif not inside:
+            out.append(ch)
+    return "".join(out)
+
+
+def notes_lines(notes: Iterable[str]) -> list[str]:
+    return [f"⚠️ <i>{e(n)}</i>" for n in notes]
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+HELP_LINES: tuple[tuple[str, str], ...] = (
+    ("start", "enroll your authenticator (first time) and see this help"),
+    ("help", "the commands"),
+    ("login", "/login CODE: open a session with your authenticator code"),
+    ("logout", "end your session"),
+    ("status", "connection, mode, market, QQQ, next tick, last decision"),
+    ("positions", "the bot's lots and every other holding"),
+    ("account", "net liquidation, cash, buying power, QQQM core, recycling pool"),
+    ("trades", "/trades [N]: the last N fills (default 10)"),
+    ("pnl", "realized and unrealized P&L, with a chart"),
+    ("settings", "view and edit the strategy settings"),
+    ("set", "/set KEY VALUE, e.g. /set delta 0.6 (needs a session)"),
+    ("pause", "stop every automatic order (needs a session)"),
+    ("resume", "resume automatic orders (needs a session)"),
+    ("check", "evaluate a tick now and show what it would do, without trading"),
+)
+
+
+def help_text(mode_label: str) -> str:
+    lines = [f"<b>QQQ LEAPS bot</b> {e(mode_label)}".rstrip(), ""]
+    lines += [f"/{cmd} — {e(text)}" for cmd, text in HELP_LINES]
+    lines += ["", "Read-only commands need only your user id; changes need an open session (/login CODE)."]
+    return "\n".join(lines)
+
+
+def status_text(v: StatusView, label: str) -> str:
+    conn_icon = {"connected": "🟢", "degraded": "🟡", "down": "🔴"}.get(v.connection, "⚪")
+    lines = [
+        f"<b>Status</b> {e(label)}".rstrip(),
+        f"Broker: {e(v.broker)} ({e(v.mode)}) {conn_icon} {e(v.connection)}",
+        f"Automatic orders: {'⏸ <b>paused</b>' if v.paused else '▶️ running'}",
+        f"Market: {'open' if v.market_open else 'closed'}",
+    ]
+    if v.qqq_last is not None:
+        lines.append(f"QQQ: <code>{v.qqq_last:.2f}</code> {mark(v.change_pct)} {e(pct(v.change_pct))} "
+                     f"vs prev close {e(money(v.prev_close, ''))}")
+    else:
+        lines.append("QQQ: —")
+    lines.append(f"Lots: {v.open_lots} / {v.max_positions}")
+    lines.append(f"Next tick: {e(ny(v.next_tick))}")
+    if v.last_tick_time:
+        last = datetime.fromisoformat(v.last_tick_time)
+        lines.append(f"Last tick ({e(ny(last))}): {e(v.last_tick_summary or '')}")
+    else:
+        lines.append("Last tick: none yet")
+    lines += notes_lines(v.notes)
+    return "\n".join(lines)
+
+
+def positions_text(v: PositionsView, label: str) -> str:
+    lines = [f"<b>Positions</b> {e(label)}".rstrip()]
+    if not v.lots:
+        lines.append("The bot holds no LEAPS lot.")
+    for lot in v.lots:
+        lines += [
+            "",
+            f"<b>#{lot.id} {e(lot.contract)}</b> × {lot.qty}",
+            f"entry <code>{lot.entry:.2f}</code> · mid <code>{e(money(lot.mid, ''))}</code> · "
+            f"{mark(lot.pnl_pct)} {e(pct(lot.pnl_pct))} ({e(money(lot.pnl_usd, 'USD', signed=True))})",
+            f"held {lot.held_days} d · target +{lot.target_pct:.0f} % · force exit in {lot.days_to_force_exit} d "
+            f"· DTE {lot.dte}",
+        ]
+    titles = {"stock": "Stocks", "option": "Options", "bond": "Bonds"}
+    for cat, title in titles.items():
+        rows = v.others.get(cat, ())
+        if not rows:
+            continue
+        lines += ["", f"<b>{title}</b>"]
+        for p in rows:
+            value = money(p.market_value, p.currency) if p.market_value is not None else "—"
+            lines.append(f"{e(p.description or p.symbol)}: <code>{p.qty.normalize():f}</code> · {e(value)}")
+    if v.cash:
+        lines += ["", "<b>Cash</b>"]
+        lines += [f"{e(cur)}: <code>{amount:,.2f}</code>" for cur, amount in sorted(v.cash.items())]
+    lines += notes_lines(v.notes)
+    return "\n".join(lines)
+
+
+def account_text(v: AccountView, label: str) -> str:
+    lines = [f"<b>Account</b> {e(label)}".rstrip()]
+    a = v.account
+    if a is not None:
+        lines += [
+            f"Net liquidation: <code>{e(money(a.net_liquidation, a.base_currency))}</code>",
+            f"Buying power: <code>{e(money(a.buying_power, a.base_currency))}</code>",
+            f"Available funds (USD): <code>{e(money(a.available_funds_usd))}</code>",
+        ]
+        for cur, amount in sorted(a.cash_by_currency.items()):
+            lines.append(f"Cash {e(cur)}: <code>{amount:,.2f}</code>")
+    lines += [
+        f"QQQM core (bought by recycling): {v.qqqm_shares} shares, cost <code>{e(money(v.qqqm_cost))}</code>, "
+        f"value <code>{e(money(v.qqqm_value))}</code>",
+        f"Recycling pool: <code>{e(money(v.pool))}</code>",
+    ]
+    lines += notes_lines(v.notes)
+    return "\n".join(lines)
+
+
+def trades_text(rows: Sequence[TradeRow], label: str) -> str:
+    lines = [f"<b>Last {len(rows)} fills</b> {e(label)}".rstrip()]
+    if not rows:
+        lines.append("No fills yet.")
+    for t in rows:
+        extra = f" · {mark(t.realized)} {e(money(t.realized, 'USD', signed=True))}" if t.realized is not None else ""
+        comm = f" · comm {t.commission:.2f}" if t.commission is not None else ""
+        lines.append(f"{e(ny(t.time))} <b>{e(t.side)}</b> {t.qty} {e(t.what)} @ <code>{t.price:.2f}</code>"
+                     f"{e(comm)} ({e(t.purpose)}){extra}")
+    return "\n".join(lines)
+
+
+def pnl_text(v: PnlView, label: str) -> str:
+    qqqm_unreal = v.qqqm_value - v.qqqm_cost if v.qqqm_value is not None else None
+    win = f"{v.wins}/{v.closed_lots} lots won" if v.closed_lots else "no closed lot yet"
+    lines = [
+        f"<b>P&amp;L</b> {e(label)}".rstrip(),
+        f"Realized (options, net of commissions): {mark(v.realized_options)} "
+        f"<code>{e(money(v.realized_options, 'USD', signed=True))}</code> ({e(win)})",
+        f"Unrealized (open lots at mid): {mark(v.unrealized_options)} "
+        f"<code>{e(money(v.unrealized_options, 'USD', signed=True))}</code>",
+        f"QQQM core: {mark(qqqm_unreal)} <code>{e(money(qqqm_unreal, 'USD', signed=True))}</code>",
+        f"Recycling pool: <code>{e(money(v.pool))}</code>",
+    ]
+    lines += notes_lines(v.notes)
+    return "\n".join(lines)
+
+
+def check_text(report: TickReport, label: str) -> str:
+    return "\n".join([f"<b>Check</b> {e(label)} (nothing was sent)".replace("  ", " "),
+                      e(report.summary() or "no action")])
+
+
+# --- settings ------------------------------------------------------------------------------------
+
+
+def settings_text(s: StrategySettings, label: str) -> str:
+    lines = [f"<b>Settings</b> {e(label)}".rstrip()]
+    for group in GROUPS:
+        lines += ["", f"<b>{e(group.capitalize())}</b>"]
+        for spec in SETTING_SPECS.values():
+            if spec.group == group:
+                lines.append(f"{e(spec.key)}: <code>{e(format_value(spec.key, getattr(s, spec.key)))}</code>"
+                             f"{' ' + e(spec.unit) if spec.unit else ''}")
+    return "\n".join(lines)
+
+
+def change_text(c: SettingChange) -> str:
+    return f"{e(c.key)}: <code>{e(format_value(c.key, c.old))}</code> → <code>{e(format_value(c.key, c.new))}</code>"
+
+
+def error_text(err: SettingError) -> str:
+    return f"❌ {e(err.message)}\nNothing was changed."
+
+
+# --- alerts --------------------------------------------------------------------------------------
+
+ALERT_TITLES: dict[EventKind, str] = {
+    EventKind.ORDER_SENT: "📤 Order sent", EventKind.ORDER_FILLED: "✅ Filled", EventKind.ORDER_PARTIAL: "◐ Partial fill",
+    EventKind.ORDER_CANCELLED: "✖️ Cancelled", EventKind.ORDER_REJECTED: "⛔ Rejected",
+    EventKind.TAKE_PROFIT: "💰 Take profit", EventKind.FORCE_EXIT: "⏱ Force exit",
+    EventKind.EXPIRY_GUARD: "⏳ Expiry guard", EventKind.ENTRY: "🟢 Entry", EventKind.ROLL: "🔄 Roll",
+    EventKind.RECYCLE: "♻️ Recycling", EventKind.NO_CONTRACT: "🔍 No eligible contract",
+    EventKind.SKIPPED: "⏭ Skipped", EventKind.LIMIT_REACHED: "🛑 Daily limit",
+    EventKind.DISCONNECT: "🔌 Broker disconnected", EventKind.RECONNECT: "🔌 Broker connected",
+    EventKind.ERROR: "❗ Error", EventKind.SETTINGS_CHANGED: "⚙️ Setting changed", EventKind.PAUSED: "⏸ Paused",
+    EventKind.RESUMED: "▶️ Resumed", EventKind.UNAUTHORIZED: "🚫 Access", EventKind.DAILY_SUMMARY: "📊 Daily summary",
+}
+
+
+def alert_html(event: Event, label: str) -> str:
+    title = ALERT_TITLES.get(event.kind, event.kind.value)
+    text = event.text if len(event.text) <= ALERT_TEXT_LIMIT else event.text[:ALERT_TEXT_LIMIT] + "…"
+    head = f"{e(label)} <b>{e(title)}</b>".strip()
+    return f"{head}\n{e(text)}"

@@ -1,0 +1,54 @@
+"""The alert outbox: every alert is written here first, then delivered in order by the notifier,
+so an alert raised while Telegram is unreachable (or the bot restarts) is sent later, not lost.
+Per-kind delivery levels (on / silent / off) are kept beside it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from storage import kv, settings_store
+from storage.models import AlertRecord, database_proxy
+
+AlertLevel = Literal["on", "silent", "off"]
+LEVELS: tuple[AlertLevel, ...] = ("on", "silent", "off")
+_PREF = "alert_level:"
+
+
+def add_alert(kind: str, text: str, now: datetime, level: AlertLevel) -> int:
+    status = "off" if level == "off" else "pending"
+    return int(AlertRecord.create(kind=kind, text=text, created_at=now, status=status).id)
+
+
+def pending_alerts(limit: int = 50) -> list[AlertRecord]:
+    return list(AlertRecord.select().where(AlertRecord.status == "pending").order_by(AlertRecord.id).limit(limit))
+
+
+def mark_sent(ids: list[int], now: datetime, status: str = "sent") -> None:
+    AlertRecord.update(status=status, sent_at=now, attempts=AlertRecord.attempts + 1).where(
+        AlertRecord.id.in_(ids)).execute()
+
+
+def count_attempt(ids: list[int]) -> None:
+    AlertRecord.update(attempts=AlertRecord.attempts + 1).where(AlertRecord.id.in_(ids)).execute()
+
+
+def recent_alerts(limit: int = 20) -> list[AlertRecord]:
+    return list(AlertRecord.select().order_by(AlertRecord.id.desc()).limit(limit))
+
+
+def alert_level(kind: str) -> AlertLevel:
+    value = kv.get(_PREF + kind)
+    return value if value in LEVELS else "on"  # type: ignore[return-value]
+
+
+def set_alert_level(kind: str, level: AlertLevel, who: str, now: datetime) -> AlertLevel:
+    """Store a level (audited in the settings change log); returns the old one."""
+    if level not in LEVELS:
+        raise ValueError(f"alert level must be one of {', '.join(LEVELS)}")
+    old = alert_level(kind)
+    if old != level:
+        with database_proxy.atomic():
+            kv.put(_PREF + kind, level, now)
+            settings_store.log_change(f"alert.{kind}", old, level, who, now)
+    return old
