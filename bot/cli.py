@@ -31,8 +31,17 @@ def _money(text: str) -> Decimal:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qqq-bot", description="QQQ LEAPS core-satellite bot")
     sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the bot (headless engine on the configured broker)")
+    run = sub.add_parser("run", help="run the bot: Telegram control plane + engine on the configured broker")
+    run.add_argument("--headless", action="store_true",
+                     help="no Telegram: the engine alone, alerts to the log (no token needed)")
     run.add_argument("--max-ticks", type=int, default=None, help=argparse.SUPPRESS)
+    totp = sub.add_parser("totp", help="two-factor secrets of the admins")
+    totp_sub = totp.add_subparsers(dest="totp_command", required=True)
+    totp_sub.add_parser("keygen", help="print a new TOTP_ENCRYPTION_KEY")
+    enroll = totp_sub.add_parser("enroll", help="enroll an admin from the shell (QR code in the terminal)")
+    enroll.add_argument("user_id", type=int)
+    reset = totp_sub.add_parser("reset", help="forget an admin's secret so they can enroll again")
+    reset.add_argument("user_id", type=int)
     sub.add_parser("health", help="exit 0 when the running bot is healthy; else print what failed")
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)
@@ -94,12 +103,54 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"qqq-bot: configuration error: {e}", file=sys.stderr)
         return 2
-    _setup_logging(cfg.log_level, cfg.log_format)
-    try:
-        asyncio.run(run_headless(cfg, max_ticks=args.max_ticks))
-    except KeyboardInterrupt:
-        pass
+    _setup_logging(cfg.log_level, cfg.log_format, cfg.secrets())
+    if args.headless:
+        try:
+            asyncio.run(run_headless(cfg, max_ticks=args.max_ticks))
+        except KeyboardInterrupt:
+            pass
+        return 0
+    problem = cfg.telegram_problem()
+    if problem is not None:
+        print(f"qqq-bot: configuration error: {problem}", file=sys.stderr)
+        return 2
+    from bot.telegram_app import run_bot
+
+    run_bot(cfg)
     return 0
+
+
+def cmd_totp(args: argparse.Namespace) -> int:
+    from bot.config import ConfigError, load_config
+    from bot.totp import enroll_in_terminal, keygen
+
+    if args.totp_command == "keygen":
+        print(keygen())
+        return 0
+    try:
+        cfg = load_config()
+    except ConfigError as e:
+        print(f"qqq-bot totp: configuration error: {e}", file=sys.stderr)
+        return 2
+    if args.user_id not in cfg.admin_user_ids:
+        print(f"qqq-bot totp: {args.user_id} is not in ADMIN_USER_IDS", file=sys.stderr)
+        return 2
+    from storage import auth
+    from storage.db import close_database, open_database
+
+    db = open_database(cfg.db_url)
+    try:
+        if args.totp_command == "reset":
+            auth.reset_enrollment(args.user_id)
+            print(f"admin {args.user_id}: secret removed; enroll again with /start or `qqq-bot totp enroll`")
+            return 0
+        if cfg.totp_encryption_key is None:
+            print("qqq-bot totp: TOTP_ENCRYPTION_KEY: missing (`qqq-bot totp keygen` prints one)", file=sys.stderr)
+            return 2
+        enroll_in_terminal(args.user_id, cfg.totp_encryption_key.get_secret_value(), sys.stdout)
+        return 0
+    finally:
+        close_database(db)
 
 
 def cmd_health(args: argparse.Namespace) -> int:
@@ -155,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_health(args)
     if args.command == "db":
         return cmd_db(args)
+    if args.command == "totp":
+        return cmd_totp(args)
     return cmd_run(args)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import warnings
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 
@@ -87,7 +88,9 @@ class TelegramNotifier:
                     self.sent_messages += 1
                 except RetryAfter as e:
                     outbox.count_attempt(list(ids))
-                    retry = e.retry_after
+                    with warnings.catch_warnings():  # PTB 22 deprecates the int form; both are handled
+                        warnings.simplefilter("ignore")
+                        retry = e.retry_after
                     wait = float(retry.total_seconds() if hasattr(retry, "total_seconds") else retry)
                     log.warning("Telegram asks to wait %.0f s before sending alerts", wait)
                     return max(wait, 1.0)

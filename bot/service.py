@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from bot.engine import Engine, TickReport
 from bot.settings_service import SettingsService
-from broker.base import AccountSummary, Position, sec_type
+from broker.base import AccountSummary, Position
 from storage import kv, ledger
 from strategy.calendar import NY
 from strategy.model import OptionQuote

@@ -244,7 +244,8 @@ def error_text(err: SettingError) -> str:
 # --- alerts --------------------------------------------------------------------------------------
 
 ALERT_TITLES: dict[EventKind, str] = {
-    EventKind.ORDER_SENT: "📤 Order sent", EventKind.ORDER_FILLED: "✅ Filled", EventKind.ORDER_PARTIAL: "◐ Partial fill",
+    EventKind.ORDER_SENT: "📤 Order sent", EventKind.ORDER_FILLED: "✅ Filled",
+    EventKind.ORDER_PARTIAL: "◐ Partial fill",
     EventKind.ORDER_CANCELLED: "✖️ Cancelled", EventKind.ORDER_REJECTED: "⛔ Rejected",
     EventKind.TAKE_PROFIT: "💰 Take profit", EventKind.FORCE_EXIT: "⏱ Force exit",
     EventKind.EXPIRY_GUARD: "⏳ Expiry guard", EventKind.ENTRY: "🟢 Entry", EventKind.ROLL: "🔄 Roll",

@@ -1,0 +1,38 @@
+"""Charts for the chat, rendered off the event loop (matplotlib is slow and synchronous)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+
+
+def _render_pnl(curve: Sequence[tuple[datetime, Decimal]]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.4), dpi=110)
+    ax = fig.add_subplot()
+    times = [t for t, _ in curve]
+    values = [float(v) for _, v in curve]
+    if len(times) == 1:
+        times, values = times * 2, values * 2
+    ax.step(times, values, where="post", color="#1f77b4")
+    ax.fill_between(times, values, 0, step="post", alpha=0.15,
+                    color="#2ca02c" if values[-1] >= 0 else "#d62728")
+    ax.axhline(0, color="#888", linewidth=0.8)
+    ax.set_title("Realized option P&L (USD, net of commissions)")
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+async def pnl_chart_png(curve: Sequence[tuple[datetime, Decimal]]) -> bytes:
+    return await asyncio.to_thread(_render_pnl, list(curve))

@@ -1,0 +1,206 @@
+"""The chat commands. Each is thin: access check (``guarded``) → parse → one service call →
+format → reply."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+
+from telegram import InputFile, Update
+from telegram.constants import ParseMode
+from telegram.error import TelegramError
+from telegram.ext import ContextTypes
+
+from bot.alerts import EventKind
+from bot.charts import pnl_chart_png
+from handlers import format as fmt
+from handlers.auth import deps_of, guarded, who
+from storage import auth, kv
+from strategy.settings import SettingError
+
+log = logging.getLogger(__name__)
+MAX_TRADES = 50
+
+
+async def reply(update: Update, text: str) -> None:
+    """Reply in HTML, split under Telegram's 4096-character limit."""
+    message = update.effective_message
+    if message is None:
+        return
+    for chunk in fmt.split_message(text):
+        await message.reply_text(chunk, parse_mode=ParseMode.HTML, disable_web_page_preview=True)
+
+
+@guarded("admin")
+async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    deps = deps_of(context)
+    user = update.effective_user
+    chat = update.effective_chat
+    assert user is not None and chat is not None
+    status = auth.enrollment_status(user.id)
+    if status == "active":
+        await reply(update, fmt.help_text(deps.label))
+        return
+    enrollment = auth.start_enrollment(user.id, deps.fernet, deps.now())
+    if enrollment is None:  # activated meanwhile
+        await reply(update, fmt.help_text(deps.label))
+        return
+    caption = ("<b>Two-factor enrollment</b>\n"
+               "Scan this QR code with your authenticator app (or enter the key from the link below), "
+               "then send <code>/login CODE</code> with the 6-digit code it shows.\n"
+               f"<code>{fmt.e(enrollment.uri)}</code>\n"
+               "This message is deleted once you have logged in.")
+    sent = await context.bot.send_photo(
+        chat.id, InputFile(io.BytesIO(enrollment.png), filename="totp.png"), caption=caption,
+        parse_mode=ParseMode.HTML, protect_content=True)
+    kv.put(f"enroll_msg:{user.id}", f"{chat.id}:{sent.message_id}", deps.now())
+    log.info("TOTP enrollment started for admin %s", user.id)
+
+
+@guarded("admin")
+async def help_(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    await reply(update, fmt.help_text(deps_of(context).label))
+
+
+@guarded("admin")
+async def login(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    deps = deps_of(context)
+    user, message = update.effective_user, update.effective_message
+    assert user is not None and message is not None
+    code = "".join(context.args or [])
+    with contextlib.suppress(TelegramError):  # the code should not stay in the chat
+        await message.delete()
+    if not code:
+        await reply(update, "Send <code>/login CODE</code> with the 6-digit code of your authenticator app.")
+        return
+    result = auth.login(user.id, code, deps.fernet, deps.now(), deps.session_ttl)
+    if result.newly_locked:
+        deps.alert(EventKind.UNAUTHORIZED, f"Admin {user.id} is locked out for 15 minutes after 5 wrong codes")
+    if result.activated:
+        stored = kv.get(f"enroll_msg:{user.id}")
+        if stored:
+            chat_id, _, msg_id = stored.partition(":")
+            with contextlib.suppress(TelegramError, ValueError):
+                await context.bot.delete_message(int(chat_id), int(msg_id))
+    if result.ok:
+        expires = auth.session_expires_at(user.id)
+        extra = "Two-factor enrollment complete. " if result.activated else ""
+        await reply(update, f"✅ {fmt.e(extra)}Session open until {fmt.e(fmt.ny(expires))}.")
+    else:
+        await reply(update, f"❌ {fmt.e(result.message)}")
+
+
+@guarded("admin")
+async def logout(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    user = update.effective_user
+    assert user is not None
+    had = auth.logout(user.id, deps_of(context).now())
+    await reply(update, "Session closed." if had else "You had no open session.")
+
+
+@guarded("read")
+async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    deps = deps_of(context)
+    await reply(update, fmt.status_text(await deps.service.status(), deps.label))
+
+
+@guarded("read")
+async def positions(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    deps = deps_of(context)
+    await reply(update, fmt.positions_text(await deps.service.positions(), deps.label))
+
+
+@guarded("read")
+async def account(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    deps = deps_of(context)
+    await reply(update, fmt.account_text(await deps.service.account(), deps.label))
+
+
+@guarded("read")
+async def trades(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    deps = deps_of(context)
+    args = context.args or []
+    n = 10
+    if args:
+        if len(args) > 1 or not args[0].isdigit() or not 1 <= int(args[0]) <= MAX_TRADES:
+            await reply(update, f"Usage: <code>/trades [N]</code> with N from 1 to {MAX_TRADES} (default 10).")
+            return
+        n = int(args[0])
+    await reply(update, fmt.trades_text(deps.service.trades(n), deps.label))
+
+
+@guarded("read")
+async def pnl(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    deps = deps_of(context)
+    view = await deps.service.pnl()
+    text = fmt.pnl_text(view, deps.label)
+    chat = update.effective_chat
+    assert chat is not None
+    if len(view.curve) < 1:
+        await reply(update, text + "\nNo realized P&amp;L yet, so no chart.")
+        return
+    png = await pnl_chart_png(view.curve)
+    if len(text) <= 1024:
+        await context.bot.send_photo(chat.id, InputFile(io.BytesIO(png), filename="pnl.png"), caption=text,
+                                     parse_mode=ParseMode.HTML)
+    else:
+        await reply(update, text)
+        await context.bot.send_photo(chat.id, InputFile(io.BytesIO(png), filename="pnl.png"))
+
+
+@guarded("change")
+async def set_(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    deps = deps_of(context)
+    args = context.args or []
+    if len(args) < 2:
+        await reply(update, "Usage: <code>/set KEY VALUE</code>, e.g. <code>/set delta 0.6</code> or "
+                    "<code>/set entry_drop 1.5%</code>. /settings lists the keys.")
+        return
+    result = deps.service.set_setting(args[0], " ".join(args[1:]), who(update))
+    if isinstance(result, SettingError):
+        await reply(update, fmt.error_text(result))
+        return
+    if result.old == result.new:
+        await reply(update, f"No change: {fmt.change_text(result)}")
+        return
+    await reply(update, f"✅ {fmt.change_text(result)}\nTakes effect at the next tick.")
+
+
+async def _pause(update: Update, context: ContextTypes.DEFAULT_TYPE, paused: bool) -> None:
+    deps = deps_of(context)
+    result = deps.service.set_paused(paused, who(update))
+    if isinstance(result, SettingError):  # pragma: no cover - on/off always parses
+        await reply(update, fmt.error_text(result))
+        return
+    if result.old == result.new:
+        await reply(update, "Already paused." if paused else "Already running.")
+        return
+    await reply(update, "⏸ Paused: no automatic order will be sent until /resume. Ticks still report."
+                if paused else "▶️ Resumed: automatic orders are on again from the next tick.")
+
+
+@guarded("change")
+async def pause(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    await _pause(update, context, True)
+
+
+@guarded("change")
+async def resume(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    await _pause(update, context, False)
+
+
+@guarded("read")
+async def check(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    deps = deps_of(context)
+    try:
+        report = await deps.service.check()
+    except TimeoutError:
+        await reply(update, "The check did not finish within a minute (the broker is slow); try again later.")
+        return
+    await reply(update, fmt.check_text(report, deps.label))
+
+
+@guarded("admin")
+async def unknown(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    await reply(update, "Unknown command. /help lists what I understand.")

@@ -1,0 +1,253 @@
+"""The real Telegram Application, wired exactly as `qqq-bot run` wires it, with respx standing in
+for the Bot API at the HTTP transport: updates go in through ``process_update``; tests assert on
+the Bot API calls that come out (method, chat, text, keyboard, photo)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from decimal import Decimal
+from email.parser import BytesParser
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import httpx
+import pyotp
+import respx
+from telegram import Update
+
+from bot.config import AppConfig
+from bot.telegram_app import BotParts, build, startup
+from bot.totp import keygen
+from broker.clock import SimClock
+from broker.sim import SimBroker, SimFillModel
+from broker.sim_market import DailyBar, IvSource, PricePath
+from storage.db import close_database
+from strategy.calendar import nyse
+from tests.harness import World
+
+TOKEN = "123456789:AAFakeTokenForTestsOnly_abcdefghijk"
+BASE = f"https://api.telegram.org/bot{TOKEN}"
+ADMIN, ADMIN2, STRANGER = 1001, 1002, 666
+BOT_USER = {"id": 123456789, "is_bot": True, "first_name": "QQQ bot", "username": "qqq_test_bot"}
+
+
+@dataclass
+class Call:
+    method: str
+    params: dict[str, Any]
+    files: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def chat_id(self) -> int | None:
+        v = self.params.get("chat_id")
+        return int(v) if v is not None else None
+
+    @property
+    def text(self) -> str:
+        return str(self.params.get("text") or self.params.get("caption") or "")
+
+    @property
+    def keyboard(self) -> list[list[dict[str, Any]]]:
+        markup = self.params.get("reply_markup")
+        if not markup:
+            return []
+        data = json.loads(markup) if isinstance(markup, str) else markup
+        return data.get("inline_keyboard", [])
+
+    def button(self, label_prefix: str) -> str:
+        for row in self.keyboard:
+            for b in row:
+                if b["text"].startswith(label_prefix):
+                    return str(b["callback_data"])
+        raise AssertionError(f"no button starting with {label_prefix!r} in {self.keyboard}")
+
+
+def _parse(request: httpx.Request) -> tuple[dict[str, Any], dict[str, bytes]]:
+    ctype = request.headers.get("content-type", "")
+    body = request.content
+    if ctype.startswith("multipart/form-data"):
+        msg = BytesParser().parsebytes(b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + body)
+        params: dict[str, Any] = {}
+        files: dict[str, bytes] = {}
+        for part in msg.get_payload():  # type: ignore[union-attr]
+            name = part.get_param("name", header="content-disposition")
+            payload = part.get_payload(decode=True)
+            if part.get_param("filename", header="content-disposition"):
+                files[str(name)] = payload
+            else:
+                params[str(name)] = payload.decode()
+        return params, files
+    if ctype.startswith("application/json"):
+        return json.loads(body or b"{}"), {}
+    return dict(parse_qsl(body.decode())), {}
+
+
+class FakeBotApi:
+    """Answers every Bot API method like Telegram would, and records the calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self.next_id = 500
+        self.failures: list[httpx.Response] = []  # served (in order) to sendMessage before success
+        self.fail_methods = {"sendMessage"}
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        method = request.url.path.rsplit("/", 1)[-1]
+        params, files = _parse(request)
+        if method == "getUpdates":
+            return httpx.Response(200, json={"ok": True, "result": []})
+        self.calls.append(Call(method, params, files))
+        if method in self.fail_methods and self.failures:
+            return self.failures.pop(0)
+        return httpx.Response(200, json={"ok": True, "result": self._result(method, params)})
+
+    def _result(self, method: str, params: dict[str, Any]) -> Any:
+        if method == "getMe":
+            return BOT_USER
+        if method in ("sendMessage", "sendPhoto", "editMessageText"):
+            self.next_id += 1
+            chat = {"id": int(params.get("chat_id", 0)), "type": "private"}
+            msg: dict[str, Any] = {"message_id": int(params.get("message_id", self.next_id)), "date": int(time.time()),
+                                   "chat": chat, "from": BOT_USER}
+            if method == "sendPhoto":
+                msg["photo"] = [{"file_id": "p", "file_unique_id": "p", "width": 200, "height": 200}]
+                msg["caption"] = params.get("caption", "")
+            else:
+                msg["text"] = params.get("text", "")
+            return msg
+        return True
+
+    # --- what tests look at ---
+
+    def of(self, method: str, chat_id: int | None = None) -> list[Call]:
+        return [c for c in self.calls if c.method == method and (chat_id is None or c.chat_id == chat_id)]
+
+    def replies(self, chat_id: int) -> list[Call]:
+        return [c for c in self.calls if c.chat_id == chat_id and c.method in ("sendMessage", "sendPhoto",
+                                                                                 "editMessageText")]
+
+    def last(self, chat_id: int) -> Call:
+        r = self.replies(chat_id)
+        assert r, f"no reply to {chat_id}; calls: {[c.method for c in self.calls]}"
+        return r[-1]
+
+    def clear(self) -> None:
+        self.calls.clear()
+
+
+START = date(2024, 3, 4)
+
+
+def bars_oc(pairs: list[tuple[float, float]], start: date = START) -> list[DailyBar]:
+    sessions = nyse().sessions_between(start, start + timedelta(days=len(pairs) * 2 + 30))[: len(pairs)]
+    return [DailyBar(s.day, o, max(o, c) * 1.001, min(o, c) * 0.999, c)
+            for s, (o, c) in zip(sessions, pairs, strict=True)]
+
+
+@dataclass
+class Tg:
+    parts: BotParts
+    api: FakeBotApi
+    world: World
+    cfg: AppConfig
+    update_id: int = 0
+    message_id: int = 10
+
+    @property
+    def clock(self) -> SimClock:
+        assert isinstance(self.parts.clock, SimClock)
+        return self.parts.clock
+
+    async def send(self, user: int, text: str, chat_type: str = "private", chat_id: int | None = None) -> None:
+        self.update_id += 1
+        self.message_id += 1
+        msg: dict[str, Any] = {
+            "message_id": self.message_id, "date": int(self.clock.now().timestamp()),
+            "chat": {"id": chat_id if chat_id is not None else user, "type": chat_type,
+                     **({"title": "group"} if chat_type != "private" else {})},
+            "from": {"id": user, "is_bot": False, "first_name": f"u{user}", "username": f"user{user}"},
+            "text": text,
+        }
+        m = re.match(r"/\w+", text)
+        if m:
+            msg["entities"] = [{"type": "bot_command", "offset": 0, "length": m.end()}]
+        await self.parts.app.process_update(Update.de_json({"update_id": self.update_id, "message": msg},
+                                                           self.parts.app.bot))
+
+    async def tap(self, user: int, data: str, message_id: int = 77) -> None:
+        self.update_id += 1
+        cbq = {"id": f"cb{self.update_id}", "from": {"id": user, "is_bot": False, "first_name": f"u{user}"},
+               "chat_instance": "ci", "data": data,
+               "message": {"message_id": message_id, "date": int(self.clock.now().timestamp()),
+                           "chat": {"id": user, "type": "private"}, "from": BOT_USER, "text": "settings"}}
+        await self.parts.app.process_update(Update.de_json({"update_id": self.update_id, "callback_query": cbq},
+                                                           self.parts.app.bot))
+
+    def secret_from_enrollment(self, user: int) -> str:
+        photo = self.api.of("sendPhoto", user)[-1]
+        m = re.search(r"secret=([A-Z2-7]+)", photo.text)
+        assert m, photo.text
+        return m.group(1)
+
+    def code(self, secret: str, offset_s: int = 0) -> str:
+        return pyotp.TOTP(secret).at(self.clock.now() + timedelta(seconds=offset_s))
+
+    async def enroll_and_login(self, user: int = ADMIN) -> str:
+        await self.send(user, "/start")
+        secret = self.secret_from_enrollment(user)
+        await self.send(user, f"/login {self.code(secret)}")
+        assert "Session open" in self.api.last(user).text, self.api.last(user).text
+        return secret
+
+    async def drain_alerts(self) -> None:
+        await self.parts.notifier.drain()
+
+
+def make_cfg(tmp: Path, **extra: str) -> AppConfig:
+    env = {"TELEGRAM_BOT_TOKEN": TOKEN, "ADMIN_USER_IDS": f"{ADMIN},{ADMIN2}", "TOTP_ENCRYPTION_KEY": keygen(),
+           "DATA_DIR": str(tmp), "SESSION_TTL_MIN": "30", **extra}
+    return AppConfig(**env)  # type: ignore[arg-type]
+
+
+async def open_tg(tmp: Path, bars: list[DailyBar] | None = None, *, fill: SimFillModel | None = None,
+                  settings: dict[str, str] | None = None,
+                  hook: Callable[[Any], None] | None = None) -> AsyncIterator[Tg]:
+    bars = bars or bars_oc([(500, 500), (500, 501), (501, 502)])
+    cal = nyse()
+    path = PricePath.from_bars(bars, cal, seed=3)
+    first = cal.session(bars[0].day)
+    assert first is not None
+    clock = SimClock(first.open - timedelta(minutes=1))
+    broker = SimBroker(clock, path, IvSource.constant(0.22), calendar=cal, starting_cash=Decimal(100_000),
+                       mixed_account=True, seed=3, fill=fill)
+    cfg = make_cfg(tmp)
+    api = FakeBotApi()
+    with respx.mock(assert_all_called=False) as router:
+        router.route(url__startswith=BASE).mock(side_effect=api)
+        parts = build(cfg, broker=broker, clock=clock, calendar=cal, builder_hook=hook)
+        errors: list[BaseException] = []
+
+        async def record(update: object, context: Any) -> None:
+            errors.append(context.error)
+
+        parts.app.add_error_handler(record)
+        for key, value in (settings or {}).items():
+            assert not hasattr(parts.engine.settings.update(key, value, "test"), "message")
+        await parts.app.initialize()
+        await startup(parts.app, cfg, sender=False, jobs=False)
+        world = World(parts.engine, broker, clock, cal, parts.engine.alerts, parts.engine.settings,  # type: ignore[arg-type]
+                      path)
+        tg = Tg(parts, api, world, cfg)
+        try:
+            yield tg
+        finally:
+            await parts.app.shutdown()
+            await parts.engine.stop()
+            close_database(parts.db)
+        assert errors == [], f"handler errors: {errors!r}"
