@@ -1,0 +1,150 @@
+"""`qqq-bot run` as a user runs it: a real process, polling a local Bot API server through
+TELEGRAM_API_BASE_URL (the self-hosted option), answering /status, dropping the updates that
+queued while it was down, stopping cleanly on SIGTERM, and never printing a secret."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import pytest
+
+from bot.totp import keygen
+
+TOKEN = "424242:AAProcessTestTokenDoNotLeak_0123456789"
+ADMIN = 4001
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class BotApi(ThreadingHTTPServer):
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.served_update = False
+        self.lock = threading.Lock()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: BotApi
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length).decode(errors="replace")
+        ctype = self.headers.get("content-type", "")
+        params: dict[str, Any] = json.loads(body or "{}") if "json" in ctype else dict(parse_qsl(body))
+        method = self.path.rsplit("/", 1)[-1]
+        if not self.path.startswith(f"/bot{TOKEN}/"):
+            self._answer({"ok": False, "error_code": 401, "description": "Unauthorized"}, 401)
+            return
+        with self.server.lock:
+            self.server.calls.append((method, params))
+        result: Any = True
+        if method == "getMe":
+            result = {"id": 424242, "is_bot": True, "first_name": "bot", "username": "proc_bot"}
+        elif method == "getUpdates":
+            with self.server.lock:
+                first = not self.server.served_update
+                self.server.served_update = True
+            if first:
+                msg = {"message_id": 1, "date": int(time.time()), "chat": {"id": ADMIN, "type": "private"},
+                       "from": {"id": ADMIN, "is_bot": False, "first_name": "a"}, "text": "/status",
+                       "entities": [{"type": "bot_command", "offset": 0, "length": 7}]}
+                result = [{"update_id": 10, "message": msg}]
+            else:
+                time.sleep(0.3)
+                result = []
+        elif method == "sendMessage":
+            result = {"message_id": 99, "date": int(time.time()), "chat": {"id": int(params["chat_id"]),
+                                                                           "type": "private"},
+                      "text": params.get("text", "")}
+        self._answer({"ok": True, "result": result})
+
+    def _answer(self, payload: dict[str, Any], status: int = 200) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def bot_api() -> Iterator[BotApi]:
+    server = BotApi()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _env(tmp_path: Path, port: int, key: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TELEGRAM_", "ADMIN_", "TOTP_", "BROKER"))}
+    env.update({"TELEGRAM_BOT_TOKEN": TOKEN, "ADMIN_USER_IDS": str(ADMIN), "TOTP_ENCRYPTION_KEY": key,
+                "DATA_DIR": str(tmp_path), "TELEGRAM_API_BASE_URL": f"http://127.0.0.1:{port}/bot",
+                "LOG_LEVEL": "DEBUG", "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+def test_the_bot_process_answers_and_stops_cleanly(tmp_path: Path, bot_api: BotApi) -> None:
+    key = keygen()
+    proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], cwd=ROOT,
+                            env=_env(tmp_path, bot_api.server_address[1], key),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            with bot_api.lock:
+                if any(m == "sendMessage" and "Status" in p.get("text", "") for m, p in bot_api.calls):
+                    break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[0]
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    with bot_api.lock:
+        calls = list(bot_api.calls)
+    methods = [m for m, _ in calls]
+    status = [p for m, p in calls if m == "sendMessage" and "Status" in p.get("text", "")]
+    assert status and int(status[0]["chat_id"]) == ADMIN, (methods, out)
+    assert "[SIM]" in status[0]["text"]
+    assert "setMyCommands" in methods
+    dropped = [p for m, p in calls if m == "deleteWebhook"]
+    assert dropped and dropped[0].get("drop_pending_updates") in ("true", True)
+    assert proc.returncode == 0, out
+    assert "stopped cleanly" in out
+    assert TOKEN not in out and TOKEN.split(":")[1] not in out and key not in out
+
+
+def test_run_without_telegram_settings_says_which_is_missing(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TELEGRAM_", "ADMIN_", "TOTP_"))}
+    env["DATA_DIR"] = str(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "bot.cli", "run"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and "TELEGRAM_BOT_TOKEN" in r.stderr and "--headless" in r.stderr
+    env.update({"TELEGRAM_BOT_TOKEN": TOKEN, "ADMIN_USER_IDS": "12,abc"})
+    r = subprocess.run([sys.executable, "-m", "bot.cli", "run"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and "ADMIN_USER_IDS" in r.stderr and "abc" in r.stderr
+    assert TOKEN not in r.stderr + r.stdout
+    env.update({"ADMIN_USER_IDS": "12", "TOTP_ENCRYPTION_KEY": "not-a-key"})
+    r = subprocess.run([sys.executable, "-m", "bot.cli", "run"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and "TOTP_ENCRYPTION_KEY" in r.stderr and "not-a-key" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
