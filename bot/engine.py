@@ -118,6 +118,7 @@ class Engine:
         self._last_error = ""
         self._tick_errors = 0
         self.iv_guess = 0.25
+        self.last_snapshot: MarketSnapshot | None = None
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -269,7 +270,9 @@ class Engine:
         qqqm = None
         if s.recycle_enabled and book.pool >= s.recycle_threshold and book.pool > 0:
             qqqm = await self.broker.quote("QQQM")
-        return MarketSnapshot(now, day, qqq, prev, lot_quotes, qqqm), book
+        snap = MarketSnapshot(now, day, qqq, prev, lot_quotes, qqqm)
+        self.last_snapshot = snap
+        return snap, book
 
     async def tick(self, *, dry_run: bool = False) -> TickReport:
         """Evaluate one tick (exits, roll, entry, recycle) and act on it unless paused or dry_run.

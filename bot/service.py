@@ -6,13 +6,14 @@ through the engine and the settings service."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from bot.engine import Engine, TickReport
 from bot.settings_service import SettingsService
@@ -25,7 +26,8 @@ from strategy.settings import SettingChange, SettingError, StrategySettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-BROKER_TIMEOUT_S = 4.0
+BROKER_TIMEOUT_S = 10.0  # a broker call the chat made is abandoned after this
+REPLY_BUDGET_S = 0.08  # ... and a reply waits for it at most this long
 CHECK_TIMEOUT_S = 60.0
 ZERO = Decimal(0)
 
@@ -106,22 +108,77 @@ class PnlView:
     notes: tuple[str, ...] = ()
 
 
+async def _nothing() -> None:
+    return None
+
+
+class BrokerCache:
+    """Broker answers for the chat, each asked at most once at a time (a hung broker is not asked
+    again and again) and waited for only ``budget_s``: a reply never waits longer than that, and
+    shows the last answer with its time when the broker is slow."""
+
+    def __init__(self, now: Callable[[], datetime], budget_s: float = REPLY_BUDGET_S,
+                 timeout_s: float = BROKER_TIMEOUT_S) -> None:
+        self.now = now
+        self.budget_s = budget_s
+        self.timeout_s = timeout_s
+        self._inflight: dict[str, asyncio.Task[Any]] = {}
+        self._last: dict[str, tuple[datetime, Any]] = {}
+
+    def remember(self, key: str, value: Any, at: datetime) -> None:
+        old = self._last.get(key)
+        if old is None or old[0] <= at:
+            self._last[key] = (at, value)
+
+    def _done(self, key: str, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            return
+        e = task.exception()  # retrieved here, so a failure is never "never retrieved"
+        if e is None:
+            self.remember(key, task.result(), self.now())
+        elif not isinstance(e, TimeoutError):
+            log.warning("broker call %s failed: %s: %s", key, type(e).__name__, e)
+
+    async def get(self, key: str, what: str, factory: Callable[[], Awaitable[T]], notes: list[str]) -> T | None:
+        task = self._inflight.get(key)
+        if task is None or task.done():
+            task = asyncio.ensure_future(asyncio.wait_for(factory(), self.timeout_s))
+            task.add_done_callback(lambda t, k=key: self._done(k, t))
+            self._inflight[key] = task
+        try:
+            return cast(T, await asyncio.wait_for(asyncio.shield(task), self.budget_s))
+        except TimeoutError:
+            reason = ("the broker did not answer" if task.done() else "the broker is slow")
+        except Exception as e:
+            reason = f"{type(e).__name__}: {e}"
+        last = self._last.get(key)
+        if last is None:
+            notes.append(f"{what} unavailable: {reason} (it has not answered yet)")
+            return None
+        notes.append(f"{what}: {reason}; showing its answer from {last[0].astimezone(NY):%H:%M:%S} ET")
+        return cast(T, last[1])
+
+    async def close(self) -> None:
+        for task in self._inflight.values():
+            task.cancel()
+        for task in self._inflight.values():
+            with contextlib.suppress(BaseException):
+                await task
+        self._inflight.clear()
+
+
 class BotService:
     def __init__(self, engine: Engine, settings: SettingsService, mode: str) -> None:
         self.engine = engine
         self.settings = settings
         self.mode = mode
+        self.cache = BrokerCache(engine.clock.now)
 
-    async def _ask(self, what: str, call: Awaitable[T], notes: list[str]) -> T | None:
-        """A broker call bounded in time; a failure becomes a note for the reply."""
-        try:
-            return await asyncio.wait_for(call, BROKER_TIMEOUT_S)
-        except TimeoutError:
-            notes.append(f"{what} unavailable: the broker did not answer within {BROKER_TIMEOUT_S:.0f} s")
-        except Exception as e:
-            log.warning("%s failed: %s", what, e)
-            notes.append(f"{what} unavailable: {type(e).__name__}: {e}")
-        return None
+    async def _ask(self, key: str, what: str, factory: Callable[[], Awaitable[T]], notes: list[str]) -> T | None:
+        snap = self.engine.last_snapshot
+        if snap is not None:  # the tick's own view of the market is an answer too
+            self.cache.remember("quote:QQQ", snap.qqq, snap.now)
+        return await self.cache.get(key, what, factory, notes)
 
     def _today(self) -> date:
         return self.engine.clock.now().astimezone(NY).date()
@@ -133,9 +190,11 @@ class BotService:
         eng, s = self.engine, self.settings.current
         now = eng.clock.now()
         session = eng.calendar.open_session(now)
-        quote = await self._ask("QQQ quote", eng.broker.quote("QQQ"), notes)
         day = session.day if session is not None else self._today()
-        prev = await self._ask("previous close", eng.prev_close(day), notes)
+        quote, prev = await asyncio.gather(
+            self._ask("quote:QQQ", "QQQ quote", lambda: eng.broker.quote("QQQ"), notes),
+            self._ask(f"prev_close:{day}", "previous close", lambda: eng.prev_close(day), notes),
+        )
         last = quote.last if quote is not None and quote.last is not None else (quote.mid if quote else None)
         change = (last / prev - 1) * 100 if last is not None and prev else None
         report = eng.last_report
@@ -163,11 +222,15 @@ class BotService:
         lots = ledger.open_lots()
         s = self.settings.current
         today = self._today()
-        quotes: dict[object, OptionQuote] = {}
-        if lots:
-            got = await self._ask("option quotes", self.engine.broker.option_quotes([lot.contract for lot in lots]),
-                                  notes)
-            quotes = {q.contract: q for q in got or []}
+        contracts = [lot.contract for lot in lots]
+        broker = self.engine.broker
+        got, positions, account = await asyncio.gather(  # asked side by side: one budget, not three
+            self._ask("option_quotes:" + ",".join(c.key for c in contracts), "option quotes",
+                      lambda: broker.option_quotes(contracts), notes) if contracts else _nothing(),
+            self._ask("positions", "positions", broker.positions, notes),
+            self._ask("account", "account summary", broker.account_summary, notes),
+        )
+        quotes: dict[object, OptionQuote] = {q.contract: q for q in got or []}
         rows = []
         for lot in lots:
             q = quotes.get(lot.contract)
@@ -181,7 +244,6 @@ class BotService:
         held_by_bot = {lot.contract: lot.qty for lot in lots}
         others: dict[str, list[Position]] = {"stock": [], "option": [], "bond": []}
         cash: dict[str, Decimal] = {}
-        positions = await self._ask("positions", self.engine.broker.positions(), notes)
         for p in positions or []:
             if p.category == "cash":
                 cash[p.currency] = cash.get(p.currency, ZERO) + (p.market_value or p.qty)
@@ -193,19 +255,20 @@ class BotService:
                 p = Position(p.category, p.symbol, p.description + " (besides the bot's lot)", rest, p.avg_cost,
                              p.market_price, None, p.currency, p.contract)
             others.setdefault(p.category, []).append(p)
-        if not cash and positions is not None:
-            account = await self._ask("account summary", self.engine.broker.account_summary(), notes)
-            if account is not None:
-                cash = dict(account.cash_by_currency)
+        if not cash and account is not None:
+            cash = dict(account.cash_by_currency)
         return PositionsView(tuple(rows), {k: tuple(v) for k, v in others.items()}, cash, tuple(notes))
 
     async def account(self) -> AccountView:
         notes: list[str] = []
-        account = await self._ask("account summary", self.engine.broker.account_summary(), notes)
         shares, cost = ledger.qqqm_bought()
+        broker = self.engine.broker
+        account, q = await asyncio.gather(
+            self._ask("account", "account summary", broker.account_summary, notes),
+            self._ask("quote:QQQM", "QQQM quote", lambda: broker.quote("QQQM"), notes) if shares else _nothing(),
+        )
         value = None
         if shares:
-            q = await self._ask("QQQM quote", self.engine.broker.quote("QQQM"), notes)
             price = (q.last or q.mid) if q is not None else None
             value = price * shares if price is not None else None
         return AccountView(account, shares, cost, value, ledger.recycling_pool(), tuple(notes))
@@ -222,7 +285,7 @@ class BotService:
 
     async def pnl(self) -> PnlView:
         notes: list[str] = []
-        positions = await self.positions()
+        positions, account = await asyncio.gather(self.positions(), self.account())
         notes.extend(positions.notes)
         unrealized: Decimal | None = ZERO
         for row in positions.lots:
@@ -230,7 +293,6 @@ class BotService:
                 unrealized = None
                 break
             unrealized = (unrealized or ZERO) + row.pnl_usd
-        account = await self.account()
         notes.extend(n for n in account.notes if n not in notes)
         curve, total = [], ZERO
         for f in ledger.fills_in_order():

@@ -272,6 +272,7 @@ async def _post_stop(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
 async def _post_shutdown(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
     parts: BotParts = app.bot_data["parts"]
     try:
+        await parts.deps.service.cache.close()
         await parts.engine.stop()
     finally:
         close_database(parts.db)

@@ -248,6 +248,7 @@ async def open_tg(tmp: Path, bars: list[DailyBar] | None = None, *, fill: SimFil
             yield tg
         finally:
             await parts.app.shutdown()
+            await parts.deps.service.cache.close()
             await parts.engine.stop()
             close_database(parts.db)
         assert errors == [], f"handler errors: {errors!r}"
