@@ -66,8 +66,12 @@ def split_message(text: str, limit: int = LIMIT) -> list[str]:
 
 
 def _cut(line: str, limit: int) -> str:
+    """The start of an over-long line as plain escaped text ending in "…", within ``limit``."""
     plain = html.unescape(_strip_tags(line))
-    return e(plain[: max(limit // 2, 1) - 1]) + "…"
+    n = limit - 1
+    while n > 0 and len(e(plain[:n])) > limit - 1:
+        n = min(n - 1, n * (limit - 1) // len(e(plain[:n])))
+    return e(plain[:max(n, 0)]) + "…"
 
 
 def _strip_tags(text: str) -> str:
