@@ -36,7 +36,7 @@ class TelegramNotifier:
         self.now = now
         self._wake = asyncio.Event()
         self._failures = 0
-        self._delivered: dict[tuple[int, ...], set[int]] = {}
+        self._progress: dict[int, int] = {}
         self.sent_messages = 0
 
     # --- the sink ----------------------------------------------------------------------------------
@@ -69,25 +69,25 @@ class TelegramNotifier:
                 pass
 
     async def drain(self) -> float:
-        """Send what is pending, in order. Returns 0 when all went out, else the seconds to wait
-        before the next try."""
+        """Send what is pending, in order, to every admin. Returns 0 when all went out, else the
+        seconds to wait before the next try. Each admin's progress is stored (the id of the last
+        alert that reached them), so a failure for one admin, a retry or a restart never sends an
+        alert twice to an admin who already has it."""
         while True:
-            batch = self._next_batch()
-            if not batch:
+            pending = outbox.pending_alerts(limit=200)
+            if not pending:
                 self._failures = 0
                 return 0.0
-            ids = tuple(r.id for r in batch)
-            silent = outbox.alert_level(batch[0].kind) == "silent"
-            text = "\n\n".join(r.text for r in batch)
-            done = self._delivered.setdefault(ids, set())
             for admin in self.admins:
-                if admin in done:
+                batch = self._batch([r for r in pending if r.id > self._sent_upto(admin)])
+                if not batch:
                     continue
+                silent = outbox.alert_level(batch[0].kind) == "silent"
                 try:
-                    await self.send(admin, text, silent)
+                    await self.send(admin, "\n\n".join(r.text for r in batch), silent)
                     self.sent_messages += 1
                 except RetryAfter as e:
-                    outbox.count_attempt(list(ids))
+                    outbox.count_attempt([r.id for r in batch])
                     with warnings.catch_warnings():  # PTB 22 deprecates the int form; both are handled
                         warnings.simplefilter("ignore")
                         retry = e.retry_after
@@ -95,25 +95,37 @@ class TelegramNotifier:
                     log.warning("Telegram asks to wait %.0f s before sending alerts", wait)
                     return max(wait, 1.0)
                 except (Forbidden, BadRequest) as e:
-                    log.error("alert to admin %s cannot be delivered (%s); skipping that admin for it", admin, e)
+                    log.error("alerts %d–%d cannot be delivered to admin %s (%s); skipped for that admin",
+                              batch[0].id, batch[-1].id, admin, e)
                 except TelegramError as e:
-                    outbox.count_attempt(list(ids))
+                    outbox.count_attempt([r.id for r in batch])
                     self._failures += 1
                     wait = min(2.0 ** self._failures, MAX_BACKOFF_S)
                     log.warning("alert delivery failed (%s: %s); retry in %.0f s", type(e).__name__, e, wait)
                     return wait
-                done.add(admin)
+                self._set_sent_upto(admin, batch[-1].id)
             self._failures = 0
-            outbox.mark_sent(list(ids), self.now())
-            self._delivered.pop(ids, None)
+            floor = min((self._sent_upto(a) for a in self.admins), default=pending[-1].id)
+            outbox.mark_sent([r.id for r in pending if r.id <= floor], self.now())
 
-    def _next_batch(self) -> list[outbox.AlertRecord]:
-        pending = outbox.pending_alerts()
-        if not pending:
+    def _sent_upto(self, admin: int) -> int:
+        if admin not in self._progress:
+            self._progress[admin] = outbox.delivered_upto(admin)
+        return self._progress[admin]
+
+    def _set_sent_upto(self, admin: int, alert_id: int) -> None:
+        outbox.set_delivered_upto(admin, alert_id, self.now())
+        self._progress[admin] = alert_id
+
+    @staticmethod
+    def _batch(records: list[outbox.AlertRecord]) -> list[outbox.AlertRecord]:
+        """Consecutive alerts of the same sound level, joined up to a safe message length."""
+        if not records:
             return []
-        first_level = outbox.alert_level(pending[0].kind)
-        batch, size = [], 0
-        for rec in pending:
+        first_level = outbox.alert_level(records[0].kind)
+        batch: list[outbox.AlertRecord] = []
+        size = 0
+        for rec in records:
             if batch and (outbox.alert_level(rec.kind) != first_level or size + len(rec.text) + 2 > JOIN_LIMIT):
                 break
             batch.append(rec)

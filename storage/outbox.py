@@ -33,6 +33,16 @@ def count_attempt(ids: list[int]) -> None:
     AlertRecord.update(attempts=AlertRecord.attempts + 1).where(AlertRecord.id.in_(ids)).execute()
 
 
+def delivered_upto(admin: int) -> int:
+    """The id of the last alert that reached ``admin`` (0 when none)."""
+    value = kv.get(f"alert_delivered:{admin}")
+    return int(value) if value and value.isdigit() else 0
+
+
+def set_delivered_upto(admin: int, alert_id: int, now: datetime) -> None:
+    kv.put(f"alert_delivered:{admin}", str(alert_id), now)
+
+
 def recent_alerts(limit: int = 20) -> list[AlertRecord]:
     return list(AlertRecord.select().order_by(AlertRecord.id.desc()).limit(limit))
 

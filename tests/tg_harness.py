@@ -42,6 +42,7 @@ class Call:
     method: str
     params: dict[str, Any]
     files: dict[str, bytes] = field(default_factory=dict)
+    ok: bool = True  # False when the fake answered with a failure
 
     @property
     def chat_id(self) -> int | None:
@@ -94,7 +95,8 @@ class FakeBotApi:
     def __init__(self) -> None:
         self.calls: list[Call] = []
         self.next_id = 500
-        self.failures: list[httpx.Response] = []  # served (in order) to sendMessage before success
+        # served (in order) to the fail_methods before success: a response, or an exception to raise
+        self.failures: list[httpx.Response | Exception] = []
         self.fail_methods = {"sendMessage"}
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -104,7 +106,12 @@ class FakeBotApi:
             return httpx.Response(200, json={"ok": True, "result": []})
         self.calls.append(Call(method, params, files))
         if method in self.fail_methods and self.failures:
-            return self.failures.pop(0)
+            failure = self.failures.pop(0)
+            if isinstance(failure, Exception) or failure.status_code != 200:
+                self.calls[-1].ok = False
+            if isinstance(failure, Exception):
+                raise failure
+            return failure
         return httpx.Response(200, json={"ok": True, "result": self._result(method, params)})
 
     def _result(self, method: str, params: dict[str, Any]) -> Any:
@@ -125,8 +132,9 @@ class FakeBotApi:
 
     # --- what tests look at ---
 
-    def of(self, method: str, chat_id: int | None = None) -> list[Call]:
-        return [c for c in self.calls if c.method == method and (chat_id is None or c.chat_id == chat_id)]
+    def of(self, method: str, chat_id: int | None = None, *, delivered: bool = False) -> list[Call]:
+        return [c for c in self.calls if c.method == method and (chat_id is None or c.chat_id == chat_id)
+                and (c.ok or not delivered)]
 
     def replies(self, chat_id: int) -> list[Call]:
         return [c for c in self.calls if c.chat_id == chat_id and c.method in ("sendMessage", "sendPhoto",
@@ -217,7 +225,8 @@ def make_cfg(tmp: Path, **extra: str) -> AppConfig:
 
 async def open_tg(tmp: Path, bars: list[DailyBar] | None = None, *, fill: SimFillModel | None = None,
                   settings: dict[str, str] | None = None,
-                  hook: Callable[[Any], None] | None = None) -> AsyncIterator[Tg]:
+                  hook: Callable[[Any], None] | None = None, handler_errors: list[BaseException] | None = None,
+                  ) -> AsyncIterator[Tg]:
     bars = bars or bars_oc([(500, 500), (500, 501), (501, 502)])
     cal = nyse()
     path = PricePath.from_bars(bars, cal, seed=3)
@@ -231,7 +240,7 @@ async def open_tg(tmp: Path, bars: list[DailyBar] | None = None, *, fill: SimFil
     with respx.mock(assert_all_called=False) as router:
         router.route(url__startswith=BASE).mock(side_effect=api)
         parts = build(cfg, broker=broker, clock=clock, calendar=cal, builder_hook=hook)
-        errors: list[BaseException] = []
+        errors: list[BaseException] = handler_errors if handler_errors is not None else []
 
         async def record(update: object, context: Any) -> None:
             errors.append(context.error)
@@ -251,4 +260,5 @@ async def open_tg(tmp: Path, bars: list[DailyBar] | None = None, *, fill: SimFil
             await parts.deps.service.cache.close()
             await parts.engine.stop()
             close_database(parts.db)
-        assert errors == [], f"handler errors: {errors!r}"
+        if handler_errors is None:
+            assert errors == [], f"handler errors: {errors!r}"
