@@ -164,7 +164,7 @@ class IBBroker:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._ib.isConnected() or self._ib.client.isConnected():
+        if self._ib.isConnected() or self._ib.client.isConnected():  # type: ignore[no-untyped-call]
             self._ib.disconnect()
         self._wake()
         self._set_state(ConnectionState.DOWN, "closed")
@@ -461,7 +461,7 @@ class IBBroker:
             req_id = w.endTicker(t, "snapshot") if t is not None else 0
             if req_id:
                 with contextlib.suppress(ConnectionError):
-                    self._ib.client.cancelMktData(req_id)
+                    self._ib.client.cancelMktData(req_id)  # type: ignore[no-untyped-call]
                 w._futures.pop(req_id, None)
 
     def _forget_tickers(self, batch: list[Contract]) -> None:
@@ -653,6 +653,9 @@ class IBBroker:
         trade = self._by_ref.get(order_ref)
         if trade is None:
             raise BrokerError(f"ib: no order {order_ref}")
+        last = self._last_update.get(order_ref)
+        if last is not None and last[0].is_final:  # also when the Trade object is from a previous session
+            raise BrokerError(f"ib: order {order_ref} is already {last[0].value}")
         if trade.isDone():
             raise BrokerError(f"ib: order {order_ref} is already {trade.orderStatus.status.lower()}")
         return trade

@@ -20,13 +20,15 @@ ACTIVE = frozenset({"PendingSubmit", "ApiPending", "PreSubmitted", "Submitted", 
 CANCELLED = frozenset({"Cancelled", "ApiCancelled", "Inactive"})
 
 
-def dec(x: float | str | None) -> Decimal | None:
+def dec(x: float | str | Decimal | None) -> Decimal | None:
     """A float from IB as a Decimal without binary noise (500.0 → 500, 12.35 → 12.35)."""
     if x is None:
         return None
     if isinstance(x, float) and not math.isfinite(x):
         return None
     d = Decimal(str(round(x, 8))) if isinstance(x, float) else Decimal(x)
+    if not d.is_finite():
+        return None
     if d == d.to_integral_value():
         return Decimal(int(d))
     return d.normalize()

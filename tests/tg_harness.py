@@ -218,15 +218,21 @@ class Tg:
 
 
 def make_cfg(tmp: Path, **extra: str) -> AppConfig:
-    env = {"TELEGRAM_BOT_TOKEN": TOKEN, "ADMIN_USER_IDS": f"{ADMIN},{ADMIN2}", "TOTP_ENCRYPTION_KEY": keygen(),
+    """The config of a test bot; its TOTP key is kept in ``tmp`` so a restarted bot decrypts the
+    secrets the first one stored."""
+    key_file = tmp / "totp.key"
+    if not key_file.exists():
+        key_file.write_text(keygen())
+    env = {"TELEGRAM_BOT_TOKEN": TOKEN, "ADMIN_USER_IDS": f"{ADMIN},{ADMIN2}",
+           "TOTP_ENCRYPTION_KEY": key_file.read_text(),
            "DATA_DIR": str(tmp), "SESSION_TTL_MIN": "30", **extra}
     return AppConfig(**env)  # type: ignore[arg-type]
 
 
 async def open_tg(tmp: Path, bars: list[DailyBar] | None = None, *, fill: SimFillModel | None = None,
                   settings: dict[str, str] | None = None,
-                  hook: Callable[[Any], None] | None = None, handler_errors: list[BaseException] | None = None,
-                  ) -> AsyncIterator[Tg]:
+                  hook: Callable[[Any], None] | None = None,
+                  handler_errors: list[BaseException] | None = None) -> AsyncIterator[Tg]:
     bars = bars or bars_oc([(500, 500), (500, 501), (501, 502)])
     cal = nyse()
     path = PricePath.from_bars(bars, cal, seed=3)
