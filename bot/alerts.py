@@ -5,7 +5,7 @@ A sink never raises into the engine: delivery problems are its own to retry and 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -30,6 +30,7 @@ class EventKind(StrEnum):
     SKIPPED = "skipped"
     LIMIT_REACHED = "limit_reached"
     DISCONNECT = "disconnect"
+    DEGRADED = "degraded"
     RECONNECT = "reconnect"
     ERROR = "error"
     SETTINGS_CHANGED = "settings_changed"
@@ -54,12 +55,13 @@ class AlertSink(Protocol):
 class LogSink:
     """Alerts to the log, one line each, labelled with the broker's mode ([SIM], [PAPER])."""
 
-    def __init__(self, label: str = "", level: int = logging.INFO) -> None:
+    def __init__(self, label: str | Callable[[], str] = "", level: int = logging.INFO) -> None:
         self.label = label
         self.level = level
 
     def emit(self, event: Event) -> None:
-        prefix = f"{self.label} " if self.label else ""
+        label = self.label() if callable(self.label) else self.label
+        prefix = f"{label} " if label else ""
         log.log(self.level, "%s%s: %s", prefix, event.kind.value, event.text)
 
 

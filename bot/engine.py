@@ -119,6 +119,7 @@ class Engine:
         self._tick_errors = 0
         self.iv_guess = 0.25
         self.last_snapshot: MarketSnapshot | None = None
+        self.blocked = ""  # why this engine must not trade at all (e.g. a live account not allowed)
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -207,6 +208,9 @@ class Engine:
         elif state == ConnectionState.CONNECTED:
             self.emit(EventKind.RECONNECT, f"Broker connected: {detail}")
             self.ready = False  # reconcile before the next order
+        elif state == ConnectionState.DEGRADED:
+            self.emit(EventKind.DEGRADED, f"Broker connection degraded: {detail}")
+            self.ready = False
 
     # --- reconciliation ------------------------------------------------------------------------
 
@@ -316,6 +320,8 @@ class Engine:
         if session is None:
             return TickReport(now, None, skipped="market closed: nothing evaluated")
         day = session.day
+        if self.blocked:
+            return TickReport(now, day, skipped=f"not trading: {self.blocked}")
         if self.broker.state == ConnectionState.DOWN:
             return TickReport(now, day, skipped="broker connection down: nothing evaluated")
         if not self.ready and not dry_run:

@@ -15,7 +15,7 @@ from bot.config import AppConfig
 from bot.engine import Engine
 from bot.health import write_heartbeat
 from bot.settings_service import SettingsService
-from broker.base import Broker
+from broker.base import Broker, BrokerError, LiveAccountRefused
 from broker.clock import WallClock
 from storage.db import close_database, open_database
 from strategy.calendar import nyse
@@ -33,6 +33,18 @@ def make_sim_broker(cfg: AppConfig, clock: WallClock) -> Broker:
     path = PricePath.wall_clock(cal, cfg.sim_seed, today - timedelta(days=400), today + timedelta(days=60))
     return SimBroker(clock, path, IvSource.constant(0.24), calendar=cal, starting_cash=cfg.sim_capital,
                      mixed_account=True, seed=cfg.sim_seed)
+
+
+def make_broker(cfg: AppConfig, clock: WallClock) -> Broker:
+    """The configured broker: the built-in simulator, or IB Gateway through ib_async."""
+    if cfg.broker == "ib":
+        from broker.ib import IBBroker
+
+        return IBBroker(cfg.ib_host, cfg.ib_port, cfg.ib_client_id, allow_live=cfg.allow_live_trading,
+                        clock=clock, calendar=nyse())
+    broker = make_sim_broker(cfg, clock)
+    _adopt_ledger(broker)
+    return broker
 
 
 def _adopt_ledger(broker: Broker) -> None:
@@ -101,12 +113,8 @@ async def _tick_loop(engine: Engine, settings: SettingsService, clock: WallClock
 async def run_headless(cfg: AppConfig, max_ticks: int | None = None) -> None:
     db = open_database(cfg.db_url)
     clock = WallClock()
-    if cfg.broker != "sim":
-        close_database(db)
-        raise SystemExit("BROKER=ib needs the IB adapter, which this build does not have yet; use BROKER=sim")
-    broker = make_sim_broker(cfg, clock)
-    _adopt_ledger(broker)
-    alerts = LogSink(mode_label(broker.mode))
+    broker = make_broker(cfg, clock)
+    alerts = LogSink(lambda: mode_label(broker.mode))
     settings = SettingsService(alerts, clock.now)
     engine = Engine(broker, clock, nyse(), settings, alerts, cfg.limits)
     main = asyncio.current_task()
@@ -116,7 +124,12 @@ async def run_headless(cfg: AppConfig, max_ticks: int | None = None) -> None:
             loop.add_signal_handler(sig, lambda s=sig: _stop(main, s))
     beat = asyncio.create_task(_heartbeat(engine, clock, cfg), name="heartbeat")
     try:
-        await engine.start()
+        try:
+            await engine.start()
+        except LiveAccountRefused as e:
+            raise SystemExit(str(e)) from None  # headless: no chat to explain it in, so stop
+        except BrokerError as e:
+            log.error("%s; ticks will wait for the connection", e)
         log.info("engine ready on the %s broker", broker.name)
         await _tick_loop(engine, settings, clock, max_ticks)
     except asyncio.CancelledError:

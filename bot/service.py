@@ -48,6 +48,8 @@ class StatusView:
     open_lots: int
     max_positions: int
     notes: tuple[str, ...] = ()
+    connection_detail: str = ""
+    market_data: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +199,8 @@ class BotService:
         )
         last = quote.last if quote is not None and quote.last is not None else (quote.mid if quote else None)
         change = (last / prev - 1) * 100 if last is not None and prev else None
+        if eng.blocked:
+            notes.insert(0, f"NOT TRADING: {eng.blocked}")
         report = eng.last_report
         if report is not None:
             last_time, last_summary = report.time.isoformat(timespec="seconds"), report.summary()
@@ -215,6 +219,8 @@ class BotService:
             next_tick=eng.calendar.next_tick(now, s.check_interval_min, s.delay_after_open_min),
             last_tick_time=last_time, last_tick_summary=last_summary, open_lots=len(ledger.open_lots()),
             max_positions=s.max_positions, notes=tuple(notes),
+            connection_detail=str(getattr(eng.broker, "detail", "")),
+            market_data=getattr(eng.broker, "market_data", None),
         )
 
     async def positions(self) -> PositionsView:

@@ -33,9 +33,10 @@ from bot.config import AppConfig
 from bot.engine import Engine
 from bot.health import write_heartbeat
 from bot.notifier import TelegramNotifier
+from bot.runner import make_broker
 from bot.service import BotService
 from bot.settings_service import SettingsService
-from broker.base import Broker
+from broker.base import Broker, LiveAccountRefused
 from broker.clock import Clock, WallClock
 from handlers import commands
 from handlers import format as fmt
@@ -58,20 +59,6 @@ class BotParts:
     deps: Deps
     db: Database
     clock: Clock
-
-
-def make_broker(cfg: AppConfig, clock: WallClock) -> Broker:
-    if cfg.broker == "ib":
-        try:
-            from broker.ib import IBBroker
-        except ImportError as e:  # pragma: no cover - the adapter ships with the package
-            raise SystemExit(f"BROKER=ib: the IB adapter could not be loaded ({e})") from None
-        return IBBroker(cfg.ib_host, cfg.ib_port, cfg.ib_client_id, allow_live=cfg.allow_live_trading)
-    from bot.runner import _adopt_ledger, make_sim_broker
-
-    broker = make_sim_broker(cfg, clock)
-    _adopt_ledger(broker)
-    return broker
 
 
 def due_tick(calendar: SessionCalendar, now: datetime, interval_min: int, delay_min: int,
@@ -111,7 +98,10 @@ def build(
     if clock is None or broker is None:
         wall = WallClock()
         clock, broker = wall, make_broker(cfg, wall)
-    label = mode_label(broker.mode)
+    the_broker = broker
+
+    def label() -> str:
+        return mode_label(the_broker.mode)
 
     builder = (ApplicationBuilder().token(cfg.telegram_bot_token.get_secret_value())
                .base_url(cfg.telegram_api_base_url)
@@ -126,7 +116,7 @@ def build(
             await app.bot.send_message(chat_id, chunk, parse_mode=ParseMode.HTML, disable_notification=silent,
                                        disable_web_page_preview=True)
 
-    notifier = TelegramNotifier(cfg.admin_user_ids, lambda ev: fmt.alert_html(ev, label), send, clock.now)
+    notifier = TelegramNotifier(cfg.admin_user_ids, lambda ev: fmt.alert_html(ev, label()), send, clock.now)
     sink = FanoutSink([LogSink(label), notifier])
     settings = SettingsService(sink, clock.now)
     engine = Engine(broker, clock, calendar or nyse(), settings, sink, cfg.limits)
@@ -177,22 +167,46 @@ def _post_init(cfg: AppConfig) -> Callable[[Application[Any, Any, Any, Any, Any,
 
 
 async def startup(app: Application[Any, Any, Any, Any, Any, Any], cfg: AppConfig, *, sender: bool = True,
-                  jobs: bool = True) -> None:
+                  jobs: bool = True, connect_in_background: bool = True) -> None:
     """Register the command menu, connect and reconcile, start the alert sender and the jobs."""
     parts: BotParts = app.bot_data["parts"]
     try:
         await app.bot.set_my_commands([BotCommand(c, d) for c, d in COMMANDS])
     except Exception as e:
         log.warning("could not register the command menu: %s", e)
-    try:
-        await parts.engine.start()
-        log.info("engine ready on the %s broker", parts.engine.broker.name)
-    except Exception as e:
-        parts.engine.report_error("Start-up (connect and reconcile) failed; ticks will retry", e)
+    if connect_in_background:
+        app.bot_data["connector"] = asyncio.create_task(start_engine(app), name="connect")
+    else:
+        await start_engine(app)
     if sender:
         app.bot_data["sender"] = asyncio.create_task(parts.notifier.run(), name="alert-sender")
     if jobs:
         schedule_jobs(app, cfg)
+
+
+CONNECT_RETRY_MAX_S = 300.0
+
+
+async def start_engine(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
+    """Connect and reconcile before anything may trade, retrying with a capped backoff while the
+    broker is unreachable (the chat keeps answering meanwhile). A live account that is not
+    allowed blocks trading for good: the bot stays up to say why (a restart loop would not)."""
+    parts: BotParts = app.bot_data["parts"]
+    delay = 5.0
+    while True:
+        try:
+            await parts.engine.start()
+            log.info("engine ready on the %s broker (%s)", parts.engine.broker.name, parts.engine.broker.mode)
+            return
+        except LiveAccountRefused as e:
+            log.critical("%s", e)
+            parts.engine.blocked = str(e)
+            parts.engine.emit(EventKind.ERROR, f"Not trading: {e}")
+            return
+        except Exception as e:
+            parts.engine.report_error(f"Broker connection at start-up failed; retrying in {delay:.0f} s", e)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, CONNECT_RETRY_MAX_S)
 
 
 def schedule_jobs(app: Application[Any, Any, Any, Any, Any, Any], cfg: AppConfig) -> None:
@@ -259,6 +273,11 @@ def daily_summary_text(parts: BotParts, day: Any) -> str:
 
 
 async def _post_stop(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
+    connector: asyncio.Task[None] | None = app.bot_data.get("connector")
+    if connector is not None and not connector.done():
+        connector.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await connector
     sender: asyncio.Task[None] | None = app.bot_data.get("sender")
     parts: BotParts = app.bot_data["parts"]
     with contextlib.suppress(Exception):

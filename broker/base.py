@@ -169,6 +169,10 @@ class BrokerError(Exception):
     """A broker answer the user should hear about (rejected order, no market data, ...)."""
 
 
+class LiveAccountRefused(BrokerError):
+    """The account is live (real money) and ALLOW_LIVE_TRADING is not set: the bot must not run."""
+
+
 @runtime_checkable
 class BrokerListener(Protocol):
     def on_execution(self, execution: Execution) -> None: ...

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -42,6 +42,7 @@ from broker.base import (
     ConnectionState,
     Execution,
     Instrument,
+    LiveAccountRefused,
     OptionChain,
     OrderLeg,
     OrderRequest,
@@ -63,6 +64,7 @@ T = TypeVar("T")
 CONNECTIVITY_LOST = frozenset({1100, 2110})
 CONNECTIVITY_RESTORED = frozenset({1101, 1102})
 NO_SUBSCRIPTION = frozenset({354, 10089, 10167, 10168})
+DELAYED_DATA_AGE = timedelta(minutes=15)  # IB's delayed data lags 15-20 minutes
 DELAYED_SENT_ANYWAY = 10167  # a warning: delayed data follows on the same request
 PACING = frozenset({100, 162, 420})
 PENDING = frozenset({"PendingSubmit", "ApiPending"})
@@ -193,7 +195,7 @@ class IBBroker:
         self.mode = "paper" if account.startswith("D") else "live"
         if self.mode == "live" and not self.allow_live:
             self._drop()
-            raise BrokerError(f"ib: {account} is a LIVE account and live trading is not allowed; refusing to "
+            raise LiveAccountRefused(f"ib: {account} is a LIVE account and live trading is not allowed; refusing to "
                               "trade it (use a paper account, or set ALLOW_LIVE_TRADING=true deliberately)")
         ib.client.MaxRequests = self.max_requests_per_s
         ib.client.RequestsInterval = 1
@@ -372,6 +374,12 @@ class IBBroker:
     def _now(self) -> datetime:
         return self.clock.now()
 
+    def _quote_time(self) -> datetime:
+        """When a quote's prices were true: now for live data; for delayed data (no real-time
+        subscription) IB's delay ago, so the engine's freshness check never trades on it."""
+        now = self._now()
+        return now - DELAYED_DATA_AGE if self._delayed else now
+
     def _today(self) -> date:
         return self._now().astimezone(NY).date()
 
@@ -483,7 +491,7 @@ class IBBroker:
         t = (await self._snapshots([c])).get(c.conId)
         if t is None:
             raise BrokerError(f"ib: no market data for {symbol} ({self.market_data} data)")
-        return Quote(symbol, cv.price(t.bid), cv.price(t.ask), cv.price(t.last), self._now())
+        return Quote(symbol, cv.price(t.bid), cv.price(t.ask), cv.price(t.last), self._quote_time())
 
     async def prev_close(self, symbol: str) -> Decimal:
         today = self._today()
@@ -566,7 +574,7 @@ class IBBroker:
         qualified = await self._qualify(contracts)
         listed = [(oc, qualified[oc.key]) for oc in contracts if oc.key in qualified]
         tickers = await self._snapshots([c for _, c in listed])
-        now = self._now()
+        now = self._quote_time()
         spots: dict[str, float | None] = {}
         out = []
         for oc, c in listed:

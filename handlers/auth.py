@@ -34,10 +34,15 @@ class Deps:
     admins: frozenset[int]
     fernet: Fernet
     session_ttl: timedelta
-    label: str
+    label_fn: Callable[[], str]
     now: Callable[[], datetime]
     notifier: TelegramNotifier | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """[SIM] / [PAPER] / nothing for live: the broker's mode is only known once connected."""
+        return self.label_fn()
 
     def alert(self, kind: EventKind, text: str) -> None:
         if self.notifier is not None:

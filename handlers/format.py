@@ -121,7 +121,8 @@ def status_text(v: StatusView, label: str) -> str:
     conn_icon = {"connected": "🟢", "degraded": "🟡", "down": "🔴"}.get(v.connection, "⚪")
     lines = [
         f"<b>Status</b> {e(label)}".rstrip(),
-        f"Broker: {e(v.broker)} ({e(v.mode)}) {conn_icon} {e(v.connection)}",
+        f"Broker: {e(v.broker)} ({e(v.mode)}) {conn_icon} {e(v.connection)}"
+        + (f" — {e(v.connection_detail)}" if v.connection != "connected" and v.connection_detail else ""),
         f"Automatic orders: {'⏸ <b>paused</b>' if v.paused else '▶️ running'}",
         f"Market: {'open' if v.market_open else 'closed'}",
     ]
@@ -130,6 +131,8 @@ def status_text(v: StatusView, label: str) -> str:
                      f"vs prev close {e(money(v.prev_close, ''))}")
     else:
         lines.append("QQQ: —")
+    if v.market_data == "delayed":
+        lines.append("⚠️ Delayed market data (no real-time subscription): shown, never traded on")
     lines.append(f"Lots: {v.open_lots} / {v.max_positions}")
     lines.append(f"Next tick: {e(ny(v.next_tick))}")
     if v.last_tick_time:
@@ -255,7 +258,8 @@ ALERT_TITLES: dict[EventKind, str] = {
     EventKind.EXPIRY_GUARD: "⏳ Expiry guard", EventKind.ENTRY: "🟢 Entry", EventKind.ROLL: "🔄 Roll",
     EventKind.RECYCLE: "♻️ Recycling", EventKind.NO_CONTRACT: "🔍 No eligible contract",
     EventKind.SKIPPED: "⏭ Skipped", EventKind.LIMIT_REACHED: "🛑 Daily limit",
-    EventKind.DISCONNECT: "🔌 Broker disconnected", EventKind.RECONNECT: "🔌 Broker connected",
+    EventKind.DISCONNECT: "🔌 Broker disconnected", EventKind.DEGRADED: "🟡 Broker degraded",
+    EventKind.RECONNECT: "🔌 Broker connected",
     EventKind.ERROR: "❗ Error", EventKind.SETTINGS_CHANGED: "⚙️ Setting changed", EventKind.PAUSED: "⏸ Paused",
     EventKind.RESUMED: "▶️ Resumed", EventKind.UNAUTHORIZED: "🚫 Access", EventKind.DAILY_SUMMARY: "📊 Daily summary",
 }

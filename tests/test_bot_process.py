@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -148,3 +149,56 @@ def test_run_without_telegram_settings_says_which_is_missing(tmp_path: Path) -> 
                        timeout=60)
     assert r.returncode == 2 and "TOTP_ENCRYPTION_KEY" in r.stderr and "not-a-key" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def _start_gateway(*extra: str) -> tuple[subprocess.Popen[str], int]:
+    gw = subprocess.Popen([sys.executable, "-m", "tests.fake_gateway", "--port", "0", *extra], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert gw.stdout is not None
+    line = gw.stdout.readline()
+    m = re.search(r"127\.0\.0\.1:(\d+)", line)
+    assert m, line
+    return gw, int(m.group(1))
+
+
+def _wait_for_status(bot_api: BotApi, proc: subprocess.Popen[str], needle: str, timeout: float = 60) -> str:
+    """Send /status (as a queued update) until a reply contains ``needle``; returns the last reply."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline and proc.poll() is None:
+        with bot_api.lock:
+            replies = [p.get("text", "") for m, p in bot_api.calls if m == "sendMessage" and "Status" in
+                       p.get("text", "")]
+            if replies:
+                last = replies[-1]
+                if needle in last:
+                    return last
+                bot_api.served_update = False  # ask again
+        time.sleep(0.5)
+    return last
+
+
+@pytest.mark.parametrize("live", [False, True])
+def test_broker_ib_runs_the_bot_against_the_fake_gateway(tmp_path: Path, bot_api: BotApi, live: bool) -> None:
+    gw, port = _start_gateway(*(["--live-account"] if live else []))
+    env = _env(tmp_path, bot_api.server_address[1], keygen())
+    env.update({"BROKER": "ib", "IB_HOST": "127.0.0.1", "IB_PORT": str(port), "IB_CLIENT_ID": "7"})
+    proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        text = _wait_for_status(bot_api, proc, "NOT TRADING" if live else "connected")
+        assert proc.poll() is None
+        if live:
+            assert "LIVE account" in text and "ALLOW_LIVE_TRADING" in text
+            assert "[PAPER]" not in text and "[SIM]" not in text
+        else:
+            assert "Broker: ib (paper)" in text and "[PAPER]" in text
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        for p in (proc, gw):
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    assert proc.returncode == 0, out
+    assert "stopped cleanly" in out and TOKEN not in out

@@ -260,14 +260,17 @@ async def test_a_fill_after_cancel_is_still_recorded(ib_world: WorldFactory) -> 
     assert Fill.get().commission == Decimal("1.00")
 
 
-async def test_delayed_data_fallback_still_trades(ib_world: WorldFactory, ib_errors: IbErrorGuard) -> None:
+async def test_delayed_data_is_shown_but_never_traded(ib_world: WorldFactory, ib_errors: IbErrorGuard) -> None:
     ib_errors.allow(354)
     bars = bars_oc([(500, 500), (490, 489)])
     w = await ib_world(bars)
     w.gw.md_error = 354
     await w.run_days(days(bars))
     assert w.broker.state == ConnectionState.DEGRADED and w.broker.market_data == "delayed"
-    assert len(ledger.open_lots()) == 1
+    assert w.events(EventKind.DEGRADED)
+    q = await w.broker.quote("QQQ")
+    assert q.price is not None  # the user still sees a (delayed) price
+    assert ledger.open_lots() == () and Order.select().count() == 0  # a 15-minute-old quote never trades
 
 
 async def test_missing_greeks_use_bsm_delta(ib_world: WorldFactory) -> None:

@@ -255,7 +255,7 @@ async def open_tg(tmp: Path, bars: list[DailyBar] | None = None, *, fill: SimFil
         for key, value in (settings or {}).items():
             assert not hasattr(parts.engine.settings.update(key, value, "test"), "message")
         await parts.app.initialize()
-        await startup(parts.app, cfg, sender=False, jobs=False)
+        await startup(parts.app, cfg, sender=False, jobs=False, connect_in_background=False)
         world = World(parts.engine, broker, clock, cal, parts.engine.alerts, parts.engine.settings,  # type: ignore[arg-type]
                       path)
         tg = Tg(parts, api, world, cfg)
