@@ -49,6 +49,7 @@ class BacktestConfig:
     iv: str = "0.25"
     overrides: list[str] = field(default_factory=list)
     limits: DailyLimits = field(default_factory=DailyLimits)
+    bars: list[DailyBar] | None = None  # fetched beforehand (``--source ib``)
 
 
 SYNTHETIC_END = date(2025, 12, 31)
@@ -66,7 +67,9 @@ class BacktestRun:
 
 def load_bars(cfg: BacktestConfig) -> list[DailyBar]:
     cal = nyse()
-    if cfg.csv is not None:
+    if cfg.bars is not None:
+        bars = sorted(cfg.bars, key=lambda b: b.day)
+    elif cfg.csv is not None:
         try:
             bars = load_ohlc_csv(cfg.csv)
         except CsvError as e:
@@ -89,6 +92,22 @@ def load_bars(cfg: BacktestConfig) -> list[DailyBar]:
     if len(bars) < 2:
         raise BacktestError("fewer than two sessions in the chosen period")
     return bars
+
+
+async def fetch_ib_bars(host: str, port: int, client_id: int, start: date, end: date) -> list[DailyBar]:
+    """QQQ daily bars from IB Gateway for ``--source ib``. The connection only reads history, so a
+    live login is accepted here; it is closed before the backtest starts."""
+    from broker.base import BrokerError
+    from broker.ib import IBBroker
+
+    broker = IBBroker(host, port, client_id, allow_live=True, calendar=nyse())  # reads history only
+    try:
+        await broker.connect()
+        return await broker.historical_daily_bars("QQQ", start, end)
+    except BrokerError as e:
+        raise BacktestError(f"--source ib: {e}") from e
+    finally:
+        await broker.close()
 
 
 def load_iv(cfg: BacktestConfig) -> IvSource:

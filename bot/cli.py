@@ -9,6 +9,7 @@ import sys
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Any
 
 
 def _date(text: str) -> date:
@@ -51,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = bt.add_mutually_exclusive_group()
     src.add_argument("--csv", type=Path, help="daily bars (Date,Open,High,Low,Close), e.g. a Yahoo export")
     src.add_argument("--synthetic-years", type=int, default=10, help="years of a seeded synthetic path (default)")
+    src.add_argument("--source", choices=["ib"],
+                     help="ib: QQQ daily bars from IB Gateway (IB_HOST, IB_PORT, IB_CLIENT_ID + 1)")
     bt.add_argument("--seed", type=int, default=1, help="seed of the synthetic and intraday paths")
     bt.add_argument("--start", type=_date)
     bt.add_argument("--end", type=_date)
@@ -78,6 +81,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
                          end=args.end, capital=args.capital, iv=args.iv, overrides=list(args.overrides))
     progress = terminal_progress if sys.stderr.isatty() and not args.json else None
     try:
+        if args.source == "ib":
+            cfg.bars = _ib_bars(args)
         run = asyncio.run(run_backtest(cfg, progress=progress))
     except BacktestError as e:
         print(f"qqq-bot backtest: {e}", file=sys.stderr)
@@ -92,6 +97,21 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         if args.chart:
             print(f"\nchart written to {args.chart}")
     return 0
+
+
+def _ib_bars(args: argparse.Namespace) -> list[Any]:
+    from datetime import timedelta
+
+    from bot.backtest import BacktestError, fetch_ib_bars
+    from bot.config import ConfigError, load_config
+
+    try:
+        app = load_config()
+    except ConfigError as e:
+        raise BacktestError(f"configuration: {e}") from None
+    end = args.end or date.today()
+    start = args.start or end - timedelta(days=365 * args.synthetic_years)
+    return asyncio.run(fetch_ib_bars(app.ib_host, app.ib_port, app.ib_client_id + 1, start, end))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -202,3 +202,28 @@ def test_broker_ib_runs_the_bot_against_the_fake_gateway(tmp_path: Path, bot_api
                 p.communicate()
     assert proc.returncode == 0, out
     assert "stopped cleanly" in out and TOKEN not in out
+
+
+def test_backtest_source_ib_reads_bars_from_the_gateway(tmp_path: Path) -> None:
+    from datetime import date, timedelta
+
+    gw, port = _start_gateway()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IB_")}
+    env.update({"IB_HOST": "127.0.0.1", "IB_PORT": str(port), "DATA_DIR": str(tmp_path)})
+    end = date.today() - timedelta(days=1)
+    start = end - timedelta(days=200)
+    try:
+        r = subprocess.run([sys.executable, "-m", "bot.cli", "backtest", "--source", "ib", "--start", str(start),
+                            "--end", str(end), "--json"], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=300)
+    finally:
+        gw.kill()
+        gw.communicate()
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["summary"]["sessions"] > 100
+    assert result["summary"]["start"] >= str(start) and result["summary"]["end"] <= str(end)
+    # the gateway is gone: one clear line, no traceback
+    r = subprocess.run([sys.executable, "-m", "bot.cli", "backtest", "--source", "ib", "--json"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "cannot connect to IB Gateway" in r.stderr and "Traceback" not in r.stderr
