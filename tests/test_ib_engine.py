@@ -24,7 +24,7 @@ from broker.clock import SimClock
 from broker.ib import IBBroker
 from storage import ledger
 from storage.models import Fill, Lot, Order, Roll
-from strategy.calendar import SessionCalendar, nyse
+from strategy.calendar import NY, SessionCalendar, nyse
 from strategy.rules import DailyLimits
 from tests.fake_gateway import FakeGateway, FakeMarket, FillMode
 from tests.fake_gateway.testing import IbErrorGuard, fast_broker, ib_errors
@@ -199,6 +199,19 @@ async def test_take_profit_sells_the_whole_lot_and_books_pnl(ib_world: WorldFact
     assert sell[0].price / buy[0].price - 1 >= Decimal("0.5") * Decimal("0.97")
     assert w.events(EventKind.TAKE_PROFIT)
     assert not [p for p in await w.broker.positions() if p.category == "option"]
+
+
+async def test_force_exit_after_force_exit_days(ib_world: WorldFactory) -> None:
+    # the sim test holds a lot 270 days; here the same rule with force_exit_days=3 over a flat market
+    bars = bars_oc([(500, 500), (490, 490), (490, 490), (490, 490), (490, 490), (490, 490), (490, 490)])
+    w = await ib_world(bars, settings={"force_exit_days": "3", "recycle_enabled": "off", "entry_drop_pct": "1.5"})
+    await w.run_days(days(bars))
+    lot = Lot.get()
+    assert lot.exit_reason == "force_exit" and lot.qty_open == 0
+    held = (lot.closed_at.astimezone(NY).date() - lot.opened_at.astimezone(NY).date()).days
+    assert held >= 3
+    assert Lot.select().count() == 1  # a flat market gives no new entry
+    assert w.events(EventKind.FORCE_EXIT)
 
 
 async def test_roll_when_full_and_qqq_falls_five_percent(ib_world: WorldFactory) -> None:
