@@ -1,0 +1,63 @@
+"""Campaign: IB Gateway faults during simulated sessions. The gateway drops every connection at
+random moments (while orders work, between ticks, during reconciliation), refuses a few orders,
+answers slowly: the bot reconnects, reconciles before trading again, alerts once per incident,
+never crashes, and its ledger still equals the gateway's record.
+
+Scale with `QQQ_CAMPAIGN_DROPS` (default 100 disconnects per run)."""
+
+from __future__ import annotations
+
+import os
+import random
+from datetime import datetime
+
+from bot.alerts import EventKind
+from broker.base import ConnectionState
+from storage.models import Fill
+from tests.campaigns.test_ib_crash import PAIRS, check_against_gateway
+from tests.fake_gateway.testing import IbErrorGuard, ib_errors
+from tests.test_engine import bars_oc
+from tests.test_ib_engine import WorldFactory, ib_world
+
+__all__ = ["ib_errors", "ib_world"]  # fixtures
+DROPS = int(os.environ.get("QQQ_CAMPAIGN_DROPS", "100"))
+
+
+async def test_random_disconnects_and_rejections(ib_world: WorldFactory, ib_errors: IbErrorGuard) -> None:
+    ib_errors.allow_text("Peer closed connection|Connection reset by peer|Socket disconnect|not connected")
+    ib_errors.allow(201)
+    rng = random.Random(99)
+    bars = bars_oc(PAIRS)
+    w = await ib_world(bars, settings={"max_positions": "1", "recycle_threshold": "100"})
+    w.gw.latency = 0.002
+    moments = 0
+    drops = 0
+
+    def chaos(now: datetime) -> None:
+        nonlocal moments, drops
+        moments += 1
+        if drops < DROPS and w.broker.state == ConnectionState.CONNECTED and rng.random() < 0.35:
+            drops += 1
+            w.gw.drop_connections()
+        if rng.random() < 0.01:
+            w.gw.reject_next = (201, "Order rejected - reason: campaign")
+
+    w.clock.add_listener(chaos)
+    await w.run_days([b.day for b in bars])
+    rounds = 0
+    while drops < DROPS and rounds < 10 * DROPS:  # finish the quota after the last session
+        rounds += 1
+        await w.clock.sleep(5)
+    w.clock.remove_listener(chaos)
+    await w.clock.sleep(1)
+    await check_against_gateway(w)
+    downs = w.events(EventKind.DISCONNECT)
+    ups = w.events(EventKind.RECONNECT)
+    print(f"\ngateway faults: {drops} disconnects over {moments} moments; {len(downs)} disconnect and {len(ups)} "
+          f"reconnect alerts; {Fill.select().count()} fills matched; "
+          f"{len(w.events(EventKind.ORDER_REJECTED))} rejections")
+    assert drops == DROPS
+    assert len(downs) == drops  # once per incident, never per retry
+    assert len(ups) >= drops
+    assert not [t for t in w.events(EventKind.ERROR) if "Tick failed" in t], w.events(EventKind.ERROR)
+    assert Fill.select().count() >= 6  # it kept trading between the faults
