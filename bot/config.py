@@ -37,6 +37,15 @@ class AppConfig(BaseSettings):
     ib_port: int = Field(4004, ge=1, le=65535, alias="IB_PORT")
     ib_client_id: int = Field(1, ge=0, le=2**31 - 1, alias="IB_CLIENT_ID")
     allow_live_trading: bool = Field(False, alias="ALLOW_LIVE_TRADING")
+    ib_quiet_window: str = Field("23:45-00:30", alias="IB_QUIET_WINDOW")
+
+    @field_validator("ib_quiet_window")
+    @classmethod
+    def _quiet(cls, v: str) -> str:
+        from bot.notifier import parse_window
+
+        parse_window(v)
+        return v
 
     @field_validator("admin_user_ids_text")
     @classmethod

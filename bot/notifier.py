@@ -13,12 +13,13 @@ import asyncio
 import logging
 import warnings
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import datetime
+from datetime import datetime, time
 
 from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
 
-from bot.alerts import Event
+from bot.alerts import Event, EventKind
 from storage import outbox
+from strategy.calendar import NY
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +29,34 @@ JOIN_LIMIT = 3500
 MAX_BACKOFF_S = 60.0
 
 
+CONNECTION_KINDS = frozenset({EventKind.DISCONNECT, EventKind.RECONNECT, EventKind.DEGRADED})
+
+
+def in_window(t: time, start: time, end: time) -> bool:
+    """Whether ``t`` is in [start, end), a window that may run past midnight."""
+    return start <= t < end if start <= end else (t >= start or t < end)
+
+
+def parse_window(text: str) -> tuple[time, time] | None:
+    """'HH:MM-HH:MM' → (start, end); '' → None. Raises ValueError with a clear message."""
+    if not text.strip():
+        return None
+    try:
+        a, b = (time.fromisoformat(part.strip()) for part in text.split("-"))
+    except ValueError:
+        raise ValueError(f"'{text}' is not a window like 23:45-00:15") from None
+    return a, b
+
+
+def _silent(rec: outbox.AlertRecord) -> bool:
+    return bool(rec.silent) or outbox.alert_level(rec.kind) == "silent"
+
+
 class TelegramNotifier:
-    def __init__(self, admins: Iterable[int], render: RenderFn, send: SendFn, now: Callable[[], datetime]) -> None:
+    def __init__(self, admins: Iterable[int], render: RenderFn, send: SendFn, now: Callable[[], datetime],
+                 quiet_window: tuple[time, time] | None = None) -> None:
         self.admins = sorted(set(admins))
+        self.quiet_window = quiet_window
         self.render = render
         self.send = send
         self.now = now
@@ -44,7 +70,9 @@ class TelegramNotifier:
     def emit(self, event: Event) -> None:
         try:
             level = outbox.alert_level(event.kind.value)
-            outbox.add_alert(event.kind.value, self.render(event), event.time, level)
+            quiet = event.kind in CONNECTION_KINDS and self.quiet_window is not None and in_window(
+                event.time.astimezone(NY).time(), *self.quiet_window)
+            outbox.add_alert(event.kind.value, self.render(event), event.time, level, silent=quiet)
         except Exception:
             log.exception("could not queue the %s alert: %s", event.kind.value, event.text)
             return
@@ -82,7 +110,7 @@ class TelegramNotifier:
                 batch = self._batch([r for r in pending if r.id > self._sent_upto(admin)])
                 if not batch:
                     continue
-                silent = outbox.alert_level(batch[0].kind) == "silent"
+                silent = _silent(batch[0])
                 try:
                     await self.send(admin, "\n\n".join(r.text for r in batch), silent)
                     self.sent_messages += 1
@@ -122,11 +150,11 @@ class TelegramNotifier:
         """Consecutive alerts of the same sound level, joined up to a safe message length."""
         if not records:
             return []
-        first_level = outbox.alert_level(records[0].kind)
+        first = _silent(records[0])
         batch: list[outbox.AlertRecord] = []
         size = 0
         for rec in records:
-            if batch and (outbox.alert_level(rec.kind) != first_level or size + len(rec.text) + 2 > JOIN_LIMIT):
+            if batch and (_silent(rec) != first or size + len(rec.text) + 2 > JOIN_LIMIT):
                 break
             batch.append(rec)
             size += len(rec.text) + 2

@@ -32,7 +32,7 @@ from bot.alerts import EventKind, FanoutSink, LogSink, mode_label
 from bot.config import AppConfig
 from bot.engine import Engine
 from bot.health import write_heartbeat
-from bot.notifier import TelegramNotifier
+from bot.notifier import TelegramNotifier, parse_window
 from bot.runner import make_broker
 from bot.service import BotService
 from bot.settings_service import SettingsService
@@ -116,7 +116,8 @@ def build(
             await app.bot.send_message(chat_id, chunk, parse_mode=ParseMode.HTML, disable_notification=silent,
                                        disable_web_page_preview=True)
 
-    notifier = TelegramNotifier(cfg.admin_user_ids, lambda ev: fmt.alert_html(ev, label()), send, clock.now)
+    notifier = TelegramNotifier(cfg.admin_user_ids, lambda ev: fmt.alert_html(ev, label()), send, clock.now,
+                                quiet_window=parse_window(cfg.ib_quiet_window))
     sink = FanoutSink([LogSink(label), notifier])
     settings = SettingsService(sink, clock.now)
     engine = Engine(broker, clock, calendar or nyse(), settings, sink, cfg.limits)

@@ -20,7 +20,17 @@ def _v1_initial(db: Database) -> None:
     db.create_tables([m for m in ALL_MODELS if m is not SchemaVersion])
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial]
+def _v2_alert_silent(db: Database) -> None:
+    """alert.silent: an alert sent without sound (the gateway's nightly restart window)."""
+    from peewee import BooleanField
+    from playhouse.migrate import SchemaMigrator
+    from playhouse.migrate import migrate as apply
+
+    if "silent" not in {c.name for c in db.get_columns("alert")}:
+        apply(SchemaMigrator.from_database(db).add_column("alert", "silent", BooleanField(default=False)))
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial, _v2_alert_silent]
 
 
 def current_version(db: Database) -> int:

@@ -199,6 +199,7 @@ class AlertRecord(BaseModel):
     status = CharField(max_length=10, default="pending", index=True)  # pending | sent | off | failed
     attempts = IntegerField(default=0)
     sent_at = UtcDateTimeField(null=True)
+    silent = BooleanField(default=False)  # sent without sound whatever the kind's level (schema v2)
 
 
 ALL_MODELS: list[type[BaseModel]] = [

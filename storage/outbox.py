@@ -15,9 +15,9 @@ LEVELS: tuple[AlertLevel, ...] = ("on", "silent", "off")
 _PREF = "alert_level:"
 
 
-def add_alert(kind: str, text: str, now: datetime, level: AlertLevel) -> int:
+def add_alert(kind: str, text: str, now: datetime, level: AlertLevel, silent: bool = False) -> int:
     status = "off" if level == "off" else "pending"
-    return int(AlertRecord.create(kind=kind, text=text, created_at=now, status=status).id)
+    return int(AlertRecord.create(kind=kind, text=text, created_at=now, status=status, silent=silent).id)
 
 
 def pending_alerts(limit: int = 50) -> list[AlertRecord]:

@@ -117,3 +117,24 @@ def test_pause_survives_restart_and_is_alerted(db: Database) -> None:
     SettingsService(alerts, lambda: NOW).update("paused", "on", "admin:1")
     assert alerts.kinds() == [EventKind.PAUSED]
     assert SettingsService(MemorySink(), lambda: NOW).current.paused is True
+
+
+def test_schema_v1_database_is_migrated_to_v2(tmp_path: Path) -> None:
+    from storage.db import close_database, open_database
+    from storage.models import AlertRecord
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    close_database(open_database(url))
+    con = sqlite3.connect(tmp_path / "old.db")  # make it look like a v1 database
+    con.execute("ALTER TABLE alert DROP COLUMN silent")
+    con.execute("DELETE FROM schema_version WHERE version = 2")
+    con.execute("INSERT INTO alert (kind, text, created_at, status, attempts) VALUES ('error', 'old', "
+                "'2024-01-01T00:00:00+00:00', 'sent', 1)")
+    con.commit()
+    con.close()
+    db = open_database(url)
+    try:
+        old = AlertRecord.get()
+        assert old.text == "old" and old.silent is False
+    finally:
+        close_database(db)

@@ -388,3 +388,25 @@ async def test_commands_are_registered_and_settings_keyboard_json(tg: Tg) -> Non
     names = [c["command"] for c in json.loads(calls[-1].params["commands"])]
     assert names == ["start", "help", "login", "logout", "status", "positions", "account", "trades", "pnl",
                      "settings", "set", "pause", "resume", "check"]
+
+
+async def test_connection_alerts_are_quiet_in_the_gateways_restart_window(tg: Tg) -> None:
+    from datetime import datetime
+
+    from bot.alerts import Event
+    from strategy.calendar import NY
+
+    n = tg.parts.notifier
+    n.emit(Event(EventKind.DISCONNECT, "nightly restart", datetime(2024, 3, 4, 23, 59, tzinfo=NY)))
+    n.emit(Event(EventKind.RECONNECT, "back", datetime(2024, 3, 5, 0, 5, tzinfo=NY)))
+    n.emit(Event(EventKind.DISCONNECT, "in the session", datetime(2024, 3, 5, 11, 0, tzinfo=NY)))
+    n.emit(Event(EventKind.ERROR, "an error at night", datetime(2024, 3, 5, 0, 6, tzinfo=NY)))
+    tg.api.clear()
+    await tg.drain_alerts()
+    sent = tg.api.of("sendMessage", ADMIN)
+    quiet = [c for c in sent if c.params.get("disable_notification") == "true"]
+    loud = [c for c in sent if c.params.get("disable_notification") != "true"]
+    assert len(quiet) == 1 and "nightly restart" in quiet[0].text and "back" in quiet[0].text
+    assert "in the session" not in quiet[0].text and "error at night" not in quiet[0].text
+    loud_text = "\n".join(c.text for c in loud)
+    assert "in the session" in loud_text and "error at night" in loud_text  # errors always ring
