@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
-from peewee import Database
+from peewee import Database, OperationalError
 
 from bot.alerts import EventKind
-from storage.models import Order
+from storage.models import Fill, Order
 from tests.harness import make_world
 from tests.test_engine import bars_oc
 
@@ -92,3 +92,25 @@ async def test_read_only_database_stops_trading_with_a_clear_alert(db: Database)
     errors = w.events(EventKind.ERROR)
     assert len(errors) == 1, errors  # one alert for the incident, not one per tick
     assert "readonly database" in errors[0]
+
+
+async def test_full_disk_stops_trading_with_a_clear_alert(db: Database) -> None:
+    bars = bars_oc([(500, 500), (490, 489)])
+    w = await make_world(bars)
+    await w.close_session(bars[0].day)
+    pages = db.execute_sql("PRAGMA page_count").fetchone()[0]
+    db.execute_sql(f"PRAGMA max_page_count = {pages}")  # the disk is full: no page may be added
+    filler = 0
+    with pytest.raises(OperationalError, match="full"):
+        while True:  # use up the free space inside the file too
+            filler += 1
+            db.execute_sql("INSERT INTO key_value (key, value, updated_at) VALUES (?, ?, ?)",
+                           (f"filler{filler}", "x" * 2000, "2024-01-01T00:00:00+00:00"))
+    await w.run_session(bars[1].day)
+    db.execute_sql("PRAGMA max_page_count = 1073741823")
+    assert await w.broker.open_orders() == []  # nothing was left working unrecorded
+    recorded = {f.exec_id for f in Fill.select()}
+    assert {e.exec_id for e in await w.broker.executions()} <= recorded  # every fill is in the ledger
+    errors = w.events(EventKind.ERROR)
+    assert errors and len(errors) <= 2, errors  # reported, once per incident
+    assert any("full" in e for e in errors), errors
