@@ -85,3 +85,10 @@ def setup_logging(level: str = "INFO", fmt: str = "text", secrets: list[str] | N
     # httpx logs request URLs, which carry the bot token
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+    # python-telegram-bot logs every Bot API call with its parameters (message texts, the
+    # enrollment caption with a TOTP secret) and every update (a /login code) at DEBUG
+    numeric = logging.getLevelName(level)
+    at_least_info = max(logging.INFO, numeric if isinstance(numeric, int) else logging.INFO)
+    for name in ("telegram.Bot", "telegram.ext.ExtBot", "telegram.ext.Updater", "telegram.ext.Application",
+                 "peewee"):  # peewee logs SQL with its parameters at DEBUG
+        logging.getLogger(name).setLevel(at_least_info)

@@ -14,6 +14,7 @@ from telegram.ext import ContextTypes
 
 from bot.alerts import EventKind
 from bot.charts import pnl_chart_png
+from bot.logs import redactor
 from handlers import format as fmt
 from handlers.auth import deps_of, guarded, who
 from storage import auth, kv
@@ -46,6 +47,7 @@ async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if enrollment is None:  # activated meanwhile
         await reply(update, fmt.help_text(deps.label))
         return
+    redactor().add(enrollment.secret)  # whatever logs it later, the log shows ***
     caption = ("<b>Two-factor enrollment</b>\n"
                "Scan this QR code with your authenticator app (or enter the key from the link below), "
                "then send <code>/login CODE</code> with the 6-digit code it shows.\n"

@@ -31,6 +31,7 @@ class BotApi(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.commands = ["/status"]
         self.served_update = False
         self.lock = threading.Lock()
 
@@ -43,9 +44,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         length = int(self.headers.get("content-length") or 0)
-        body = self.rfile.read(length).decode(errors="replace")
+        body = self.rfile.read(length).decode(errors="surrogateescape")
         ctype = self.headers.get("content-type", "")
-        params: dict[str, Any] = json.loads(body or "{}") if "json" in ctype else dict(parse_qsl(body))
+        if ctype.startswith("multipart/form-data"):
+            from email.parser import BytesParser
+
+            msg = BytesParser().parsebytes(b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + body.encode(
+                errors="surrogateescape"))
+            params = {str(part.get_param("name", header="content-disposition")):
+                      part.get_payload(decode=True).decode(errors="replace")
+                      for part in msg.get_payload()  # type: ignore[union-attr]
+                      if not part.get_param("filename", header="content-disposition")}
+        else:
+            params = json.loads(body or "{}") if "json" in ctype else dict(parse_qsl(body))
         method = self.path.rsplit("/", 1)[-1]
         if not self.path.startswith(f"/bot{TOKEN}/"):
             self._answer({"ok": False, "error_code": 401, "description": "Unauthorized"}, 401)
@@ -60,14 +71,15 @@ class _Handler(BaseHTTPRequestHandler):
                 first = not self.server.served_update
                 self.server.served_update = True
             if first:
-                msg = {"message_id": 1, "date": int(time.time()), "chat": {"id": ADMIN, "type": "private"},
-                       "from": {"id": ADMIN, "is_bot": False, "first_name": "a"}, "text": "/status",
-                       "entities": [{"type": "bot_command", "offset": 0, "length": 7}]}
-                result = [{"update_id": 10, "message": msg}]
+                result = [{"update_id": 10 + i, "message": {
+                    "message_id": 1 + i, "date": int(time.time()), "chat": {"id": ADMIN, "type": "private"},
+                    "from": {"id": ADMIN, "is_bot": False, "first_name": "a"}, "text": cmd,
+                    "entities": [{"type": "bot_command", "offset": 0, "length": len(cmd)}]}}
+                    for i, cmd in enumerate(self.server.commands)]
             else:
                 time.sleep(0.3)
                 result = []
-        elif method == "sendMessage":
+        elif method in ("sendMessage", "sendPhoto"):
             result = {"message_id": 99, "date": int(time.time()), "chat": {"id": int(params["chat_id"]),
                                                                            "type": "private"},
                       "text": params.get("text", "")}
@@ -102,6 +114,7 @@ def _env(tmp_path: Path, port: int, key: str) -> dict[str, str]:
 
 def test_the_bot_process_answers_and_stops_cleanly(tmp_path: Path, bot_api: BotApi) -> None:
     key = keygen()
+    bot_api.commands = ["/start", "/status"]  # enrollment first: its secret must not reach the log
     proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], cwd=ROOT,
                             env=_env(tmp_path, bot_api.server_address[1], key),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -131,6 +144,9 @@ def test_the_bot_process_answers_and_stops_cleanly(tmp_path: Path, bot_api: BotA
     assert proc.returncode == 0, out
     assert "stopped cleanly" in out
     assert TOKEN not in out and TOKEN.split(":")[1] not in out and key not in out
+    photo = [p for m, p in calls if m == "sendPhoto"]
+    secret = re.search(r"secret=([A-Z2-7]+)", photo[0]["caption"]).group(1)  # type: ignore[union-attr]
+    assert len(secret) >= 16 and secret not in out
 
 
 def test_run_without_telegram_settings_says_which_is_missing(tmp_path: Path) -> None:
