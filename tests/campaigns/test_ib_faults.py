@@ -61,3 +61,34 @@ async def test_random_disconnects_and_rejections(ib_world: WorldFactory, ib_erro
     assert len(ups) >= drops
     assert not [t for t in w.events(EventKind.ERROR) if "Tick failed" in t], w.events(EventKind.ERROR)
     assert Fill.select().count() >= 6  # it kept trading between the faults
+
+
+async def test_malformed_gateway_messages_change_nothing(ib_world: WorldFactory, ib_errors: IbErrorGuard) -> None:
+    """Garbage from the socket (wrong field counts, non-numbers, unknown message ids) is logged by
+    ib_async's decoder and dropped; the bot keeps trading and its ledger still equals the gateway's."""
+    ib_errors.allow_text("Error handling fields|Error for|unknown message|could not convert|invalid literal")
+    rng = random.Random(7)
+    bars = bars_oc(PAIRS)
+    w = await ib_world(bars, settings={"max_positions": "1", "recycle_threshold": "100"})
+    sent = 0
+    junk: list[list[object]] = [
+        [3, "notanumber"], [3], [11, 1, 2], [1, 2, 1, "price?", 5, 0], [999, "x", "y"], [59, 1, "exec", "oops"],
+        [4, 2, -1, 200], [9], [15], [5, 1], [61, 3], [2, 1, 2, 0, "size?"], [21, 1, 13, "nan", "inf", "z"],
+    ]
+
+    def garbage(now: datetime) -> None:
+        nonlocal sent
+        if rng.random() < 0.5:
+            for s in list(w.gw.sessions):
+                s.send(rng.choice(junk))  # type: ignore[arg-type]
+                sent += 1
+
+    w.clock.add_listener(garbage)
+    await w.run_days([b.day for b in bars])
+    w.clock.remove_listener(garbage)
+    await w.clock.sleep(1)
+    await check_against_gateway(w)
+    print(f"\nmalformed messages: {sent} injected; {Fill.select().count()} fills matched")
+    assert sent >= 100
+    assert Fill.select().count() >= 6
+    assert not [t for t in w.events(EventKind.ERROR) if "Tick failed" in t]
