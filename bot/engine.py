@@ -270,6 +270,9 @@ class Engine:
                     lot_quotes[lot.id] = q
                     if q.iv:
                         self.iv_guess = q.iv
+                elif kv.put_once(f"no_quote:{day.isoformat()}:{lot.id}", "1", now):
+                    self.emit(EventKind.SKIPPED, f"No quote for lot #{lot.id} ({lot.contract.key}) from the broker: "
+                              "its exits wait until one comes (alerted once per session)", lot_id=lot.id)
         s = self.settings.current
         qqqm = None
         if s.recycle_enabled and book.pool >= s.recycle_threshold and book.pool > 0:

@@ -13,6 +13,7 @@ from datetime import datetime
 
 from bot.alerts import EventKind
 from broker.base import ConnectionState
+from storage import ledger
 from storage.models import Fill
 from tests.campaigns.test_ib_crash import PAIRS, check_against_gateway
 from tests.fake_gateway.testing import IbErrorGuard, ib_errors
@@ -92,3 +93,19 @@ async def test_malformed_gateway_messages_change_nothing(ib_world: WorldFactory,
     assert sent >= 100
     assert Fill.select().count() >= 6
     assert not [t for t in w.events(EventKind.ERROR) if "Tick failed" in t]
+
+
+async def test_a_contract_that_vanishes_is_reported_and_nothing_breaks(ib_world: WorldFactory,
+                                                                       ib_errors: IbErrorGuard) -> None:
+    ib_errors.allow(200)
+    bars = bars_oc([(500, 500), (490, 489), (491, 491), (575, 575)])
+    w = await ib_world(bars, settings={"recycle_enabled": "off"})
+    await w.run_days([b.day for b in bars[:2]])
+    (lot,) = ledger.open_lots()
+    w.gw.vanished.add(lot.contract.key)
+    await w.run_days([b.day for b in bars[2:]])
+    assert ledger.open_lots() == (lot,)  # no quote, no exit: nothing is sold blind
+    skipped = [t for t in w.events(EventKind.SKIPPED) if "No quote for lot" in t]
+    assert len(skipped) == 2  # once per session, not once per tick
+    assert not [t for t in w.events(EventKind.ERROR) if "Tick failed" in t]
+    await check_against_gateway(w)

@@ -187,6 +187,7 @@ class FakeGateway:
         self.snapshot_never_ends = False
         self.hist_errors: list[tuple[int, str]] = []  # next historical requests fail with these
         self.reject_next: tuple[int, str] | None = None
+        self.vanished: set[str] = set()  # instrument keys the gateway no longer knows
         self.host = "127.0.0.1"
         self.port = 0
         self.sessions: list[_Session] = []
@@ -273,6 +274,12 @@ class FakeGateway:
 
     def _resolve(self, spec: list[str]) -> p.GwContract | None:
         """conId, symbol, secType, lastTrade, strike, right, multiplier, exchange, primaryExch, currency, ..."""
+        found = self._resolve_listed(spec)
+        if found is not None and found.instrument is not None and found.instrument.key in self.vanished:
+            return None  # delisted / no security definition any more
+        return found
+
+    def _resolve_listed(self, spec: list[str]) -> p.GwContract | None:
         con_id = int(spec[0] or 0)
         if con_id:
             return self._by_con.get(con_id)
