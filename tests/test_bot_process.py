@@ -32,6 +32,7 @@ class BotApi(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.commands = ["/status"]
+        self.drop_polls = 0  # the next N getUpdates calls lose their connection mid-poll
         self.served_update = False
         self.lock = threading.Lock()
 
@@ -67,6 +68,14 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "getMe":
             result = {"id": 424242, "is_bot": True, "first_name": "bot", "username": "proc_bot"}
         elif method == "getUpdates":
+            with self.server.lock:
+                drop = self.server.drop_polls > 0
+                self.server.drop_polls -= drop
+            if drop:
+                time.sleep(0.2)
+                self.close_connection = True  # no answer at all: the network dropped
+                self.connection.shutdown(2)
+                return
             with self.server.lock:
                 first = not self.server.served_update
                 self.server.served_update = True
@@ -147,6 +156,24 @@ def test_the_bot_process_answers_and_stops_cleanly(tmp_path: Path, bot_api: BotA
     photo = [p for m, p in calls if m == "sendPhoto"]
     secret = re.search(r"secret=([A-Z2-7]+)", photo[0]["caption"]).group(1)  # type: ignore[union-attr]
     assert len(secret) >= 16 and secret not in out
+
+
+def test_network_drops_during_long_polling_are_survived(tmp_path: Path, bot_api: BotApi) -> None:
+    bot_api.drop_polls = 3
+    proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], cwd=ROOT,
+                            env=_env(tmp_path, bot_api.server_address[1], keygen()),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        text = _wait_for_status(bot_api, proc, "Status", timeout=90)
+        assert "Status" in text, "no answer after the network came back"
+        assert bot_api.drop_polls <= 0
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0 and "stopped cleanly" in out, out
 
 
 def test_run_without_telegram_settings_says_which_is_missing(tmp_path: Path) -> None:
