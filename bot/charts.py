@@ -13,11 +13,12 @@ def _render_pnl(curve: Sequence[tuple[datetime, Decimal]]) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
+    from matplotlib.dates import date2num
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6, 3.4), dpi=110)
     ax = fig.add_subplot()
-    times = [t for t, _ in curve]
+    times = [float(date2num(t)) for t, _ in curve]  # type: ignore[no-untyped-call]
     values = [float(v) for _, v in curve]
     if len(times) == 1:
         times, values = times * 2, values * 2
@@ -25,6 +26,7 @@ def _render_pnl(curve: Sequence[tuple[datetime, Decimal]]) -> bytes:
     ax.fill_between(times, values, 0, step="post", alpha=0.15,
                     color="#2ca02c" if values[-1] >= 0 else "#d62728")
     ax.axhline(0, color="#888", linewidth=0.8)
+    ax.xaxis_date()
     ax.set_title("Realized option P&L (USD, net of commissions)")
     ax.grid(alpha=0.3)
     fig.autofmt_xdate()

@@ -19,6 +19,7 @@ from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
 
 from bot.alerts import Event, EventKind
 from storage import outbox
+from storage.models import AlertRecord
 from strategy.calendar import NY
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def parse_window(text: str) -> tuple[time, time] | None:
     return a, b
 
 
-def _silent(rec: outbox.AlertRecord) -> bool:
+def _silent(rec: AlertRecord) -> bool:
     return bool(rec.silent) or outbox.alert_level(rec.kind) == "silent"
 
 
@@ -146,12 +147,12 @@ class TelegramNotifier:
         self._progress[admin] = alert_id
 
     @staticmethod
-    def _batch(records: list[outbox.AlertRecord]) -> list[outbox.AlertRecord]:
+    def _batch(records: list[AlertRecord]) -> list[AlertRecord]:
         """Consecutive alerts of the same sound level, joined up to a safe message length."""
         if not records:
             return []
         first = _silent(records[0])
-        batch: list[outbox.AlertRecord] = []
+        batch: list[AlertRecord] = []
         size = 0
         for rec in records:
             if batch and (_silent(rec) != first or size + len(rec.text) + 2 > JOIN_LIMIT):

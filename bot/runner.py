@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from datetime import date, timedelta
@@ -121,7 +122,7 @@ async def run_headless(cfg: AppConfig, max_ticks: int | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, lambda s=sig: _stop(main, s))
+            loop.add_signal_handler(sig, functools.partial(_stop, main, sig))
     beat = asyncio.create_task(_heartbeat(engine, clock, cfg), name="heartbeat")
     try:
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -145,7 +146,7 @@ class BrokerCache:
         task = self._inflight.get(key)
         if task is None or task.done():
             task = asyncio.ensure_future(asyncio.wait_for(factory(), self.timeout_s))
-            task.add_done_callback(lambda t, k=key: self._done(k, t))
+            task.add_done_callback(functools.partial(self._done, key))
             self._inflight[key] = task
         try:
             return cast(T, await asyncio.wait_for(asyncio.shield(task), self.budget_s))
@@ -202,11 +203,12 @@ class BotService:
         if eng.blocked:
             notes.insert(0, f"NOT TRADING: {eng.blocked}")
         report = eng.last_report
+        last_time: str | None = None
+        last_summary: str | None = None
         if report is not None:
             last_time, last_summary = report.time.isoformat(timespec="seconds"), report.summary()
         else:
             raw = kv.get("last_tick")
-            last_time = last_summary = None
             if raw:
                 try:
                     stored = json.loads(raw)
@@ -284,7 +286,7 @@ class BotService:
         for f in reversed(ledger.fills_in_order(limit=n)):
             order = f.order
             what = f.symbol if f.sec_type != "OPT" else (
-                f"{f.symbol} {f.expiry.isoformat()} {Decimal(f.strike).normalize():f}{f.right}")
+                f"{f.symbol} {f.expiry.isoformat() if f.expiry else '?'} {Decimal(f.strike).normalize():f}{f.right}")
             rows.append(TradeRow(f.time, f.side, f.qty, what, f.price, f.commission, f.realized_pnl,
                                  order.purpose if order is not None else "outside the bot"))
         return rows

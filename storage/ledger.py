@@ -162,16 +162,16 @@ def record_execution(ex: Execution, recorded_at: datetime) -> Recorded:
             return Recorded(None, True, ex.order_ref, None)
         order = order_by_ref(ex.order_ref)
         ins = ex.instrument
-        is_opt = isinstance(ins, OptionContract)
+        opt = ins if isinstance(ins, OptionContract) else None
         commission = ex.commission
         lot: Lot | None = None
         realized: Decimal | None = None
         closed = False
-        if is_opt and ex.side == "BUY":
+        if opt is not None and ex.side == "BUY":
             lot = _lot_for_buy(order, ex)
             if lot is None:
-                lot = Lot.create(symbol=ins.symbol, expiry=ins.expiry, strike=ins.strike, right=ins.right,
-                                 multiplier=ins.multiplier, opened_at=ex.time)
+                lot = Lot.create(symbol=opt.symbol, expiry=opt.expiry, strike=opt.strike, right=opt.right,
+                                 multiplier=opt.multiplier, opened_at=ex.time)
                 if order is not None:
                     if order.roll_id is not None:
                         Roll.update(new_lot=lot.id).where(Roll.id == order.roll_id).execute()
@@ -182,7 +182,7 @@ def record_execution(ex: Execution, recorded_at: datetime) -> Recorded:
             lot.qty_open += ex.qty
             lot.commission += commission or ZERO
             lot.save()
-        elif is_opt and ex.side == "SELL":
+        elif opt is not None and ex.side == "SELL":
             lot = _lot_for_sell(order, ex)
             if lot is not None:
                 qty = min(ex.qty, lot.qty_open)
@@ -199,8 +199,8 @@ def record_execution(ex: Execution, recorded_at: datetime) -> Recorded:
                 lot.save()
         fill = Fill.create(
             exec_id=ex.exec_id, order=order.id if order else None, lot=lot.id if lot else None,
-            symbol=ins.symbol, sec_type=sec_type(ins), expiry=ins.expiry if is_opt else None,
-            strike=ins.strike if is_opt else None, right=ins.right if is_opt else None,
+            symbol=ins.symbol, sec_type=sec_type(ins), expiry=opt.expiry if opt else None,
+            strike=opt.strike if opt else None, right=opt.right if opt else None,
             side=ex.side, qty=ex.qty, price=ex.price, commission=commission, realized_pnl=realized,
             time=ex.time, recorded_at=recorded_at,
         )
@@ -263,7 +263,7 @@ def fills_in_order(limit: int | None = None) -> list[Fill]:
 def lot_view(row: Lot) -> LotView:
     return LotView(
         id=row.id,
-        contract=OptionContract(row.symbol, row.expiry, row.strike, row.right, row.multiplier),
+        contract=OptionContract(row.symbol, row.expiry, row.strike, "P" if row.right == "P" else "C", row.multiplier),
         qty=row.qty_open, avg_price=row.avg_price, commission=row.commission, opened_at=row.opened_at,
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from peewee import (
     AutoField,
@@ -130,6 +130,9 @@ class Roll(BaseModel):
     session_day = DateField(index=True)
     old_lot = ForeignKeyField(Lot, backref="rolls_out")
     new_lot = ForeignKeyField(Lot, null=True, backref="rolls_in")
+    if TYPE_CHECKING:  # peewee's id accessors of the foreign keys
+        old_lot_id: int
+        new_lot_id: int | None
     status = CharField(max_length=20)  # working | buy_pending | completed | failed | buy_expired
     combo = BooleanField()
     created_at = UtcDateTimeField()
@@ -145,6 +148,9 @@ class Order(BaseModel):
     session_day = DateField(index=True)
     lot = ForeignKeyField(Lot, null=True, backref="orders")
     roll = ForeignKeyField(Roll, null=True, backref="orders")
+    if TYPE_CHECKING:
+        lot_id: int | None
+        roll_id: int | None
     request = TextField()  # the OrderRequest as JSON: legs, qty, limit
     side = CharField(max_length=4)
     sec_type = CharField(max_length=4)
@@ -164,6 +170,9 @@ class Fill(BaseModel):
     exec_id = CharField(unique=True, max_length=128)
     order = ForeignKeyField(Order, null=True, backref="fills")
     lot = ForeignKeyField(Lot, null=True, backref="fills")
+    if TYPE_CHECKING:
+        order_id: int | None
+        lot_id: int | None
     symbol = CharField(max_length=16)
     sec_type = CharField(max_length=4)
     expiry = DateField(null=True)
