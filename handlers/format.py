@@ -121,7 +121,7 @@ def status_text(v: StatusView, label: str) -> str:
     conn_icon = {"connected": "🟢", "degraded": "🟡", "down": "🔴"}.get(v.connection, "⚪")
     lines = [
         f"<b>Status</b> {e(label)}".rstrip(),
-        f"Broker: {e(v.broker)} ({e(v.mode)}) {conn_icon} {e(v.connection)}"
+        f"Broker: {e(v.broker)}{'' if v.mode == v.broker else f' ({e(v.mode)})'} {conn_icon} {e(v.connection)}"
         + (f" — {e(v.connection_detail)}" if v.connection != "connected" and v.connection_detail else ""),
         f"Automatic orders: {'⏸ <b>paused</b>' if v.paused else '▶️ running'}",
         f"Market: {'open' if v.market_open else 'closed'}",
@@ -194,7 +194,8 @@ def account_text(v: AccountView, label: str) -> str:
 
 
 def trades_text(rows: Sequence[TradeRow], label: str) -> str:
-    lines = [f"<b>Last {len(rows)} fills</b> {e(label)}".rstrip()]
+    title = "Last fill" if len(rows) == 1 else f"Last {len(rows)} fills"
+    lines = [f"<b>{title}</b> {e(label)}".rstrip()]
     if not rows:
         lines.append("No fills yet.")
     for t in rows:
