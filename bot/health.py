@@ -37,6 +37,6 @@ def check_heartbeat(now: datetime, broker: str, max_age_s: int = MAX_AGE_S) -> H
     age = (now - at).total_seconds()
     if age > max_age_s:
         return Health(False, f"heartbeat is {age:.0f} s old (limit {max_age_s} s): the bot's loop is stuck or stopped")
-    if broker == "ib" and beat.get("broker") != "connected":
+    if broker == "ib" and beat.get("broker") not in ("connected", "degraded"):  # degraded = up, delayed data
         return Health(False, f"IB Gateway connection is {beat.get('broker', 'unknown')}")
     return Health(True, f"ok: heartbeat {age:.0f} s ago, broker {beat.get('broker')}")

@@ -30,6 +30,8 @@ def test_heartbeat_judgement(db: Database) -> None:
     assert check_heartbeat(NOW, "sim").ok
     down = check_heartbeat(NOW, "ib")
     assert not down.ok and "IB Gateway" in down.message
+    write_heartbeat(NOW, "degraded")  # connected, only delayed market data: the gateway is up
+    assert check_heartbeat(NOW, "ib").ok
 
 
 def test_health_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
