@@ -120,6 +120,7 @@ class Engine:
         self.iv_guess = 0.25
         self.last_snapshot: MarketSnapshot | None = None
         self.blocked = ""  # why this engine must not trade at all (e.g. a live account not allowed)
+        self._dry_run_holds_lock = False
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -285,9 +286,11 @@ class Engine:
         """Evaluate one tick (exits, roll, entry, recycle) and act on it unless paused or dry_run.
         Never raises: errors are logged and alerted, and the next tick runs as usual."""
         now = self.clock.now()
-        if self._lock.locked():
+        if self._lock.locked() and (dry_run or not self._dry_run_holds_lock):
             return TickReport(now, None, skipped="previous tick still running: skipped")
-        async with self._lock:
+        async with self._lock:  # a real tick waits for a /check in flight instead of being skipped
+            self._dry_run_holds_lock = dry_run
+            now = self.clock.now()
             self._tick_errors = 0
             try:
                 report = await self._tick(now, dry_run)

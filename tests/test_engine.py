@@ -284,3 +284,33 @@ async def test_crash_between_fill_and_ledger_loses_no_fill(db: Database) -> None
     assert Order.select().where(Order.purpose == "entry").count() == 1
     await w2.engine.reconcile()
     assert Fill.select().count() == len(await w.broker.executions())
+
+
+async def test_a_check_in_flight_delays_the_real_tick_instead_of_skipping_it(db: Database) -> None:
+    import asyncio
+
+    bars = bars_oc([(500, 500), (490, 489)])
+    w = await make_world(bars)
+    session = w.cal.session(bars[1].day)
+    assert session is not None
+    w.clock.advance_to(session.open + timedelta(minutes=10))
+    gate = asyncio.Event()
+    real_quote = w.broker.quote
+
+    async def slow_quote(symbol: str) -> object:
+        await gate.wait()
+        return await real_quote(symbol)
+
+    w.broker.quote = slow_quote  # type: ignore[method-assign,assignment]
+    check = asyncio.create_task(w.engine.tick(dry_run=True))
+    await asyncio.sleep(0)
+    real = asyncio.create_task(w.engine.tick())
+    await asyncio.sleep(0.01)
+    assert not real.done()  # waiting for the check, not skipped
+    again = await w.engine.tick(dry_run=True)  # a second check while one runs is skipped
+    assert "still running" in again.skipped
+    w.broker.quote = real_quote  # type: ignore[method-assign]
+    gate.set()
+    dry, report = await check, await real
+    assert dry.dry_run and not report.skipped
+    assert len(ledger.open_lots()) == 1
