@@ -43,6 +43,7 @@ class Call:
     params: dict[str, Any]
     files: dict[str, bytes] = field(default_factory=dict)
     ok: bool = True  # False when the fake answered with a failure
+    message_id: int | None = None  # of the message the fake created (sendMessage, sendPhoto)
 
     @property
     def chat_id(self) -> int | None:
@@ -112,7 +113,10 @@ class FakeBotApi:
             if isinstance(failure, Exception):
                 raise failure
             return failure
-        return httpx.Response(200, json={"ok": True, "result": self._result(method, params)})
+        result = self._result(method, params)
+        if isinstance(result, dict) and "message_id" in result:
+            self.calls[-1].message_id = result["message_id"]
+        return httpx.Response(200, json={"ok": True, "result": result})
 
     def _result(self, method: str, params: dict[str, Any]) -> Any:
         if method == "getMe":
