@@ -136,8 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     from bot.telegram_app import run_bot
 
-    run_bot(cfg)
-    return 0
+    return run_bot(cfg)
 
 
 def cmd_totp(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ import logging
 import re
 import sys
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any
 
 TOKEN_RE = re.compile(r"(?<!\d)\d{6,12}:[A-Za-z0-9_-]{30,}")
@@ -71,6 +72,13 @@ def redactor() -> RedactFilter:
     return _FILTER
 
 
+def _log_uncaught(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, value, tb)
+        return
+    logging.getLogger("qqq-bot").critical("uncaught %s", kind.__name__, exc_info=(kind, value, tb))
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text", secrets: list[str] | None = None) -> None:
     for s in secrets or []:
         _FILTER.add(s)
@@ -87,6 +95,8 @@ def setup_logging(level: str = "INFO", fmt: str = "text", secrets: list[str] | N
     logging.getLogger("httpcore").setLevel(logging.WARNING)
     # python-telegram-bot logs every Bot API call with its parameters (message texts, the
     # enrollment caption with a TOTP secret) and every update (a /login code) at DEBUG
+    # an uncaught exception goes through the same redacting handler, never raw to stderr
+    sys.excepthook = _log_uncaught
     numeric = logging.getLevelName(level)
     at_least_info = max(logging.INFO, numeric if isinstance(numeric, int) else logging.INFO)
     for name in ("telegram.Bot", "telegram.ext.ExtBot", "telegram.ext.Updater", "telegram.ext.Application",

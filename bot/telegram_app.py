@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,6 +18,7 @@ from apscheduler.triggers.cron import CronTrigger
 from peewee import Database
 from telegram import BotCommand, Update
 from telegram.constants import ParseMode
+from telegram.error import InvalidToken
 from telegram.ext import (
     AIORateLimiter,
     Application,
@@ -299,6 +301,15 @@ async def _post_shutdown(app: Application[Any, Any, Any, Any, Any, Any]) -> None
         log.info("stopped cleanly: the engine's state is in the database")
 
 
-def run_bot(cfg: AppConfig) -> None:
+def run_bot(cfg: AppConfig) -> int:
+    """Run until SIGTERM/SIGINT. Network trouble at start-up is retried for ever (a VPS may boot
+    before its network); a token Telegram rejects stops with one line (the token never printed)."""
     parts = build(cfg)
-    parts.app.run_polling(drop_pending_updates=True, allowed_updates=["message", "callback_query"])
+    try:
+        parts.app.run_polling(drop_pending_updates=True, allowed_updates=["message", "callback_query"],
+                              bootstrap_retries=-1)
+    except InvalidToken:
+        log.error("TELEGRAM_BOT_TOKEN was rejected by Telegram: check the token BotFather gave you")
+        print("qqq-bot: configuration error: TELEGRAM_BOT_TOKEN: rejected by Telegram", file=sys.stderr)
+        return 2
+    return 0

@@ -176,6 +176,17 @@ def test_network_drops_during_long_polling_are_survived(tmp_path: Path, bot_api:
     assert proc.returncode == 0 and "stopped cleanly" in out, out
 
 
+def test_a_token_telegram_rejects_stops_with_one_line_and_never_prints_it(tmp_path: Path, bot_api: BotApi) -> None:
+    wrong = "999999:AAWrongTokenForThisServer_0123456789"
+    env = _env(tmp_path, bot_api.server_address[1], keygen())
+    env["TELEGRAM_BOT_TOKEN"] = wrong  # the local Bot API answers 401 Unauthorized to it
+    r = subprocess.run([sys.executable, "-m", "bot.cli", "run"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["qqq-bot: configuration error: TELEGRAM_BOT_TOKEN: rejected by Telegram"]
+    assert wrong not in r.stdout + r.stderr and wrong.split(":")[1] not in r.stdout + r.stderr
+
+
 def test_run_without_telegram_settings_says_which_is_missing(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TELEGRAM_", "ADMIN_", "TOTP_"))}
     env["DATA_DIR"] = str(tmp_path)

@@ -93,3 +93,24 @@ def test_logs_redact_tokens_and_registered_secrets() -> None:
     text = JsonFormatter().format(rec)
     assert "AAH4f2" not in text and "hunter2" not in text
     assert json.loads(text)["message"].count("***") == 2
+
+
+def test_an_uncaught_exception_is_logged_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+    import sys
+
+    from bot.logs import setup_logging
+
+    secret = "424242:AAUncaughtSecretToken_0123456789"
+    setup_logging("INFO", "text", [secret])
+    try:
+        try:
+            raise RuntimeError(f"the token `{secret}` was rejected")
+        except RuntimeError as e:
+            sys.excepthook(type(e), e, e.__traceback__)
+        out = capsys.readouterr()
+        assert "uncaught RuntimeError" in out.out and "was rejected" in out.out
+        assert secret not in out.out + out.err and "UncaughtSecretToken" not in out.out + out.err
+    finally:
+        sys.excepthook = sys.__excepthook__
+        logging.getLogger().handlers.clear()
