@@ -53,11 +53,23 @@ async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
                "then send <code>/login CODE</code> with the 6-digit code it shows.\n"
                f"<code>{fmt.e(enrollment.uri)}</code>\n"
                "This message is deleted once you have logged in.")
+    await _delete_enrollment_message(context, user.id)  # an earlier, now replaced QR goes too
     sent = await context.bot.send_photo(
         chat.id, InputFile(io.BytesIO(enrollment.png), filename="totp.png"), caption=caption,
         parse_mode=ParseMode.HTML, protect_content=True)
     kv.put(f"enroll_msg:{user.id}", f"{chat.id}:{sent.message_id}", deps.now())
     log.info("TOTP enrollment started for admin %s", user.id)
+
+
+async def _delete_enrollment_message(context: ContextTypes.DEFAULT_TYPE, user_id: int) -> None:
+    """Delete the message holding a TOTP secret, best effort (Telegram refuses after 48 h)."""
+    stored = kv.get(f"enroll_msg:{user_id}")
+    if not stored:
+        return
+    chat_id, _, msg_id = stored.partition(":")
+    with contextlib.suppress(TelegramError, ValueError):
+        await context.bot.delete_message(int(chat_id), int(msg_id))
+    kv.put(f"enroll_msg:{user_id}", "", deps_of(context).now())
 
 
 @guarded("admin")
@@ -80,11 +92,7 @@ async def login(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if result.newly_locked:
         deps.alert(EventKind.UNAUTHORIZED, f"Admin {user.id} is locked out for 15 minutes after 5 wrong codes")
     if result.activated:
-        stored = kv.get(f"enroll_msg:{user.id}")
-        if stored:
-            chat_id, _, msg_id = stored.partition(":")
-            with contextlib.suppress(TelegramError, ValueError):
-                await context.bot.delete_message(int(chat_id), int(msg_id))
+        await _delete_enrollment_message(context, user.id)
     if result.ok:
         expires = auth.session_expires_at(user.id)
         extra = "Two-factor enrollment complete. " if result.activated else ""

@@ -57,6 +57,20 @@ async def test_enrollment_and_login_flow(tg: Tg) -> None:
     assert tg.api.of("sendPhoto") == [] and "/status" in tg.api.last(ADMIN).text
 
 
+async def test_a_second_start_before_login_replaces_and_deletes_the_first_qr(tg: Tg) -> None:
+    await tg.send(ADMIN, "/start")
+    first = tg.api.of("sendPhoto", ADMIN)[-1]
+    old_secret = tg.secret_from_enrollment(ADMIN)
+    await tg.send(ADMIN, "/start")
+    assert first.message_id in {int(c.params["message_id"]) for c in tg.api.of("deleteMessage", ADMIN)}
+    new_secret = tg.secret_from_enrollment(ADMIN)
+    assert new_secret != old_secret
+    await tg.send(ADMIN, f"/login {tg.code(old_secret)}")
+    assert "❌" in tg.api.last(ADMIN).text  # the replaced secret is worthless
+    await tg.send(ADMIN, f"/login {tg.code(new_secret)}")
+    assert "Session open" in tg.api.last(ADMIN).text
+
+
 async def test_replayed_code_is_refused(tg: Tg) -> None:
     secret = await tg.enroll_and_login()
     used = tg.code(secret)
