@@ -28,7 +28,8 @@ from strategy.settings import SettingChange, SettingError, StrategySettings
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 BROKER_TIMEOUT_S = 10.0  # a broker call the chat made is abandoned after this
-REPLY_BUDGET_S = 0.08  # ... and a reply waits for it at most this long
+REPLY_BUDGET_S = 0.08  # ... and a reply waits for it at most this long when an earlier answer can be shown
+FIRST_ANSWER_BUDGET_S = 3.0  # ... or this long when there is no earlier answer at all
 CHECK_TIMEOUT_S = 60.0
 ZERO = Decimal(0)
 
@@ -117,13 +118,15 @@ async def _nothing() -> None:
 
 class BrokerCache:
     """Broker answers for the chat, each asked at most once at a time (a hung broker is not asked
-    again and again) and waited for only ``budget_s``: a reply never waits longer than that, and
-    shows the last answer with its time when the broker is slow."""
+    again and again). A reply waits ``budget_s`` when it could show an earlier answer (with its
+    time) instead, and ``first_budget_s`` when there is none yet (IB snapshots take a few hundred
+    milliseconds; a first /status should show a price, not "unavailable")."""
 
     def __init__(self, now: Callable[[], datetime], budget_s: float = REPLY_BUDGET_S,
-                 timeout_s: float = BROKER_TIMEOUT_S) -> None:
+                 timeout_s: float = BROKER_TIMEOUT_S, first_budget_s: float = FIRST_ANSWER_BUDGET_S) -> None:
         self.now = now
         self.budget_s = budget_s
+        self.first_budget_s = first_budget_s
         self.timeout_s = timeout_s
         self._inflight: dict[str, asyncio.Task[Any]] = {}
         self._last: dict[str, tuple[datetime, Any]] = {}
@@ -149,7 +152,8 @@ class BrokerCache:
             task.add_done_callback(functools.partial(self._done, key))
             self._inflight[key] = task
         try:
-            return cast(T, await asyncio.wait_for(asyncio.shield(task), self.budget_s))
+            budget = self.budget_s if key in self._last else self.first_budget_s
+            return cast(T, await asyncio.wait_for(asyncio.shield(task), budget))
         except TimeoutError:
             reason = ("the broker did not answer" if task.done() else "the broker is slow")
         except Exception as e:

@@ -377,23 +377,34 @@ async def test_a_hung_broker_does_not_delay_status(tg: Tg) -> None:
     async def hang(*args: object, **kwargs: object) -> None:
         await never.wait()
 
+    session = tg.world.cal.session(tg.world.path.first_day)
+    assert session is not None
+    tg.clock.advance_to(session.open + timedelta(minutes=20))
+    await tg.send(ADMIN, "/status")  # the broker answers: its answer is remembered
+    assert "QQQ: <code>" in tg.api.last(ADMIN).text
+    real_quote = tg.world.broker.quote
     tg.world.broker.quote = hang  # type: ignore[method-assign]
     tg.world.broker.option_quotes = hang  # type: ignore[method-assign]
     try:
-        session = tg.world.cal.session(tg.world.path.first_day)
-        assert session is not None
-        tg.clock.advance_to(session.open + timedelta(minutes=20))
         tick = asyncio.create_task(tg.parts.engine.tick())  # stuck on the quote
         await asyncio.sleep(0)
-        await asyncio.wait_for(tg.send(ADMIN, "/status"), timeout=5)
+        await asyncio.wait_for(tg.send(ADMIN, "/status"), timeout=5)  # a guard against hanging, not a timing
         text = tg.api.last(ADMIN).text
-        assert "<b>Status</b>" in text and "QQQ quote unavailable: the broker is slow" in text
+        assert "<b>Status</b>" in text and "QQQ: <code>" in text
+        assert "QQQ quote: the broker is slow; showing its answer from" in text
+        # with nothing remembered (a fresh start), the reply says so instead of waiting for ever
+        cache = tg.parts.deps.service.cache
+        cache._last.clear()
+        cache.first_budget_s = 0.2
+        await asyncio.wait_for(tg.send(ADMIN, "/status"), timeout=5)
+        assert "QQQ quote unavailable: the broker is slow (it has not answered yet)" in tg.api.last(ADMIN).text
         assert not tick.done()
         tick.cancel()
         with pytest.raises(asyncio.CancelledError):
             await tick
     finally:
         never.set()
+        tg.world.broker.quote = real_quote  # type: ignore[method-assign]
 
 
 async def test_commands_are_registered_and_settings_keyboard_json(tg: Tg) -> None:
