@@ -188,6 +188,7 @@ class FakeGateway:
         self.hist_errors: list[tuple[int, str]] = []  # next historical requests fail with these
         self.reject_next: tuple[int, str] | None = None
         self.vanished: set[str] = set()  # instrument keys the gateway no longer knows
+        self.match_on_sync = False  # match working orders at every reqCurrentTime (clock in another process)
         self.host = "127.0.0.1"
         self.port = 0
         self.sessions: list[_Session] = []
@@ -323,6 +324,8 @@ class FakeGateway:
 
     def _current_time(self, s: _Session, f: list[str]) -> None:
         self.requests["currentTime"] += 1
+        if self.match_on_sync:  # the client's clock lives in another process: catch up with it first
+            self.match()
         s.send([49, 1, int(self.now().timestamp())])
 
     def _market_data_type(self, s: _Session, f: list[str]) -> None:
