@@ -23,6 +23,7 @@ class EventKind(StrEnum):
     TAKE_PROFIT = "take_profit"
     FORCE_EXIT = "force_exit"
     EXPIRY_GUARD = "expiry_guard"
+    EXPIRED = "expired"
     ENTRY = "entry"
     ROLL = "roll"
     RECYCLE = "recycle"

@@ -52,6 +52,18 @@ def trade_rows() -> list[dict[str, Any]]:
             "delta": ctx.get("delta") if f.sec_type == "OPT" else None,
             "held_days": held, "pnl_pct": pnl_pct,
         })
+    for x in ledger.expiries():  # a lot that expired unsold closes at its settlement value
+        lot = lots[x.lot_id]
+        rows.append({
+            "time": x.recorded_at.isoformat(), "lot_id": lot.id, "symbol": lot.symbol, "sec_type": "OPT",
+            "expiry": lot.expiry.isoformat(), "strike": float(lot.strike), "right": lot.right,
+            "side": "SELL", "qty": x.qty, "price": str(x.settlement), "commission": "0",
+            "reason": "expired", "underlying_price": float(x.underlying_close) if x.underlying_close else None,
+            "prev_close": None, "delta": None,
+            "held_days": (x.recorded_at.astimezone(NY).date() - lot.opened_at.astimezone(NY).date()).days,
+            "pnl_pct": float((x.settlement / lot.avg_price - 1) * 100) if lot.avg_price else None,
+        })
+    rows.sort(key=lambda r: r["time"])
     return rows
 
 
@@ -65,7 +77,8 @@ def build_result(
     closed = [float(lot.realized_pnl) for lot in Lot.select().where(Lot.closed_at.is_null(False))]
     shares, deployed = ledger.qqqm_bought()
     entries = sum(1 for o in Order.select().where((Order.purpose == "entry") & (Order.filled_qty > 0)))
-    exits = sum(1 for lot in Lot.select().where(Lot.exit_reason.in_(["take_profit", "force_exit", "expiry_guard"])))
+    exits = sum(1 for lot in Lot.select().where(Lot.exit_reason.in_(["take_profit", "force_exit", "expiry_guard",
+                                                                    "expired"])))
     rolls = Roll.select().where(Roll.status == "completed").count()
     bh = [capital * Decimal(str(closes[d])) / Decimal(str(closes[start])) for d, _ in equity]
     bh_values = [float(v) for v in bh]

@@ -26,7 +26,7 @@ from broker.clock import Clock
 from storage import kv, ledger
 from strategy.calendar import NY, SessionCalendar
 from strategy.model import Lot, MarketSnapshot, OptionQuote, StrategyState, TickPlan
-from strategy.rules import DailyLimits, decide_tick
+from strategy.rules import DailyLimits, decide_tick, expiry_settlement, has_expired
 
 log = logging.getLogger(__name__)
 
@@ -334,6 +334,7 @@ class Engine:
             await self.reconcile()
         if day != self._last_day:
             self._expire_old_roll_buys(day)
+            await self._settle_expired_lots(day)
             self._last_day = day
         settings = self.settings.current
         snap, book = await self.snapshot(day)
@@ -349,6 +350,30 @@ class Engine:
 
         await execute_plan(self, plan, snap, book, settings, report)
         return report
+
+    async def _settle_expired_lots(self, day: date) -> None:
+        """Close, at their settlement value, lots whose expiry passed unsold (they had no bid to
+        sell into): the option no longer exists, and a lot left open would hold a slot for ever."""
+        expired = [lot for lot in ledger.open_lots() if has_expired(lot, day)]
+        if not expired:
+            return
+        prev = self.calendar.previous_session(day)
+        for lot in expired:
+            close = None
+            if prev is not None and prev.day == lot.contract.expiry and lot.contract.symbol == "QQQ":
+                close = await self.prev_close(day)
+            settle = expiry_settlement(lot, close)
+            realized = ledger.close_expired_lot(lot.id, close, settle, self.clock.now())
+            self._changed()
+            text = (f"Lot #{lot.id} {lot.contract.key} x{lot.qty} expired unsold (no bid to sell into); recorded at "
+                    f"{settle} per share, realized {realized:+.2f} USD")
+            if close is None:
+                text += ". The expiry day's close is not known, so it is recorded as worthless: check the account"
+            elif settle > 0:
+                text += (f". It expired in the money (QQQ closed {close} vs strike {lot.contract.strike}): the broker "
+                         f"has probably exercised it into {lot.qty * lot.contract.multiplier} QQQ shares, which the "
+                         "bot does not manage: check the account")
+            self.emit(EventKind.EXPIRED, text, lot_id=lot.id)
 
     def _expire_old_roll_buys(self, day: date) -> None:
         for roll in ledger.rolls_with_pending_buy():

@@ -288,7 +288,11 @@ class SimBroker:
             log.exception("sim: the listener failed on %s", update.order_ref)
 
     def _on_time(self, now: datetime) -> None:
-        """A clock step: expire DAY orders at the close, match the others."""
+        """A clock step: settle options past their expiry, expire DAY orders at the close, match
+        the others."""
+        if self.account.holdings:
+            for ins in self.account.settle_expired(lambda c: expiry_close(c.expiry) <= now, self._mark):
+                log.info("sim: %s expired and left the account", ins.key)
         for o in list(self._working.values()):
             if o.status.is_final:
                 continue

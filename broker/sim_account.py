@@ -101,6 +101,19 @@ class SimAccount:
         if h.qty == 0:
             del self.holdings[ins.key]
 
+    def settle_expired(self, expired: Callable[[OptionContract], bool], mark: MarkFn) -> list[OptionContract]:
+        """Options past their expiry leave the account; one in the money is settled in cash at its
+        intrinsic value (``mark``). A simplification: real QQQ options are exercised into shares."""
+        gone = []
+        for key, h in list(self.holdings.items()):
+            ins = h.instrument
+            if isinstance(ins, OptionContract) and expired(ins):
+                value = (mark(ins) or Decimal(0)) * h.qty * multiplier(ins)
+                self.cash["USD"] = self.usd + value
+                del self.holdings[key]
+                gone.append(ins)
+        return gone
+
     def positions(self, mark: MarkFn) -> list[Position]:
         """Every holding: the bot's (marked by ``mark``), the fixed ones, then cash by currency."""
         out: list[Position] = []

@@ -12,7 +12,7 @@ from typing import Any
 from peewee import fn
 
 from broker.base import Execution, OrderRequest, sec_type
-from storage.models import Fill, Lot, Order, Recycle, Roll, database_proxy
+from storage.models import Expiry, Fill, Lot, Order, Recycle, Roll, database_proxy
 from strategy import accounting
 from strategy.model import Lot as LotView
 from strategy.model import OptionContract
@@ -274,8 +274,34 @@ def open_lots() -> tuple[LotView, ...]:
 
 
 def realized_option_pnl() -> Decimal:
-    return sum((f.realized_pnl for f in Fill.select(Fill.realized_pnl).where(
+    """Realized option P&L: closing fills plus lots that expired unsold."""
+    fills = sum((f.realized_pnl for f in Fill.select(Fill.realized_pnl).where(
         (Fill.sec_type == "OPT") & Fill.realized_pnl.is_null(False))), ZERO)
+    return fills + sum((e.realized_pnl for e in Expiry.select(Expiry.realized_pnl)), ZERO)
+
+
+def close_expired_lot(lot_id: int, underlying_close: Decimal | None, settlement: Decimal, at: datetime) -> Decimal:
+    """Close a lot that expired unsold at ``settlement`` per share; returns its realized P&L (net
+    of the entry commissions not yet realized). Idempotent: a lot is closed by expiry once."""
+    with database_proxy.atomic():
+        lot = Lot.get_by_id(lot_id)
+        if lot.qty_open <= 0 or Expiry.select().where(Expiry.lot == lot_id).exists():
+            return ZERO
+        qty = lot.qty_open
+        share = accounting.entry_commission_share(lot.commission, qty, lot.qty_opened)
+        realized = accounting.closing_pnl(lot.avg_price, settlement, qty, lot.multiplier, ZERO, share)
+        Expiry.create(lot=lot_id, expiry=lot.expiry, qty=qty, underlying_close=underlying_close,
+                      settlement=settlement, realized_pnl=realized, recorded_at=at)
+        lot.qty_open = 0
+        lot.realized_pnl += realized
+        lot.closed_at = at
+        lot.exit_reason = "expired"
+        lot.save()
+        return realized
+
+
+def expiries() -> list[Expiry]:
+    return list(Expiry.select().order_by(Expiry.recorded_at, Expiry.id))
 
 
 def closed_lot_pnls() -> list[Decimal]:

@@ -30,7 +30,14 @@ def _v2_alert_silent(db: Database) -> None:
         apply(SchemaMigrator.from_database(db).add_column("alert", "silent", BooleanField(default=False)))
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial, _v2_alert_silent]
+def _v3_expiry(db: Database) -> None:
+    """expiry: lots closed at their expiry instead of by a sale."""
+    from storage.models import Expiry
+
+    db.create_tables([Expiry], safe=True)
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial, _v2_alert_silent, _v3_expiry]
 
 
 def current_version(db: Database) -> int:

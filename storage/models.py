@@ -195,6 +195,22 @@ class Recycle(BaseModel):
     created_at = UtcDateTimeField()
 
 
+class Expiry(BaseModel):
+    """A lot that reached its expiry unsold (no bid to sell into): closed at its settlement value,
+    the intrinsic value at the expiry day's close (0 when worthless). Not a broker execution."""
+
+    id = AutoField()
+    lot = ForeignKeyField(Lot, unique=True, backref="expiry_record")
+    if TYPE_CHECKING:
+        lot_id: int
+    expiry = DateField()
+    qty = IntegerField()
+    underlying_close = MoneyField(null=True)  # None: the expiry day's close was not known
+    settlement = MoneyField()  # per share
+    realized_pnl = MoneyField()
+    recorded_at = UtcDateTimeField()
+
+
 class AlertRecord(BaseModel):
     """Every alert the bot raised, and whether it reached its destination (an outbox)."""
 
@@ -224,6 +240,7 @@ ALL_MODELS: list[type[BaseModel]] = [
     Fill,
     Recycle,
     AlertRecord,
+    Expiry,
 ]
 
 _ = date  # re-exported for type users

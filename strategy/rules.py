@@ -121,6 +121,21 @@ def exit_decisions(
     return tuple(out)
 
 
+def has_expired(lot: Lot, today: date) -> bool:
+    """A lot still open after its expiry day expired unsold (it had no bid to sell into)."""
+    return lot.contract.expiry < today
+
+
+def expiry_settlement(lot: Lot, underlying_close: Decimal | None) -> Decimal:
+    """What an expired lot is worth per share: its intrinsic value at the expiry close (0 when
+    out of the money, or when that close is unknown)."""
+    if underlying_close is None:
+        return Decimal(0)
+    k = lot.contract.strike
+    intrinsic = underlying_close - k if lot.contract.right == "C" else k - underlying_close
+    return max(intrinsic, Decimal(0))
+
+
 # --- Entry: the spear --------------------------------------------------------------------------
 
 

@@ -92,7 +92,7 @@ def test_synthetic_two_years_json(capsys: pytest.CaptureFixture[str]) -> None:
     s = result["summary"]
     assert s["sessions"] > 480 and s["entries"] > 0
     assert result["settings"]["target_delta"] == 0.6
-    assert {t["reason"] for t in result["trades"]} <= {"entry", "take_profit", "force_exit", "expiry_guard",
+    assert {t["reason"] for t in result["trades"]} <= {"entry", "take_profit", "force_exit", "expiry_guard", "expired",
                                                       "roll_out", "roll_in", "recycle"}
 
 

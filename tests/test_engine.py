@@ -314,3 +314,43 @@ async def test_a_check_in_flight_delays_the_real_tick_instead_of_skipping_it(db:
     dry, report = await check, await real
     assert dry.dry_run and not report.skipped
     assert len(ledger.open_lots()) == 1
+
+
+async def test_a_worthless_lot_that_expires_unsold_is_closed_and_frees_its_slot(db: Database) -> None:
+    from storage.models import Expiry
+
+    pairs = [(500.0, 500.0), (490.0, 489.0)] + [(300.0, 300.0)] * 55 + [(296.0, 295.0)]
+    bars = bars_oc(pairs)
+    w = await make_world(bars, settings={"min_dte": "30", "max_positions": "1", "roll_drop_pct": "50",
+                                         "recycle_enabled": "off"})
+    await w.run_days(days(bars)[:2])
+    (lot,) = ledger.open_lots()
+    assert lot.contract.dte(bars[1].day) < 70
+    await w.run_days(days(bars)[2:])
+    row = Lot.get_by_id(lot.id)
+    assert row.exit_reason == "expired" and row.qty_open == 0
+    x = Expiry.get()
+    assert x.settlement == 0 and x.underlying_close is not None
+    cost = lot.avg_price * 100 + lot.commission
+    assert x.realized_pnl == row.realized_pnl == -cost
+    assert ledger.realized_option_pnl() == -cost
+    assert any("expired unsold" in t for t in w.events(EventKind.EXPIRED))
+    assert lot.contract not in [p.contract for p in await w.broker.positions()]  # gone at the broker too
+    # the slot is free again: the last day's dip is an entry
+    assert Order.select().where(Order.purpose == "entry").count() == 2
+
+
+async def test_a_lot_that_expires_in_the_money_is_settled_at_intrinsic_and_flagged(db: Database) -> None:
+    pairs = [(500.0, 500.0), (490.0, 489.0)] + [(520.0, 520.0)] * 50
+    bars = bars_oc(pairs)
+    w = await make_world(bars, settings={"min_dte": "30", "max_positions": "1", "recycle_enabled": "off"})
+    await w.run_days(days(bars)[:2])
+    (lot,) = ledger.open_lots()
+    w.settings.update("paused", "on", "test")  # nothing sells it before expiry
+    await w.run_days(days(bars)[2:])
+    row = Lot.get_by_id(lot.id)
+    assert row.exit_reason == "expired"
+    (text,) = [t for t in w.events(EventKind.EXPIRED)]
+    assert "in the money" in text and "exercised" in text
+    settle = Decimal(520) - lot.contract.strike
+    assert row.realized_pnl == (settle - lot.avg_price) * 100 - lot.commission

@@ -119,7 +119,7 @@ def test_pause_survives_restart_and_is_alerted(db: Database) -> None:
     assert SettingsService(MemorySink(), lambda: NOW).current.paused is True
 
 
-def test_schema_v1_database_is_migrated_to_v2(tmp_path: Path) -> None:
+def test_schema_v1_database_is_migrated_to_the_latest(tmp_path: Path) -> None:
     from storage.db import close_database, open_database
     from storage.models import AlertRecord
 
@@ -127,7 +127,8 @@ def test_schema_v1_database_is_migrated_to_v2(tmp_path: Path) -> None:
     close_database(open_database(url))
     con = sqlite3.connect(tmp_path / "old.db")  # make it look like a v1 database
     con.execute("ALTER TABLE alert DROP COLUMN silent")
-    con.execute("DELETE FROM schema_version WHERE version = 2")
+    con.execute("DROP TABLE expiry")
+    con.execute("DELETE FROM schema_version WHERE version >= 2")
     con.execute("INSERT INTO alert (kind, text, created_at, status, attempts) VALUES ('error', 'old', "
                 "'2024-01-01T00:00:00+00:00', 'sent', 1)")
     con.commit()
@@ -136,5 +137,8 @@ def test_schema_v1_database_is_migrated_to_v2(tmp_path: Path) -> None:
     try:
         old = AlertRecord.get()
         assert old.text == "old" and old.silent is False
+        from storage.models import Expiry
+
+        assert Expiry.select().count() == 0  # v3's table exists
     finally:
         close_database(db)
