@@ -3,6 +3,7 @@ strikes, and Black–Scholes–Merton quotes with a mild skew and a realistic sp
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
@@ -32,6 +33,7 @@ def listed_expiry(calendar: SessionCalendar, year: int, month: int) -> date:
     return d
 
 
+@functools.lru_cache(maxsize=4096)
 def expiry_close(expiry: date) -> datetime:
     """When a contract stops trading: 16:00 New York on its expiry day (UTC)."""
     return datetime.combine(expiry, time(16, 0), NY).astimezone(UTC)
