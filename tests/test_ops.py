@@ -114,3 +114,23 @@ def test_an_uncaught_exception_is_logged_redacted(capsys: pytest.CaptureFixture[
     finally:
         sys.excepthook = sys.__excepthook__
         logging.getLogger().handlers.clear()
+
+
+def test_totp_cli_keygen_enroll_reset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from cryptography.fernet import Fernet
+
+    assert main(["totp", "keygen"]) == 0
+    key = capsys.readouterr().out.strip()
+    Fernet(key.encode())  # a valid key
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("ADMIN_USER_IDS", "4242")
+    monkeypatch.setenv("TOTP_ENCRYPTION_KEY", key)
+    assert main(["totp", "enroll", "999"]) == 2  # not an admin
+    assert "not in ADMIN_USER_IDS" in capsys.readouterr().err
+    assert main(["totp", "enroll", "4242"]) == 0
+    out = capsys.readouterr().out
+    assert "otpauth://totp/" in out and "/login" in out and len(out.splitlines()) > 20  # the QR as text
+    assert key not in out
+    assert main(["totp", "reset", "4242"]) == 0
+    assert "secret removed" in capsys.readouterr().out
