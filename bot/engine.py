@@ -121,14 +121,20 @@ class Engine:
         self.last_snapshot: MarketSnapshot | None = None
         self.blocked = ""  # why this engine must not trade at all (e.g. a live account not allowed)
         self._dry_run_holds_lock = False
+        self._starting = False
 
     # --- life cycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect, then reconcile with the broker before anything may be sent."""
-        self.broker.set_listener(self)
-        await self.broker.connect()
-        await self.reconcile()
+        """Connect, then reconcile with the broker before anything may be sent. Ticks that come
+        meanwhile (the scheduler runs beside a slow connect) are skipped, not run in parallel."""
+        self._starting = True
+        try:
+            self.broker.set_listener(self)
+            await self.broker.connect()
+            await self.reconcile()
+        finally:
+            self._starting = False
 
     async def stop(self) -> None:
         self.broker.set_listener(None)
@@ -328,6 +334,8 @@ class Engine:
         day = session.day
         if self.blocked:
             return TickReport(now, day, skipped=f"not trading: {self.blocked}")
+        if self._starting:
+            return TickReport(now, day, skipped="connecting and reconciling: nothing evaluated yet")
         if self.broker.state == ConnectionState.DOWN:
             return TickReport(now, day, skipped="broker connection down: nothing evaluated")
         if not self.ready and not dry_run:

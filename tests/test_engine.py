@@ -354,3 +354,31 @@ async def test_a_lot_that_expires_in_the_money_is_settled_at_intrinsic_and_flagg
     assert "in the money" in text and "exercised" in text
     settle = Decimal(520) - lot.contract.strike
     assert row.realized_pnl == (settle - lot.avg_price) * 100 - lot.commission
+
+
+async def test_ticks_during_a_slow_start_are_skipped_not_run_beside_it(db: Database) -> None:
+    import asyncio
+
+    bars = bars_oc([(500, 500), (490, 489)])
+    w = await make_world(bars)
+    session = w.cal.session(bars[1].day)
+    assert session is not None
+    w.clock.advance_to(session.open + timedelta(minutes=10))
+    gate = asyncio.Event()
+    real_connect = w.broker.connect
+
+    async def slow_connect() -> None:
+        await gate.wait()
+        await real_connect()
+
+    w.broker.connect = slow_connect  # type: ignore[method-assign]
+    restarted = w.restart()
+    start = asyncio.create_task(restarted.engine.start())
+    await asyncio.sleep(0)
+    report = await restarted.engine.tick()
+    assert report.skipped.startswith("connecting and reconciling")
+    assert Order.select().count() == 0
+    gate.set()
+    await start
+    report = await restarted.engine.tick()
+    assert not report.skipped and Order.select().where(Order.purpose == "entry").count() == 1
