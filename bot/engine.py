@@ -122,6 +122,7 @@ class Engine:
         self.blocked = ""  # why this engine must not trade at all (e.g. a live account not allowed)
         self._dry_run_holds_lock = False
         self._starting = False
+        self._no_quote_alerted: set[tuple[date, int]] = set()
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -277,9 +278,11 @@ class Engine:
                     lot_quotes[lot.id] = q
                     if q.iv:
                         self.iv_guess = q.iv
-                elif kv.put_once(f"no_quote:{day.isoformat()}:{lot.id}", "1", now):
-                    self.emit(EventKind.SKIPPED, f"No quote for lot #{lot.id} ({lot.contract.key}) from the broker: "
-                              "its exits wait until one comes (alerted once per session)", lot_id=lot.id)
+                elif (day, lot.id) not in self._no_quote_alerted:  # the DB is asked once per lot and day
+                    self._no_quote_alerted.add((day, lot.id))
+                    if kv.put_once(f"no_quote:{day.isoformat()}:{lot.id}", "1", now):  # once across restarts too
+                        self.emit(EventKind.SKIPPED, f"No quote for lot #{lot.id} ({lot.contract.key}) from the "
+                                  "broker: its exits wait until one comes (alerted once per session)", lot_id=lot.id)
         s = self.settings.current
         qqqm = None
         if s.recycle_enabled and book.pool >= s.recycle_threshold and book.pool > 0:

@@ -236,12 +236,17 @@ class IBBroker:
             return
         self._state = state
         log.info("ib: %s (%s)", state.value, detail)
+        self._tell(lambda listener: listener.on_connection(state, detail), "a connection change")
+
+    def _tell(self, event: Callable[[BrokerListener], None], what: str) -> None:
+        """Hand one event to the engine's listener; its failure is logged, never raised into ib_async."""
         listener = self._listener
-        if listener is not None:
-            try:
-                listener.on_connection(state, detail)
-            except Exception:
-                log.exception("ib: the listener failed on a connection change")
+        if listener is None:
+            return
+        try:
+            event(listener)
+        except Exception:
+            log.exception("ib: the listener failed on %s", what)
 
     def _on_disconnected(self) -> None:
         self._wake()
@@ -745,13 +750,7 @@ class IBBroker:
         self._notify(OrderUpdate(ref, str(trade.order.orderId), status, filled, max(qty - filled, 0), message))
 
     def _notify(self, update: OrderUpdate) -> None:
-        listener = self._listener
-        if listener is None:
-            return
-        try:
-            listener.on_order_update(update)
-        except Exception:
-            log.exception("ib: the listener failed on update of %s", update.order_ref)
+        self._tell(lambda listener: listener.on_order_update(update), f"the update of {update.order_ref}")
 
     def _on_exec(self, trade: Trade, fill: Fill) -> None:
         self._emit_execution(fill)
@@ -767,13 +766,7 @@ class IBBroker:
         self._emitted_execs.add(ex.exec_id)
         if ex.commission is not None:
             self._emitted_commissions.add(ex.exec_id)
-        listener = self._listener
-        if listener is None:
-            return
-        try:
-            listener.on_execution(ex)
-        except Exception:
-            log.exception("ib: the listener failed on execution %s", ex.exec_id)
+        self._tell(lambda listener: listener.on_execution(ex), f"execution {ex.exec_id}")
 
     def _on_commission(self, trade: Trade, fill: Fill, report: IbCommissionReport) -> None:
         self._emit_commission(fill, report)
@@ -789,13 +782,9 @@ class IBBroker:
             return
         self._emitted_commissions.add(exec_id)
         commission = cv.dec(report.commission)
-        listener = self._listener
-        if listener is None or commission is None:
-            return
-        try:
-            listener.on_commission(CommissionReport(exec_id, commission))
-        except Exception:
-            log.exception("ib: the listener failed on the commission of %s", exec_id)
+        if commission is not None:
+            report_ = CommissionReport(exec_id, commission)
+            self._tell(lambda listener: listener.on_commission(report_), f"the commission of {exec_id}")
 
     def _rebind_orders(self) -> None:
         """After a (re)connect ib_async has new Trade objects: bind them to the bot's references;

@@ -15,7 +15,7 @@ import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 
 from broker.base import (
@@ -88,6 +88,7 @@ class SimBroker:
             cash["EUR"] = MIXED_EUR_CASH
         static = mixed_holdings(clock.now().astimezone(NY).date()) if mixed_account else ()
         self.account = SimAccount(cash, static)
+        self._settled_day: date | None = None
         self._orders: dict[str, _Order] = {}
         self._working: dict[str, _Order] = {}
         self._executions: list[Execution] = []
@@ -180,6 +181,12 @@ class SimBroker:
             return None if q is None or q.bid is None or q.ask is None else (q.bid, q.ask)
         bid, ask, _ = self._stock_bid_ask_last(ins.symbol, now)
         return bid, ask
+
+    def _expiry_value(self, ins: Instrument) -> Decimal | None:
+        """An expired option's value: intrinsic at the underlying's price at its expiry close."""
+        assert isinstance(ins, OptionContract)
+        at = expiry_close(ins.expiry)
+        return self.pricer.mark(ins, at, self.path.price_at(at), self.iv.iv(ins.expiry))
 
     def _mark(self, ins: Instrument) -> Decimal | None:
         now = self.clock.now()
@@ -290,8 +297,10 @@ class SimBroker:
     def _on_time(self, now: datetime) -> None:
         """A clock step: settle options past their expiry, expire DAY orders at the close, match
         the others."""
-        if self.account.holdings:
-            for ins in self.account.settle_expired(lambda c: expiry_close(c.expiry) <= now, self._mark):
+        day = now.astimezone(NY).date()
+        if day != self._settled_day and self.account.holdings:  # expiries settle once a day, not every step
+            self._settled_day = day
+            for ins in self.account.settle_expired(lambda c: expiry_close(c.expiry) <= now, self._expiry_value):
                 log.info("sim: %s expired and left the account", ins.key)
         for o in list(self._working.values()):
             if o.status.is_final:

@@ -127,15 +127,16 @@ def edit_screen(deps: Deps, uid: int, key: str) -> tuple[str, InlineKeyboardMark
     return text, InlineKeyboardMarkup(rows)
 
 
-def confirm_screen(deps: Deps, uid: int, key: str, value: str) -> tuple[str, InlineKeyboardMarkup | None]:
+def confirm_screen(deps: Deps, uid: int, key: str, value: str) -> tuple[str, InlineKeyboardMarkup, bool]:
+    """old → new with Confirm/Cancel (valid: True), or the parser's error with a way back (False)."""
     change = parse_setting(deps.service.current_settings(), key, value)
     if isinstance(change, SettingError):
-        return fmt.error_text(change), InlineKeyboardMarkup([[_btn(deps, uid, "« Back", "edit", key)]])
+        return fmt.error_text(change), InlineKeyboardMarkup([[_btn(deps, uid, "« Back", "edit", key)]]), False
     canonical = format_value(change.key, change.new)
     text = f"Change {fmt.change_text(change)}?"
     old = format_value(change.key, change.old)
     return text, InlineKeyboardMarkup([[_btn(deps, uid, "✅ Confirm", "confirm", change.key, canonical, old),
-                                        _btn(deps, uid, "✖ Cancel", "edit", change.key)]])
+                                        _btn(deps, uid, "✖ Cancel", "edit", change.key)]]), True
 
 
 def alerts_screen(deps: Deps, uid: int) -> tuple[str, InlineKeyboardMarkup]:
@@ -199,7 +200,8 @@ async def settings_callback(update: Update, context: ContextTypes.DEFAULT_TYPE) 
     elif button.action == "edit":
         await _show(update, *edit_screen(deps, uid, button.key))
     elif button.action == "preset":
-        await _show(update, *confirm_screen(deps, uid, button.key, button.value))
+        text, markup, _ = confirm_screen(deps, uid, button.key, button.value)
+        await _show(update, text, markup)
     elif button.action == "type":
         context.user_data["awaiting"] = (button.key, deps.now() + TYPE_TTL)  # type: ignore[index]
         await _show(update, f"Send the new value for <b>{fmt.e(button.key)}</b> "
@@ -246,7 +248,7 @@ async def typed_value(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
         await message.reply_text("Send a command; /help lists them.")
         return
     key = resolve_key(awaiting[0]) or awaiting[0]
-    text, markup = confirm_screen(deps, user.id, key, message.text or "")
-    if markup is not None and "Confirm" in str(markup.inline_keyboard[0][0].text):
-        (context.user_data or {}).pop("awaiting", None)
+    text, markup, valid = confirm_screen(deps, user.id, key, message.text or "")
+    if valid:
+        (context.user_data or {}).pop("awaiting", None)  # the next message is not a value any more
     await message.reply_text(text, parse_mode=ParseMode.HTML, reply_markup=markup)

@@ -3,18 +3,54 @@ real SQLite file, driven tick by tick on a simulated clock."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
 
 from bot.alerts import EventKind, MemorySink
 from bot.engine import Engine, TickReport
 from bot.settings_service import SettingsService
+from broker.base import CommissionReport, ConnectionState, Execution, OrderUpdate
 from broker.clock import SimClock
 from broker.sim import SimBroker, SimFillModel
 from broker.sim_market import DailyBar, IvSource, PricePath
 from strategy.calendar import SessionCalendar, nyse
 from strategy.rules import DailyLimits
+
+
+@dataclass
+class Recorder:
+    """A BrokerListener that keeps every event in order."""
+
+    events: list[object] = field(default_factory=list)
+
+    def on_execution(self, execution: Execution) -> None:
+        self.events.append(execution)
+
+    def on_commission(self, report: CommissionReport) -> None:
+        self.events.append(report)
+
+    def on_order_update(self, update: OrderUpdate) -> None:
+        self.events.append(update)
+
+    def on_connection(self, state: ConnectionState, detail: str) -> None:
+        self.events.append((state, detail))
+
+    @property
+    def updates(self) -> list[OrderUpdate]:
+        return [e for e in self.events if isinstance(e, OrderUpdate)]
+
+    @property
+    def executions(self) -> list[Execution]:
+        return [e for e in self.events if isinstance(e, Execution)]
+
+    @property
+    def commissions(self) -> list[CommissionReport]:
+        return [e for e in self.events if isinstance(e, CommissionReport)]
+
+    @property
+    def states(self) -> list[ConnectionState]:
+        return [e[0] for e in self.events if isinstance(e, tuple)]
 
 
 class SimulatedCrash(BaseException):

@@ -17,7 +17,7 @@ from storage import ledger
 from storage.models import Fill, Lot, Order, Roll
 from strategy.calendar import nyse
 from strategy.rules import DailyLimits
-from tests.harness import SimulatedCrash, make_world
+from tests.harness import SimulatedCrash, World, make_world
 
 START = date(2024, 3, 4)  # a Monday
 
@@ -286,14 +286,20 @@ async def test_crash_between_fill_and_ledger_loses_no_fill(db: Database) -> None
     assert Fill.select().count() == len(await w.broker.executions())
 
 
-async def test_a_check_in_flight_delays_the_real_tick_instead_of_skipping_it(db: Database) -> None:
-    import asyncio
-
-    bars = bars_oc([(500, 500), (490, 489)])
+async def world_inside_the_dip_session(bars: list[DailyBar]) -> World:
+    """A world ten minutes into its second session (the first only gives the previous close)."""
     w = await make_world(bars)
     session = w.cal.session(bars[1].day)
     assert session is not None
     w.clock.advance_to(session.open + timedelta(minutes=10))
+    return w
+
+
+async def test_a_check_in_flight_delays_the_real_tick_instead_of_skipping_it(db: Database) -> None:
+    import asyncio
+
+    bars = bars_oc([(500, 500), (490, 489)])
+    w = await world_inside_the_dip_session(bars)
     gate = asyncio.Event()
     real_quote = w.broker.quote
 
@@ -360,10 +366,7 @@ async def test_ticks_during_a_slow_start_are_skipped_not_run_beside_it(db: Datab
     import asyncio
 
     bars = bars_oc([(500, 500), (490, 489)])
-    w = await make_world(bars)
-    session = w.cal.session(bars[1].day)
-    assert session is not None
-    w.clock.advance_to(session.open + timedelta(minutes=10))
+    w = await world_inside_the_dip_session(bars)
     gate = asyncio.Event()
     real_connect = w.broker.connect
 

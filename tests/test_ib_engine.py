@@ -300,9 +300,8 @@ async def test_missing_greeks_use_bsm_delta(ib_world: WorldFactory) -> None:
 # --- restarts and reconnects -----------------------------------------------------------------------
 
 
-async def test_crash_after_send_before_the_ack_adopts_the_order(ib_world: WorldFactory) -> None:
-    bars = bars_oc([(500, 500), (490, 489)])
-    w = await ib_world(bars)
+def die_right_after_the_next_send(w: IbWorld) -> None:
+    """The process dies as soon as IB has the order, before it hears anything back."""
     real_place = w.broker.place_order
 
     async def send_then_crash(req: Any) -> str:
@@ -311,6 +310,12 @@ async def test_crash_after_send_before_the_ack_adopts_the_order(ib_world: WorldF
 
     w.broker.place_order = send_then_crash  # type: ignore[method-assign]
     w.broker.set_listener(None)
+
+
+async def test_crash_after_send_before_the_ack_adopts_the_order(ib_world: WorldFactory) -> None:
+    bars = bars_oc([(500, 500), (490, 489)])
+    w = await ib_world(bars)
+    die_right_after_the_next_send(w)
     with pytest.raises(SimulatedCrash):
         await w.run_session(bars[1].day)
     assert Fill.select().count() == 0  # IB filled it, but nobody was listening
@@ -326,14 +331,7 @@ async def test_crash_after_send_before_the_ack_adopts_the_order(ib_world: WorldF
 async def test_an_order_left_working_by_a_dead_process_is_cancelled_at_ib(ib_world: WorldFactory) -> None:
     bars = bars_oc([(500, 500), (490, 489)])
     w = await ib_world(bars, fill=FillMode("never"))
-    real_place = w.broker.place_order
-
-    async def send_then_crash(req: Any) -> str:
-        await real_place(req)
-        raise SimulatedCrash
-
-    w.broker.place_order = send_then_crash  # type: ignore[method-assign]
-    w.broker.set_listener(None)
+    die_right_after_the_next_send(w)
     with pytest.raises(SimulatedCrash):
         await w.run_session(bars[1].day)
     assert len(w.gw.working_orders()) == 1

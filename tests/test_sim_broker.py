@@ -5,7 +5,7 @@ restarted engine finds when it reconnects to the same broker."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 from decimal import ROUND_CEILING, Decimal
@@ -16,7 +16,6 @@ import pytest
 
 from broker.base import (
     BrokerError,
-    CommissionReport,
     ConnectionState,
     Execution,
     OrderLeg,
@@ -31,6 +30,7 @@ from broker.sim_market import QQQM_RATIO, DailyBar, IvSource, PricePath
 from strategy.calendar import NY, nyse
 from strategy.model import OptionContract, OptionQuote
 from strategy.rules import stock_commission
+from tests.harness import Recorder
 
 CAL = nyse()
 CENT = Decimal("0.01")
@@ -39,33 +39,6 @@ CLOSES = [500.0, 502.0, 498.0, 505.0, 503.0, 507.0, 506.0, 510.0, 508.0, 509.0]
 LEAPS = OptionContract("QQQ", date(2025, 6, 20), Decimal(480))
 LATER = OptionContract("QQQ", date(2025, 12, 19), Decimal(470))
 QQQM = StockContract("QQQM")
-
-
-@dataclass
-class Recorder:
-    """A BrokerListener that keeps every event in order."""
-
-    events: list[object] = field(default_factory=list)
-
-    def on_execution(self, execution: Execution) -> None:
-        self.events.append(execution)
-
-    def on_commission(self, report: CommissionReport) -> None:
-        self.events.append(report)
-
-    def on_order_update(self, update: OrderUpdate) -> None:
-        self.events.append(update)
-
-    def on_connection(self, state: ConnectionState, detail: str) -> None:
-        self.events.append((state, detail))
-
-    @property
-    def updates(self) -> list[OrderUpdate]:
-        return [e for e in self.events if isinstance(e, OrderUpdate)]
-
-    @property
-    def executions(self) -> list[Execution]:
-        return [e for e in self.events if isinstance(e, Execution)]
 
 
 @dataclass

@@ -7,19 +7,18 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
-from broker.base import CommissionReport, ConnectionState, Execution, OrderUpdate
 from broker.clock import SimClock
 from broker.ib import IBBroker
 from tests.fake_gateway.market import FakeMarket
 from tests.fake_gateway.server import FakeGateway, FillMode, session_now
-from tests.harness import bars_from_closes
+from tests.harness import Recorder, bars_from_closes
 
 START = date(2024, 3, 4)  # a Monday
 CLOSES = [500.0, 502.0, 498.0, 505.0, 503.0, 507.0, 506.0, 510.0, 508.0, 509.0]
@@ -65,41 +64,6 @@ def ib_errors() -> Iterator[IbErrorGuard]:
         logger.removeHandler(guard)
     bad = guard.unexpected()
     assert not bad, "ib_async logged errors:\n" + "\n".join(bad)
-
-
-@dataclass
-class Recorder:
-    """A BrokerListener that keeps every event in order."""
-
-    events: list[object] = field(default_factory=list)
-
-    def on_execution(self, execution: Execution) -> None:
-        self.events.append(execution)
-
-    def on_commission(self, report: CommissionReport) -> None:
-        self.events.append(report)
-
-    def on_order_update(self, update: OrderUpdate) -> None:
-        self.events.append(update)
-
-    def on_connection(self, state: ConnectionState, detail: str) -> None:
-        self.events.append((state, detail))
-
-    @property
-    def updates(self) -> list[OrderUpdate]:
-        return [e for e in self.events if isinstance(e, OrderUpdate)]
-
-    @property
-    def executions(self) -> list[Execution]:
-        return [e for e in self.events if isinstance(e, Execution)]
-
-    @property
-    def commissions(self) -> list[CommissionReport]:
-        return [e for e in self.events if isinstance(e, CommissionReport)]
-
-    @property
-    def states(self) -> list[ConnectionState]:
-        return [e[0] for e in self.events if isinstance(e, tuple)]
 
 
 @dataclass
