@@ -84,6 +84,39 @@ class OrderRequest:
         return self.legs[0].action if not self.is_combo else "BUY"
 
 
+PRICE_TICK = Decimal("0.01")
+
+
+def limit_problem(limit: Decimal, combo: bool) -> str | None:
+    """A single leg's limit is positive (a combo's may be a credit); every limit is on the 0.01 tick."""
+    if not limit.is_finite() or (not combo and limit <= 0):
+        return f"the limit price must be positive, got {limit}"
+    if limit.quantize(PRICE_TICK) != limit:
+        return f"limit {limit} does not conform to the 0.01 price increment"
+    return None
+
+
+def request_problem(req: OrderRequest) -> str | None:
+    """What is wrong with an order's shape, if anything: a reference, a positive quantity, 1:1 legs,
+    a combo of two different options on one underlying (one BUY, one SELL), a valid limit. Every
+    broker refuses such an order before it is sent; instruments are the broker's to check."""
+    if not req.order_ref:
+        return "an order needs an order reference"
+    if req.qty <= 0:
+        return f"the quantity must be positive, got {req.qty}"
+    if not req.legs:
+        return "an order needs at least one leg"
+    if any(leg.ratio != 1 for leg in req.legs):
+        return "only 1:1 legs are supported"
+    if req.is_combo:
+        a, b = req.legs[0].instrument, req.legs[-1].instrument
+        if len(req.legs) != 2 or sorted(leg.action for leg in req.legs) != ["BUY", "SELL"] \
+                or not isinstance(a, OptionContract) or not isinstance(b, OptionContract) \
+                or a == b or a.symbol != b.symbol:
+            return "a combo must have two different option legs on one underlying, one BUY and one SELL"
+    return limit_problem(req.limit, req.is_combo)
+
+
 @dataclass(frozen=True, slots=True)
 class Execution:
     """One fill of one leg. ``exec_id`` is unique for ever; ``commission`` may come later in a

@@ -50,6 +50,8 @@ from broker.base import (
     OrderUpdate,
     Position,
     StockContract,
+    limit_problem,
+    request_problem,
 )
 from broker.clock import Clock, WallClock
 from broker.sim_market import DailyBar
@@ -631,7 +633,9 @@ class IBBroker:
         ref = request.order_ref
         if ref in self._by_ref or ref in self._requests:
             raise BrokerError(f"ib: order reference {ref} was already used; duplicate refused")
-        _check_request(request)
+        problem = request_problem(request)
+        if problem is not None:
+            raise BrokerError(f"ib: {problem}")
         found = await self._qualify([leg.instrument for leg in request.legs])
         missing = [leg.instrument.key for leg in request.legs if leg.instrument.key not in found]
         if missing:
@@ -675,9 +679,9 @@ class IBBroker:
 
     async def modify_order(self, order_ref: str, limit: Decimal) -> None:
         trade = self._trade(order_ref)
-        combo = trade.contract.secType == "BAG"
-        if not limit.is_finite() or (not combo and limit <= 0) or limit.quantize(cv.CENT) != limit:
-            raise BrokerError(f"ib: invalid limit {limit} for {order_ref}")
+        problem = limit_problem(limit, trade.contract.secType == "BAG")
+        if problem is not None:
+            raise BrokerError(f"ib: invalid limit for {order_ref}: {problem}")
         trade.order.lmtPrice = float(limit)
         try:
             self._ib.placeOrder(trade.contract, trade.order)
@@ -923,23 +927,6 @@ def _decimal(text: str) -> Decimal | None:
     except (ArithmeticError, ValueError):
         return None
     return d if d.is_finite() else None
-
-
-def _check_request(req: OrderRequest) -> None:
-    if not req.order_ref:
-        raise BrokerError("ib: an order needs an order reference")
-    if req.qty <= 0:
-        raise BrokerError(f"ib: the quantity must be positive, got {req.qty}")
-    if not req.legs:
-        raise BrokerError("ib: an order needs at least one leg")
-    if not req.limit.is_finite() or (not req.is_combo and req.limit <= 0):
-        raise BrokerError(f"ib: the limit price must be positive, got {req.limit}")
-    if req.limit.quantize(cv.CENT) != req.limit:
-        raise BrokerError(f"ib: limit {req.limit} does not conform to the 0.01 price increment")
-    if req.is_combo:
-        symbols = {leg.instrument.symbol for leg in req.legs}
-        if len(symbols) != 1 or not all(isinstance(leg.instrument, OptionContract) for leg in req.legs):
-            raise BrokerError("ib: a combo needs option legs on one underlying")
 
 
 __all__ = ["IBBroker"]

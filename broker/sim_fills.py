@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass
 from decimal import Decimal
 
-from broker.base import BrokerError, Instrument, OrderRequest
+from broker.base import BrokerError, Instrument, OrderRequest, limit_problem, request_problem
 from strategy.model import OptionContract, Side
 from strategy.rules import stock_commission
 
@@ -38,31 +38,15 @@ class SimFillModel:
 
 
 def check_limit(req: OrderRequest, limit: Decimal) -> None:
-    """A single leg's limit is positive (a combo's may be a credit); every limit is on the 0.01 tick."""
-    if not limit.is_finite() or (not req.is_combo and limit <= 0):
-        raise BrokerError(f"sim: the limit price must be positive, got {limit}")
-    if limit.quantize(CENT) != limit:
-        raise BrokerError(f"sim: limit {limit} does not conform to the 0.01 price increment")
+    problem = limit_problem(limit, req.is_combo)
+    if problem is not None:
+        raise BrokerError(f"sim: {problem}")
 
 
 def check_request(req: OrderRequest) -> None:
-    """The shape of an order: a reference, a positive quantity, 1:1 legs, a combo of two different
-    options (one BUY, one SELL), a valid limit. Instruments are checked by the broker."""
-    if not req.order_ref:
-        raise BrokerError("sim: an order needs an order reference")
-    if req.qty <= 0:
-        raise BrokerError(f"sim: the quantity must be positive, got {req.qty}")
-    if not req.legs:
-        raise BrokerError("sim: an order needs at least one leg")
-    if any(leg.ratio != 1 for leg in req.legs):
-        raise BrokerError("sim: only 1:1 legs are supported")
-    if req.is_combo:
-        actions = sorted(leg.action for leg in req.legs)
-        options = all(isinstance(leg.instrument, OptionContract) for leg in req.legs)
-        if len(req.legs) != 2 or actions != ["BUY", "SELL"] or not options \
-                or req.legs[0].instrument == req.legs[1].instrument:
-            raise BrokerError("sim: a combo must have two different QQQ option legs, one BUY and one SELL")
-    check_limit(req, req.limit)
+    problem = request_problem(req)
+    if problem is not None:
+        raise BrokerError(f"sim: {problem}")
 
 
 def base36(n: int) -> str:
