@@ -64,7 +64,6 @@ class TelegramNotifier:
         self._wake = asyncio.Event()
         self._failures = 0
         self._progress: dict[int, int] = {}
-        self.sent_messages = 0
 
     # --- the sink ----------------------------------------------------------------------------------
 
@@ -114,7 +113,6 @@ class TelegramNotifier:
                 silent = _silent(batch[0])
                 try:
                     await self.send(admin, "\n\n".join(r.text for r in batch), silent)
-                    self.sent_messages += 1
                 except RetryAfter as e:
                     outbox.count_attempt([r.id for r in batch])
                     with warnings.catch_warnings():  # PTB 22 deprecates the int form; both are handled

@@ -307,12 +307,11 @@ class BotService:
             unrealized = (unrealized or ZERO) + row.pnl_usd
         notes.extend(n for n in account.notes if n not in notes)
         curve, total = [], ZERO
-        for f in ledger.fills_in_order():
-            if f.sec_type == "OPT" and f.realized_pnl is not None:
-                total += f.realized_pnl
-                curve.append((f.time, total))
+        for at, pnl in ledger.realized_option_events():  # closing fills and unsold expiries
+            total += pnl
+            curve.append((at, total))
         closed = ledger.closed_lot_pnls()
-        return PnlView(ledger.realized_option_pnl(), unrealized, account.qqqm_cost, account.qqqm_value,
+        return PnlView(total, unrealized, account.qqqm_cost, account.qqqm_value,
                        account.pool, len(closed), sum(1 for p in closed if p > 0), tuple(curve), tuple(notes))
 
     def current_settings(self) -> StrategySettings:

@@ -275,9 +275,7 @@ def open_lots() -> tuple[LotView, ...]:
 
 def realized_option_pnl() -> Decimal:
     """Realized option P&L: closing fills plus lots that expired unsold."""
-    fills = sum((f.realized_pnl for f in Fill.select(Fill.realized_pnl).where(
-        (Fill.sec_type == "OPT") & Fill.realized_pnl.is_null(False))), ZERO)
-    return fills + sum((e.realized_pnl for e in Expiry.select(Expiry.realized_pnl)), ZERO)
+    return sum((pnl for _, pnl in realized_option_events()), ZERO)
 
 
 def close_expired_lot(lot_id: int, underlying_close: Decimal | None, settlement: Decimal, at: datetime) -> Decimal:
@@ -298,6 +296,14 @@ def close_expired_lot(lot_id: int, underlying_close: Decimal | None, settlement:
         lot.exit_reason = "expired"
         lot.save()
         return realized
+
+
+def realized_option_events() -> list[tuple[datetime, Decimal]]:
+    """Every realized option P&L, in time order: closing fills and lots that expired unsold."""
+    events = [(f.time, f.realized_pnl) for f in Fill.select(Fill.time, Fill.realized_pnl).where(
+        (Fill.sec_type == "OPT") & Fill.realized_pnl.is_null(False))]
+    events += [(x.recorded_at, x.realized_pnl) for x in Expiry.select(Expiry.recorded_at, Expiry.realized_pnl)]
+    return sorted(events, key=lambda e: e[0])
 
 
 def expiries() -> list[Expiry]:

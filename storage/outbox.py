@@ -43,10 +43,6 @@ def set_delivered_upto(admin: int, alert_id: int, now: datetime) -> None:
     kv.put(f"alert_delivered:{admin}", str(alert_id), now)
 
 
-def recent_alerts(limit: int = 20) -> list[AlertRecord]:
-    return list(AlertRecord.select().order_by(AlertRecord.id.desc()).limit(limit))
-
-
 def alert_level(kind: str) -> AlertLevel:
     value = kv.get(_PREF + kind)
     for level in LEVELS:
