@@ -15,7 +15,7 @@ from bot.alerts import EventKind
 from bot.orders import OrderOutcome, QuoteFn, new_order_ref
 from broker.base import BrokerError, OrderLeg, OrderRequest, StockContract
 from storage import kv, ledger
-from strategy.model import Lot, MarketSnapshot, OptionContract, OptionQuote, TickPlan
+from strategy.model import Lot, MarketSnapshot, OptionContract, OptionQuote, StrategyState, TickPlan
 from strategy.rules import (
     can_afford,
     daily_limit_breach,
@@ -37,7 +37,7 @@ from strategy.selection import (
 from strategy.settings import StrategySettings
 
 if TYPE_CHECKING:
-    from bot.engine import Engine, TickReport, _Book
+    from bot.engine import Engine, TickReport
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,7 +52,7 @@ def option_commission(qty: int) -> Decimal:
 
 
 async def execute_plan(
-    engine: Engine, plan: TickPlan, snap: MarketSnapshot, book: _Book, settings: StrategySettings,
+    engine: Engine, plan: TickPlan, snap: MarketSnapshot, state: StrategyState, settings: StrategySettings,
     report: TickReport,
 ) -> None:
     """Act on a plan in the spec's order; one failing action is alerted and the rest still run."""
@@ -60,7 +60,7 @@ async def execute_plan(
     if kv.get(f"halted:{day.isoformat()}") is not None:
         report.actions.append("automatic orders halted for this session (daily limit)")
         return
-    lots = {lot.id: lot for lot in book.lots}
+    lots = {lot.id: lot for lot in state.open_lots}
     for decision in plan.exits:
         lot = lots.get(decision.lot_id)
         quote = snap.lot_quotes.get(decision.lot_id)
@@ -150,11 +150,16 @@ async def select_contract(engine: Engine, snap: MarketSnapshot, settings: Strate
     if expiry is None:
         return Rejection(f"no listed expiry with at least {settings.min_dte} days to go")
     T = years_to_expiry(expiry, snap.session)
+    # The volatility that centres the strike window: the newest lot's, as quoted at this very tick,
+    # else the last chosen contract's. Only what this tick saw or chose, so the window never depends
+    # on which earlier ticks happened to be evaluated.
+    lot_ivs = [q.iv for q in snap.lot_quotes.values() if q.iv]
+    iv_guess = lot_ivs[-1] if lot_ivs else engine.iv_guess
     quoted: dict[Decimal, OptionQuote] = {}
     width = 8
     result: Candidate | Rejection = Rejection("no strikes listed")
     for _ in range(4):
-        window = strike_window(chain.strikes, spot, T, engine.iv_guess, settings, width=width)
+        window = strike_window(chain.strikes, spot, T, iv_guess, settings, width=width)
         new = [k for k in window if k not in quoted]
         if new:
             for q in await engine.broker.option_quotes([OptionContract("QQQ", expiry, k, "C") for k in new]):
@@ -240,7 +245,6 @@ async def _roll(engine: Engine, old: Lot, snap: MarketSnapshot, settings: Strate
     day = snap.session
     combo = engine.broker.supports_combo and old.qty == settings.order_quantity
     roll = ledger.create_roll(day, old.id, combo, engine.clock.now(), choice.contract.expiry, choice.contract.strike)
-    engine._changed()
     ctx_out = _context(snap, delta=old_quote.delta, held_days=old.held_days(day), reason="roll_out")
     if combo:
         await _roll_combo(engine, roll.id, old, old_quote, choice, snap, settings, report, ctx_out)
@@ -248,7 +252,6 @@ async def _roll(engine: Engine, old: Lot, snap: MarketSnapshot, settings: Strate
     sold = await _sell_lot(engine, old, old_quote, "roll", day, settings, ctx_out, roll_id=roll.id)
     if sold is None or sold.filled == 0:
         ledger.set_roll_status(roll.id, "failed")
-        engine._changed()
         engine.emit(EventKind.ROLL, f"Roll #{roll.id} of lot #{old.id}: the sell leg did not fill; nothing rolled")
         return
     await _roll_buy(engine, roll.id, snap, settings, report, choice)
@@ -279,7 +282,6 @@ async def _roll_combo(
                                   tick=TICK, roll_id=roll_id, context=ctx)
     status = "completed" if out.filled > 0 else "failed"
     ledger.set_roll_status(roll_id, status)
-    engine._changed()
     report.actions.append(f"roll #{roll_id} combo: {out.status} {out.filled}/{out.qty}")
     if out.filled:
         engine.emit(EventKind.ROLL, f"Rolled lot #{old.id} {old.contract.key} → {choice.contract.key} "
@@ -305,7 +307,6 @@ async def _roll_buy(
         ledger.set_roll_status(roll_id, "buy_pending")
         engine.emit(EventKind.ROLL, f"Roll #{roll_id}: sold, but the buy leg did not fill; retrying at the next ticks",
                     roll_id=roll_id)
-    engine._changed()
     report.actions.append(f"roll #{roll_id} buy leg: {out.status if out else 'not sent'}")
 
 

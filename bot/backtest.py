@@ -181,7 +181,7 @@ async def run_backtest(
                 clock.advance_to(session.close)
             account = await broker.account_summary()
             equity.append((session.day, account.net_liquidation))
-            positions.append((session.day, len(engine.book(session.day).lots)))
+            positions.append((session.day, len(engine.state(session.day).open_lots)))
             alerts.events.clear()
             if progress is not None:
                 progress(i + 1, total)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from decimal import Decimal
 
@@ -25,7 +25,7 @@ from broker.base import (
 from broker.clock import Clock
 from storage import kv, ledger
 from strategy.calendar import NY, SessionCalendar
-from strategy.model import Lot, MarketSnapshot, OptionQuote, StrategyState, TickPlan
+from strategy.model import MarketSnapshot, OptionQuote, StrategyState, TickPlan
 from strategy.rules import DailyLimits, decide_tick, expiry_settlement, has_expired
 
 log = logging.getLogger(__name__)
@@ -74,20 +74,6 @@ class TickReport:
         return "; ".join(parts)
 
 
-@dataclass
-class _Book:
-    """The ledger as the rules need it, cached until something changes."""
-
-    version: int
-    day: date
-    lots: tuple[Lot, ...]
-    entered: bool
-    rolled: bool
-    unresolved: bool
-    pool: Decimal
-    pending_roll: int | None
-
-
 class Engine:
     def __init__(
         self,
@@ -107,12 +93,11 @@ class Engine:
         self.alerts = alerts
         self.limits = limits or DailyLimits()
         self.persist_last_tick = persist_last_tick
-        self.runner = OrderRunner(broker, clock, self._changed)
+        self.runner = OrderRunner(broker, clock)
         self.ready = False
         self.last_report: TickReport | None = None
         self._lock = asyncio.Lock()
-        self._version = 0
-        self._book: _Book | None = None
+        self._state: tuple[tuple[int, int], date, StrategyState] | None = None
         self._prev_close: tuple[date, Decimal] | None = None
         self._last_day: date | None = None
         self._last_error = ""
@@ -147,9 +132,6 @@ class Engine:
         except Exception:
             log.exception("alert sink failed for %s", kind)
 
-    def _changed(self) -> None:
-        self._version += 1
-
     # --- the broker's listener -----------------------------------------------------------------
 
     def on_execution(self, execution: Execution) -> None:
@@ -160,7 +142,6 @@ class Engine:
             rec = ledger.record_execution(execution, self.clock.now())
             if rec.duplicate:
                 return
-            self._changed()
             order = ledger.order_by_ref(execution.order_ref)
             what = execution.instrument.key
             if order is None:
@@ -185,8 +166,7 @@ class Engine:
 
     def on_commission(self, report: CommissionReport) -> None:
         try:
-            if ledger.record_commission(report.exec_id, report.commission):
-                self._changed()
+            ledger.record_commission(report.exec_id, report.commission)
         except Exception:
             log.exception("recording commission for %s failed", report.exec_id)
 
@@ -202,7 +182,6 @@ class Engine:
                     self.emit(kind, f"Order {order.purpose} {order.side} {order.qty} ({order.filled_qty} filled) "
                               f"{update.status.value}{': ' + update.message if update.message else ''}",
                               order_ref=update.order_ref)
-                self._changed()
                 self.runner.notify_final(update.order_ref)
             elif update.status == OrderStatus.FILLED:
                 self.runner.notify_final(update.order_ref)
@@ -228,31 +207,35 @@ class Engine:
         from bot.reconcile import reconcile
 
         notes = await reconcile(self)
-        self._changed()
         self.ready = True
         return notes
 
     # --- the tick ------------------------------------------------------------------------------
 
-    def book(self, day: date) -> _Book:
-        b = self._book
-        if b is not None and b.version == self._version:
-            if b.day == day:
-                return b
-            if day > b.day:
-                # Nothing was recorded since the last look: the new session has no entry, roll or
-                # pending roll yet (session flags only come from orders, which bump the version).
-                b = _Book(b.version, day, b.lots, False, False, b.unresolved, b.pool, None)
-                self._book = b
-                return b
+    def state(self, day: date) -> StrategyState:
+        """The bot's own book as the rules see it at the start of a tick of session ``day``,
+        derived from the ledger. Cached under the database's write version, so any write anywhere
+        makes the next call read the ledger again: no caller has to remember to say so."""
+        version = ledger.write_version()
+        cached = self._state
+        if cached is not None and cached[0] == version:
+            cached_day, st = cached[1], cached[2]
+            if cached_day == day:
+                return st
+            if day > cached_day:
+                # Nothing was written since the last look: the new session has no entry, roll or
+                # pending roll yet (those only come from orders and rolls, which are writes).
+                st = replace(st, entered_this_session=False, rolled_this_session=False, pending_roll_buy=None)
+                self._state = (version, day, st)
+                return st
         pending = [r for r in ledger.rolls_with_pending_buy() if r.session_day == day]
-        b = _Book(
-            version=self._version, day=day, lots=ledger.open_lots(), entered=ledger.entered_on(day),
-            rolled=ledger.rolled_on(day), unresolved=bool(ledger.unresolved_orders()),
-            pool=ledger.recycling_pool(), pending_roll=pending[0].id if pending else None,
+        st = StrategyState(
+            open_lots=ledger.open_lots(), entered_this_session=ledger.entered_on(day),
+            rolled_this_session=ledger.rolled_on(day), unresolved_order=bool(ledger.unresolved_orders()),
+            pool=ledger.recycling_pool(), pending_roll_buy=pending[0].id if pending else None,
         )
-        self._book = b
-        return b
+        self._state = (version, day, st)
+        return st
 
     async def prev_close(self, day: date) -> Decimal:
         """QQQ's previous close for ``day`` (asked of the broker once per day)."""
@@ -263,21 +246,19 @@ class Engine:
             self._prev_close = (day, await self.broker.prev_close("QQQ"))
         return self._prev_close[1]
 
-    async def snapshot(self, day: date) -> tuple[MarketSnapshot, _Book]:
-        book = self.book(day)
+    async def snapshot(self, day: date) -> tuple[MarketSnapshot, StrategyState]:
+        book = self.state(day)
         now = self.clock.now()
         qqq = await self.broker.quote("QQQ")
         prev = await self._prev_close_for(day)
         lot_quotes: dict[int, OptionQuote] = {}
-        if book.lots:
-            quotes = await self.broker.option_quotes([lot.contract for lot in book.lots])
+        if book.open_lots:
+            quotes = await self.broker.option_quotes([lot.contract for lot in book.open_lots])
             by_contract = {q.contract: q for q in quotes}
-            for lot in book.lots:
+            for lot in book.open_lots:
                 q = by_contract.get(lot.contract)
                 if q is not None:
                     lot_quotes[lot.id] = q
-                    if q.iv:
-                        self.iv_guess = q.iv
                 elif (day, lot.id) not in self._no_quote_alerted:  # the DB is asked once per lot and day
                     self._no_quote_alerted.add((day, lot.id))
                     if kv.put_once(f"no_quote:{day.isoformat()}:{lot.id}", "1", now):  # once across restarts too
@@ -348,18 +329,14 @@ class Engine:
             await self._settle_expired_lots(day)
             self._last_day = day
         settings = self.settings.current
-        snap, book = await self.snapshot(day)
-        state = StrategyState(
-            open_lots=book.lots, entered_this_session=book.entered, rolled_this_session=book.rolled,
-            unresolved_order=book.unresolved, pool=book.pool, pending_roll_buy=book.pending_roll,
-        )
+        snap, state = await self.snapshot(day)
         plan = decide_tick(state, snap, settings)
         report = TickReport(now, day, plan.change, snap.qqq.price, snap.prev_close, plan, dry_run, settings.paused)
         if dry_run or settings.paused or plan.is_empty:
             return report
         from bot.actions import execute_plan
 
-        await execute_plan(self, plan, snap, book, settings, report)
+        await execute_plan(self, plan, snap, state, settings, report)
         return report
 
     async def _settle_expired_lots(self, day: date) -> None:
@@ -375,7 +352,6 @@ class Engine:
                 close = await self.prev_close(day)
             settle = expiry_settlement(lot, close)
             realized = ledger.close_expired_lot(lot.id, close, settle, self.clock.now())
-            self._changed()
             text = (f"Lot #{lot.id} {lot.contract.key} x{lot.qty} expired unsold (no bid to sell into); recorded at "
                     f"{settle} per share, realized {realized:+.2f} USD")
             if close is None:
@@ -390,7 +366,6 @@ class Engine:
         for roll in ledger.rolls_with_pending_buy():
             if roll.session_day < day:
                 ledger.set_roll_status(roll.id, "buy_expired")
-                self._changed()
                 self.emit(EventKind.ROLL, f"Roll #{roll.id}: the buy leg was not bought during its session "
                           "and is dropped; the freed slot is open to a normal entry", roll_id=roll.id)
 

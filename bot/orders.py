@@ -48,10 +48,9 @@ class OrderOutcome:
 class OrderRunner:
     """Runs orders to a final state; one at a time per engine."""
 
-    def __init__(self, broker: Broker, clock: Clock, on_change: Callable[[], None]) -> None:
+    def __init__(self, broker: Broker, clock: Clock) -> None:
         self.broker = broker
         self.clock = clock
-        self._on_change = on_change
         self._final_events: dict[str, asyncio.Event] = {}
 
     def notify_final(self, order_ref: str) -> None:
@@ -105,16 +104,13 @@ class OrderRunner:
                                         context=context)
             if after_create is not None:
                 after_create(order)
-        self._on_change()
         ref = req.order_ref
         try:
             broker_id = await self.broker.place_order(req)
         except BrokerError as e:
             ledger.finish_order(ref, "rejected", self.clock.now(), str(e))
-            self._on_change()
             return OrderOutcome(ref, "rejected", 0, req.qty, str(e))
         ledger.mark_sent(ref, broker_id, self.clock.now())
-        self._on_change()
         try:
             return await self._work(req, settings, quote, tick, max_buy_limit)
         finally:
@@ -172,4 +168,3 @@ class OrderRunner:
         if order.status in ledger.ACTIVE:
             status = "filled" if order.filled_qty >= order.qty else "cancelled"
             ledger.finish_order(ref, status, self.clock.now(), "timed out" if status == "cancelled" else "")
-        self._on_change()

@@ -18,8 +18,16 @@ from strategy.model import Lot as LotView
 from strategy.model import OptionContract
 
 ACTIVE = ("pending_submit", "submitted", "partially_filled")
-FINAL = ("filled", "cancelled", "rejected", "abandoned")
 ZERO = Decimal(0)
+
+
+def write_version() -> tuple[int, int]:
+    """A key that changes whenever anything is written to the database: rows changed through this
+    thread's connection (SQLite's ``total_changes``) and commits made by any other connection
+    (``PRAGMA data_version``). A cache keyed on it cannot miss a write, wherever the write came from."""
+    conn = database_proxy.connection()
+    (other,) = database_proxy.execute_sql("PRAGMA data_version").fetchone()
+    return conn.total_changes, int(other)
 
 
 # --- orders ------------------------------------------------------------------------------------
