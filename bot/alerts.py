@@ -53,6 +53,12 @@ class AlertSink(Protocol):
     def emit(self, event: Event) -> None: ...
 
 
+class Emit(Protocol):
+    """Raise one event: its kind, its text for the user, and data for the sinks."""
+
+    def __call__(self, kind: EventKind, text: str, **data: object) -> None: ...
+
+
 class LogSink:
     """Alerts to the log, one line each, labelled with the broker's mode ([SIM], [PAPER])."""
 

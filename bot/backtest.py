@@ -187,7 +187,7 @@ async def run_backtest(
                 progress(i + 1, total)
         await engine.stop()
         closes = {b.day: b.close for b in bars}
-        result = build_result(bars[0].day, bars[-1].day, equity, closes, cfg.capital, settings.current)
+        result = build_result(equity, closes, cfg.capital, settings.current)
         first = closes[equity[0][0]]
         bh = [float(cfg.capital) * closes[d] / first for d, _ in equity]
         return BacktestRun(result, positions, bh, db_path)

@@ -7,12 +7,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import date, datetime
 from decimal import Decimal
 
+from bot.actions import Desk, execute_plan
 from bot.alerts import AlertSink, Event, EventKind
 from bot.orders import ORDER_REF_PREFIX, OrderRunner
+from bot.reconcile import reconcile
+from bot.report import TickReport
 from bot.settings_service import SettingsService
 from broker.base import (
     Broker,
@@ -24,54 +27,19 @@ from broker.base import (
 )
 from broker.clock import Clock
 from storage import kv, ledger
-from strategy.calendar import NY, SessionCalendar
-from strategy.model import MarketSnapshot, OptionQuote, StrategyState, TickPlan
+from storage.models import OrderPurpose, OrderState, RollStatus
+from strategy.calendar import SessionCalendar
+from strategy.model import MarketSnapshot, OptionQuote, StrategyState
 from strategy.rules import DailyLimits, decide_tick, expiry_settlement, has_expired
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class TickReport:
-    """What one tick saw, decided and did (for /status, /check and the log)."""
-
-    time: datetime
-    session: date | None
-    change: Decimal | None = None
-    qqq: Decimal | None = None
-    prev_close: Decimal | None = None
-    plan: TickPlan | None = None
-    dry_run: bool = False
-    paused: bool = False
-    actions: list[str] = field(default_factory=list)
-    skipped: str = ""
-
-    def summary(self) -> str:
-        if self.skipped:
-            return self.skipped
-        parts = []
-        if self.change is not None:
-            parts.append(f"QQQ {self.qqq} ({self.change * 100:+.2f}% vs {self.prev_close})")
-        would = "would " if (self.dry_run or self.paused) else ""
-        plan = self.plan
-        if plan is not None:
-            for e in plan.exits:
-                parts.append(f"{would}sell lot #{e.lot_id} ({e.reason.value})")
-            if plan.retry_roll_buy is not None:
-                parts.append(f"{would}retry roll #{plan.retry_roll_buy} buy leg")
-            if plan.roll is not None:
-                parts.append(f"{would}roll lot #{plan.roll.lot_id}")
-            if plan.entry is not None:
-                parts.append(f"{would}enter a new LEAPS")
-            if plan.recycle is not None:
-                parts.append(f"{would}buy {plan.recycle.shares} QQQM")
-            parts.extend(plan.notes)
-            if plan.is_empty and not plan.notes:
-                parts.append("no action")
-        if self.paused:
-            parts.append("(paused)")
-        parts.extend(self.actions)
-        return "; ".join(parts)
+# The alert a sale that closes a lot raises, by the purpose of its order (a roll's sale: ROLL).
+LOT_CLOSED_EVENT: dict[OrderPurpose, EventKind] = {
+    OrderPurpose.TAKE_PROFIT: EventKind.TAKE_PROFIT,
+    OrderPurpose.FORCE_EXIT: EventKind.FORCE_EXIT,
+    OrderPurpose.EXPIRY_GUARD: EventKind.EXPIRY_GUARD,
+}
 
 
 class Engine:
@@ -94,6 +62,7 @@ class Engine:
         self.limits = limits or DailyLimits()
         self.persist_last_tick = persist_last_tick
         self.runner = OrderRunner(broker, clock)
+        self.desk = Desk(broker, clock, self.runner, self.limits, self.emit, self.report_error)
         self.ready = False
         self.last_report: TickReport | None = None
         self._lock = asyncio.Lock()
@@ -102,7 +71,6 @@ class Engine:
         self._last_day: date | None = None
         self._last_error = ""
         self._tick_errors = 0
-        self.iv_guess = 0.25
         self.last_snapshot: MarketSnapshot | None = None
         self.blocked = ""  # why this engine must not trade at all (e.g. a live account not allowed)
         self._dry_run_holds_lock = False
@@ -151,12 +119,11 @@ class Engine:
             kind = EventKind.ORDER_FILLED if order.filled_qty >= order.qty else EventKind.ORDER_PARTIAL
             self.emit(kind, f"{execution.side} {execution.qty} {what} @ {execution.price} "
                       f"({order.purpose}, {order.filled_qty}/{order.qty} filled)",
-                      order_ref=order.order_ref, purpose=order.purpose)
+                      order_ref=order.order_ref, purpose=order.purpose.value)
             if rec.closed_lot and rec.lot_id is not None:
                 lot = ledger.lot_row(rec.lot_id)
                 if lot is not None:
-                    self.emit(EventKind(order.purpose) if order.purpose in ("take_profit", "force_exit",
-                                                                           "expiry_guard") else EventKind.ROLL,
+                    self.emit(LOT_CLOSED_EVENT.get(order.purpose, EventKind.ROLL),
                               f"Lot #{lot.id} {what} closed ({order.purpose}); realized {lot.realized_pnl:.2f} USD",
                               lot_id=lot.id)
         except Exception:
@@ -176,7 +143,8 @@ class Engine:
                 order = ledger.order_by_ref(update.order_ref)
                 if order is None:
                     return
-                if ledger.finish_order(update.order_ref, update.status.value, self.clock.now(), update.message):
+                final = OrderState.CANCELLED if update.status == OrderStatus.CANCELLED else OrderState.REJECTED
+                if ledger.finish_order(update.order_ref, final, self.clock.now(), update.message):
                     cancelled = update.status == OrderStatus.CANCELLED
                     kind = EventKind.ORDER_CANCELLED if cancelled else EventKind.ORDER_REJECTED
                     self.emit(kind, f"Order {order.purpose} {order.side} {order.qty} ({order.filled_qty} filled) "
@@ -204,9 +172,7 @@ class Engine:
     async def reconcile(self) -> list[str]:
         """Align the ledger with the broker: record missed executions, settle orders the bot was
         working when it stopped, and only then allow new orders."""
-        from bot.reconcile import reconcile
-
-        notes = await reconcile(self)
+        notes = await reconcile(self.broker, self.clock, self.on_execution, self.emit)
         self.ready = True
         return notes
 
@@ -334,9 +300,8 @@ class Engine:
         report = TickReport(now, day, plan.change, snap.qqq.price, snap.prev_close, plan, dry_run, settings.paused)
         if dry_run or settings.paused or plan.is_empty:
             return report
-        from bot.actions import execute_plan
-
-        await execute_plan(self, plan, snap, state, settings, report)
+        if not await execute_plan(self.desk, plan, snap, state, settings, report):
+            self.ready = False  # an action failed: reconcile with the broker before the next order
         return report
 
     async def _settle_expired_lots(self, day: date) -> None:
@@ -365,9 +330,7 @@ class Engine:
     def _expire_old_roll_buys(self, day: date) -> None:
         for roll in ledger.rolls_with_pending_buy():
             if roll.session_day < day:
-                ledger.set_roll_status(roll.id, "buy_expired")
+                ledger.set_roll_status(roll.id, RollStatus.BUY_EXPIRED)
                 self.emit(EventKind.ROLL, f"Roll #{roll.id}: the buy leg was not bought during its session "
                           "and is dropped; the freed slot is open to a normal entry", roll_id=roll.id)
 
-    def today(self) -> date:
-        return self.clock.now().astimezone(NY).date()

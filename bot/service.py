@@ -16,7 +16,8 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, TypeVar, cast
 
-from bot.engine import Engine, TickReport
+from bot.engine import Engine
+from bot.report import TickReport
 from bot.settings_service import SettingsService
 from broker.base import AccountSummary, Position
 from storage import kv, ledger

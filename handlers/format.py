@@ -10,7 +10,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from bot.alerts import Event, EventKind
-from bot.engine import TickReport
+from bot.report import TickReport
 from bot.service import AccountView, PnlView, PositionsView, StatusView, TradeRow
 from strategy.calendar import NY
 from strategy.settings import GROUPS, SETTING_SPECS, SettingChange, SettingError, StrategySettings, format_value

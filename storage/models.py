@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from peewee import (
@@ -21,7 +22,87 @@ from peewee import (
     TextField,
 )
 
+from strategy.model import ExitReason
+
 database_proxy = DatabaseProxy()
+
+
+# --- the words the ledger stores, shared by storage and the shell ---------------------------------
+
+
+class OrderPurpose(StrEnum):
+    """Why an order was sent."""
+
+    ENTRY = "entry"
+    TAKE_PROFIT = "take_profit"
+    FORCE_EXIT = "force_exit"
+    EXPIRY_GUARD = "expiry_guard"
+    ROLL = "roll"
+    RECYCLE = "recycle"
+
+    @classmethod
+    def for_exit(cls, reason: ExitReason) -> OrderPurpose:
+        """The purpose of the sale an exit rule decided."""
+        return cls(reason.value)
+
+    @property
+    def is_exit(self) -> bool:
+        return self in (OrderPurpose.TAKE_PROFIT, OrderPurpose.FORCE_EXIT, OrderPurpose.EXPIRY_GUARD)
+
+
+class OrderState(StrEnum):
+    """Where an order stands. The first three are active: the bot still works it or waits for it."""
+
+    PENDING_SUBMIT = "pending_submit"  # written, not yet acknowledged as sent
+    SUBMITTED = "submitted"
+    PARTIALLY_FILLED = "partially_filled"
+    FILLED = "filled"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+    ABANDONED = "abandoned"  # never reached the broker (the bot stopped before sending)
+
+    @property
+    def is_active(self) -> bool:
+        return self in ACTIVE_STATES
+
+
+ACTIVE_STATES = (OrderState.PENDING_SUBMIT, OrderState.SUBMITTED, OrderState.PARTIALLY_FILLED)
+
+
+class RollStatus(StrEnum):
+    WORKING = "working"  # legs being sent
+    BUY_PENDING = "buy_pending"  # sold; the buy leg is retried at the next ticks of its session
+    COMPLETED = "completed"
+    FAILED = "failed"  # nothing was sold: nothing rolled
+    BUY_EXPIRED = "buy_expired"  # sold, but no buy during its session: the slot is free again
+
+
+class LotExit(StrEnum):
+    """How a lot was closed."""
+
+    TAKE_PROFIT = "take_profit"
+    FORCE_EXIT = "force_exit"
+    EXPIRY_GUARD = "expiry_guard"
+    ROLL = "roll"
+    EXPIRED = "expired"  # reached its expiry unsold
+    UNKNOWN = "unknown"  # a sale the bot cannot attribute to one of its orders
+
+
+class EnumField(CharField):
+    """A ``StrEnum`` stored as its value: only members can be written, members come back."""
+
+    def __init__(self, enum: type[StrEnum], **kwargs: Any) -> None:
+        self.enum = enum
+        kwargs.setdefault("max_length", 20)
+        super().__init__(**kwargs)
+
+    def db_value(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        return str(self.enum(value).value)  # ValueError for anything that is not a member
+
+    def python_value(self, value: Any) -> StrEnum | None:
+        return None if value is None else self.enum(value)
 
 
 class MoneyField(Field):
@@ -122,7 +203,7 @@ class Lot(BaseModel):
     realized_pnl = MoneyField(default=Decimal(0))
     opened_at = UtcDateTimeField()
     closed_at = UtcDateTimeField(null=True)
-    exit_reason = CharField(max_length=20, null=True)
+    exit_reason = EnumField(LotExit, null=True)
 
 
 class Roll(BaseModel):
@@ -133,7 +214,7 @@ class Roll(BaseModel):
     if TYPE_CHECKING:  # peewee's id accessors of the foreign keys
         old_lot_id: int
         new_lot_id: int | None
-    status = CharField(max_length=20)  # working | buy_pending | completed | failed | buy_expired
+    status = EnumField(RollStatus)
     combo = BooleanField()
     created_at = UtcDateTimeField()
     new_expiry = DateField(null=True)
@@ -144,7 +225,7 @@ class Order(BaseModel):
     id = AutoField()
     order_ref = CharField(unique=True, max_length=64)
     broker_order_id = CharField(null=True, max_length=64)
-    purpose = CharField(max_length=20)  # entry, take_profit, force_exit, expiry_guard, roll, recycle
+    purpose = EnumField(OrderPurpose)
     session_day = DateField(index=True)
     lot = ForeignKeyField(Lot, null=True, backref="orders")
     roll = ForeignKeyField(Roll, null=True, backref="orders")
@@ -156,7 +237,7 @@ class Order(BaseModel):
     sec_type = CharField(max_length=4)
     qty = IntegerField()
     limit = MoneyField()
-    status = CharField(max_length=20, index=True)
+    status = EnumField(OrderState, index=True)
     filled_qty = IntegerField(default=0)
     created_at = UtcDateTimeField()
     sent_at = UtcDateTimeField(null=True)

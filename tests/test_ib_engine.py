@@ -17,7 +17,8 @@ import pytest
 from peewee import Database
 
 from bot.alerts import EventKind, MemorySink
-from bot.engine import Engine, TickReport
+from bot.engine import Engine
+from bot.report import TickReport
 from bot.settings_service import SettingsService
 from broker.base import BrokerError, ConnectionState
 from broker.clock import SimClock

@@ -1,0 +1,52 @@
+"""What one tick saw, decided and did: the record the engine returns for /status, /check and the log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+
+from strategy.model import TickPlan
+
+
+@dataclass
+class TickReport:
+    """What one tick saw, decided and did (for /status, /check and the log)."""
+
+    time: datetime
+    session: date | None
+    change: Decimal | None = None
+    qqq: Decimal | None = None
+    prev_close: Decimal | None = None
+    plan: TickPlan | None = None
+    dry_run: bool = False
+    paused: bool = False
+    actions: list[str] = field(default_factory=list)
+    skipped: str = ""
+
+    def summary(self) -> str:
+        if self.skipped:
+            return self.skipped
+        parts = []
+        if self.change is not None:
+            parts.append(f"QQQ {self.qqq} ({self.change * 100:+.2f}% vs {self.prev_close})")
+        would = "would " if (self.dry_run or self.paused) else ""
+        plan = self.plan
+        if plan is not None:
+            for e in plan.exits:
+                parts.append(f"{would}sell lot #{e.lot_id} ({e.reason.value})")
+            if plan.retry_roll_buy is not None:
+                parts.append(f"{would}retry roll #{plan.retry_roll_buy} buy leg")
+            if plan.roll is not None:
+                parts.append(f"{would}roll lot #{plan.roll.lot_id}")
+            if plan.entry is not None:
+                parts.append(f"{would}enter a new LEAPS")
+            if plan.recycle is not None:
+                parts.append(f"{would}buy {plan.recycle.shares} QQQM")
+            parts.extend(plan.notes)
+            if plan.is_empty and not plan.notes:
+                parts.append("no action")
+        if self.paused:
+            parts.append("(paused)")
+        parts.extend(self.actions)
+        return "; ".join(parts)
