@@ -14,7 +14,7 @@ from datetime import date, timedelta
 from bot.alerts import LogSink, mode_label
 from bot.config import AppConfig
 from bot.engine import Engine
-from bot.health import write_heartbeat
+from bot.jobs import heartbeat
 from bot.settings_service import SettingsService
 from broker.base import Broker, BrokerError, LiveAccountRefused
 from broker.clock import WallClock
@@ -68,30 +68,10 @@ def _adopt_ledger(broker: Broker) -> None:
 
 
 async def _heartbeat(engine: Engine, clock: WallClock, cfg: AppConfig) -> None:
-    backed_up = None
+    backed_up: date | None = None
     while True:
-        try:
-            write_heartbeat(clock.now(), engine.broker.state.value)
-        except Exception:
-            log.exception("could not write the heartbeat")
-        today = clock.now().date()
-        if backed_up != today:
-            backed_up = today
-            await asyncio.to_thread(daily_backup_job, cfg, today)
+        backed_up = await heartbeat(engine, clock, cfg, backed_up)
         await asyncio.sleep(HEARTBEAT_S)
-
-
-def daily_backup_job(cfg: AppConfig, today: date) -> None:
-    """Today's SQLite backup under DATA_DIR/backups, keeping BACKUP_KEEP_DAYS days."""
-    from storage.backup import BackupError, daily_backup, sqlite_path
-
-    try:
-        path = sqlite_path(cfg.db_url)
-        daily_backup(path, path.parent / "backups", today, cfg.backup_keep_days)
-    except BackupError as e:
-        log.warning("daily backup skipped: %s", e)
-    except Exception:
-        log.exception("daily backup failed")
 
 
 async def _tick_loop(engine: Engine, settings: SettingsService, clock: WallClock, max_ticks: int | None) -> None:

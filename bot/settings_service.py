@@ -55,12 +55,3 @@ class SettingsService:
                     f"{format_value(change.key, change.new)} (by {who})")
         self._alerts.emit(Event(kind, text, now, {"key": change.key, "who": who}))
         return change
-
-    def apply_overrides(self, assignments: list[tuple[str, str]], who: str) -> list[SettingError]:
-        """Apply several ``key=value`` changes; returns the refused ones (the rest are stored)."""
-        errors = []
-        for key, value in assignments:
-            result = self.update(key, value, who)
-            if isinstance(result, SettingError):
-                errors.append(result)
-        return errors

@@ -1,22 +1,26 @@
 """The chat commands. Each is thin: access check (``guarded``) → parse → one service call →
-format → reply."""
+format → reply. ``COMMANDS`` at the end is the one table of them: it builds the handlers, the
+Telegram command menu and /help."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 from telegram import InputFile, Update
 from telegram.constants import ParseMode
 from telegram.error import TelegramError
-from telegram.ext import ContextTypes
 
 from bot.alerts import EventKind
 from bot.charts import pnl_chart_png
 from bot.logs import redactor
 from handlers import format as fmt
-from handlers.auth import deps_of, guarded, who
+from handlers.auth import Handler, guarded, who
+from handlers.context import BotContext
+from handlers.settings_kb import settings_command
 from storage import auth, kv
 from strategy.settings import SettingError
 
@@ -34,18 +38,18 @@ async def reply(update: Update, text: str) -> None:
 
 
 @guarded("admin")
-async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    deps = deps_of(context)
+async def start(update: Update, context: BotContext) -> None:
+    deps = context.deps
     user = update.effective_user
     chat = update.effective_chat
     assert user is not None and chat is not None
     status = auth.enrollment_status(user.id)
     if status == "active":
-        await reply(update, fmt.help_text(deps.label))
+        await reply(update, fmt.help_text(deps.label, help_lines()))
         return
     enrollment = auth.start_enrollment(user.id, deps.fernet, deps.now())
     if enrollment is None:  # activated meanwhile
-        await reply(update, fmt.help_text(deps.label))
+        await reply(update, fmt.help_text(deps.label, help_lines()))
         return
     redactor().add(enrollment.secret)  # whatever logs it later, the log shows ***
     caption = ("<b>Two-factor enrollment</b>\n"
@@ -61,7 +65,7 @@ async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     log.info("TOTP enrollment started for admin %s", user.id)
 
 
-async def _delete_enrollment_message(context: ContextTypes.DEFAULT_TYPE, user_id: int) -> None:
+async def _delete_enrollment_message(context: BotContext, user_id: int) -> None:
     """Delete the message holding a TOTP secret, best effort (Telegram refuses after 48 h)."""
     stored = kv.get(f"enroll_msg:{user_id}")
     if not stored:
@@ -69,17 +73,17 @@ async def _delete_enrollment_message(context: ContextTypes.DEFAULT_TYPE, user_id
     chat_id, _, msg_id = stored.partition(":")
     with contextlib.suppress(TelegramError, ValueError):
         await context.bot.delete_message(int(chat_id), int(msg_id))
-    kv.put(f"enroll_msg:{user_id}", "", deps_of(context).now())
+    kv.put(f"enroll_msg:{user_id}", "", context.deps.now())
 
 
 @guarded("admin")
-async def help_(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    await reply(update, fmt.help_text(deps_of(context).label))
+async def help_(update: Update, context: BotContext) -> None:
+    await reply(update, fmt.help_text(context.deps.label, help_lines()))
 
 
 @guarded("admin")
-async def login(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    deps = deps_of(context)
+async def login(update: Update, context: BotContext) -> None:
+    deps = context.deps
     user, message = update.effective_user, update.effective_message
     assert user is not None and message is not None
     code = "".join(context.args or [])
@@ -102,34 +106,34 @@ async def login(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 @guarded("admin")
-async def logout(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+async def logout(update: Update, context: BotContext) -> None:
     user = update.effective_user
     assert user is not None
-    had = auth.logout(user.id, deps_of(context).now())
+    had = auth.logout(user.id, context.deps.now())
     await reply(update, "Session closed." if had else "You had no open session.")
 
 
 @guarded("read")
-async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    deps = deps_of(context)
+async def status(update: Update, context: BotContext) -> None:
+    deps = context.deps
     await reply(update, fmt.status_text(await deps.service.status(), deps.label))
 
 
 @guarded("read")
-async def positions(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    deps = deps_of(context)
+async def positions(update: Update, context: BotContext) -> None:
+    deps = context.deps
     await reply(update, fmt.positions_text(await deps.service.positions(), deps.label))
 
 
 @guarded("read")
-async def account(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    deps = deps_of(context)
+async def account(update: Update, context: BotContext) -> None:
+    deps = context.deps
     await reply(update, fmt.account_text(await deps.service.account(), deps.label))
 
 
 @guarded("read")
-async def trades(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    deps = deps_of(context)
+async def trades(update: Update, context: BotContext) -> None:
+    deps = context.deps
     args = context.args or []
     n = 10
     if args:
@@ -141,8 +145,8 @@ async def trades(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 @guarded("read")
-async def pnl(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    deps = deps_of(context)
+async def pnl(update: Update, context: BotContext) -> None:
+    deps = context.deps
     view = await deps.service.pnl()
     text = fmt.pnl_text(view, deps.label)
     chat = update.effective_chat
@@ -160,8 +164,8 @@ async def pnl(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 @guarded("change")
-async def set_(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    deps = deps_of(context)
+async def set_(update: Update, context: BotContext) -> None:
+    deps = context.deps
     args = context.args or []
     if len(args) < 2:
         await reply(update, "Usage: <code>/set KEY VALUE</code>, e.g. <code>/set delta 0.6</code> or "
@@ -177,8 +181,8 @@ async def set_(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     await reply(update, f"✅ {fmt.change_text(result)}\nTakes effect at the next tick.")
 
 
-async def _pause(update: Update, context: ContextTypes.DEFAULT_TYPE, paused: bool) -> None:
-    deps = deps_of(context)
+async def _pause(update: Update, context: BotContext, paused: bool) -> None:
+    deps = context.deps
     result = deps.service.set_paused(paused, who(update))
     if isinstance(result, SettingError):  # pragma: no cover - on/off always parses
         await reply(update, fmt.error_text(result))
@@ -191,18 +195,18 @@ async def _pause(update: Update, context: ContextTypes.DEFAULT_TYPE, paused: boo
 
 
 @guarded("change")
-async def pause(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+async def pause(update: Update, context: BotContext) -> None:
     await _pause(update, context, True)
 
 
 @guarded("change")
-async def resume(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+async def resume(update: Update, context: BotContext) -> None:
     await _pause(update, context, False)
 
 
 @guarded("read")
-async def check(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    deps = deps_of(context)
+async def check(update: Update, context: BotContext) -> None:
+    deps = context.deps
     try:
         report = await deps.service.check()
     except TimeoutError:
@@ -212,5 +216,40 @@ async def check(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 @guarded("admin")
-async def unknown(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+async def unknown(update: Update, context: BotContext) -> None:
     await reply(update, "Unknown command. /help lists what I understand.")
+
+
+# --- the command table ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One chat command: its name, its handler and its line in the menu and in /help."""
+
+    name: str
+    handler: Handler
+    help: str
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("start", start, "enroll your authenticator (first time) and see this help"),
+    Command("help", help_, "the commands"),
+    Command("login", login, "/login CODE: open a session with your authenticator code"),
+    Command("logout", logout, "end your session"),
+    Command("status", status, "connection, mode, market, QQQ, next tick, last decision"),
+    Command("positions", positions, "the bot's lots and every other holding"),
+    Command("account", account, "net liquidation, cash, buying power, QQQM core, recycling pool"),
+    Command("trades", trades, "/trades [N]: the last N fills (default 10)"),
+    Command("pnl", pnl, "realized and unrealized P&L, with a chart"),
+    Command("settings", settings_command, "view and edit the strategy settings"),
+    Command("set", set_, "/set KEY VALUE, e.g. /set delta 0.6 (needs a session)"),
+    Command("pause", pause, "stop every automatic order (needs a session)"),
+    Command("resume", resume, "resume automatic orders (needs a session)"),
+    Command("check", check, "evaluate a tick now and show what it would do, without trading"),
+)
+
+
+def help_lines() -> Iterator[tuple[str, str]]:
+    """(name, description) of every command, in menu order."""
+    return ((c.name, c.help) for c in COMMANDS)

@@ -92,27 +92,10 @@ def notes_lines(notes: Iterable[str]) -> list[str]:
 
 # --- commands ------------------------------------------------------------------------------------
 
-HELP_LINES: tuple[tuple[str, str], ...] = (
-    ("start", "enroll your authenticator (first time) and see this help"),
-    ("help", "the commands"),
-    ("login", "/login CODE: open a session with your authenticator code"),
-    ("logout", "end your session"),
-    ("status", "connection, mode, market, QQQ, next tick, last decision"),
-    ("positions", "the bot's lots and every other holding"),
-    ("account", "net liquidation, cash, buying power, QQQM core, recycling pool"),
-    ("trades", "/trades [N]: the last N fills (default 10)"),
-    ("pnl", "realized and unrealized P&L, with a chart"),
-    ("settings", "view and edit the strategy settings"),
-    ("set", "/set KEY VALUE, e.g. /set delta 0.6 (needs a session)"),
-    ("pause", "stop every automatic order (needs a session)"),
-    ("resume", "resume automatic orders (needs a session)"),
-    ("check", "evaluate a tick now and show what it would do, without trading"),
-)
-
-
-def help_text(mode_label: str) -> str:
+def help_text(mode_label: str, commands: Iterable[tuple[str, str]]) -> str:
+    """/help: every command with its one-line description, from the command table."""
     lines = [f"<b>QQQ LEAPS bot</b> {e(mode_label)}".rstrip(), ""]
-    lines += [f"/{cmd} — {e(text)}" for cmd, text in HELP_LINES]
+    lines += [f"/{cmd} — {e(text)}" for cmd, text in commands]
     lines += ["", "Read-only commands need only your user id; changes need an open session (/login CODE)."]
     return "\n".join(lines)
 

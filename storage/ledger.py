@@ -332,12 +332,26 @@ def close_expired_lot(lot_id: int, underlying_close: Decimal | None, settlement:
         return realized
 
 
-def realized_option_events() -> list[tuple[datetime, Decimal]]:
-    """Every realized option P&L, in time order: closing fills and lots that expired unsold."""
-    events = [(f.time, f.realized_pnl) for f in Fill.select(Fill.time, Fill.realized_pnl).where(
-        (Fill.sec_type == "OPT") & Fill.realized_pnl.is_null(False))]
-    events += [(x.recorded_at, x.realized_pnl) for x in Expiry.select(Expiry.recorded_at, Expiry.realized_pnl)]
+def realized_option_events(start: datetime | None = None, end: datetime | None = None
+                           ) -> list[tuple[datetime, Decimal]]:
+    """Every realized option P&L in ``[start, end)`` (all when not given), in time order: closing
+    fills and lots that expired unsold. The one source of realized P&L for /pnl, the daily summary
+    and the period reports."""
+    fills = Fill.select(Fill.time, Fill.realized_pnl).where((Fill.sec_type == "OPT") & Fill.realized_pnl.is_null(False))
+    expired = Expiry.select(Expiry.recorded_at, Expiry.realized_pnl)
+    if start is not None:
+        fills = fills.where(Fill.time >= start)
+        expired = expired.where(Expiry.recorded_at >= start)
+    if end is not None:
+        fills = fills.where(Fill.time < end)
+        expired = expired.where(Expiry.recorded_at < end)
+    events = [(f.time, f.realized_pnl) for f in fills] + [(x.recorded_at, x.realized_pnl) for x in expired]
     return sorted(events, key=lambda e: e[0])
+
+
+def fills_between(start: datetime, end: datetime) -> list[Fill]:
+    """Fills with ``start <= time < end``, in time order."""
+    return list(Fill.select().where((Fill.time >= start) & (Fill.time < end)).order_by(Fill.time, Fill.id))
 
 
 def expiries() -> list[Expiry]:

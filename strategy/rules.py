@@ -44,11 +44,6 @@ def is_fresh(quote_time: datetime, now: datetime, max_age_s: int) -> bool:
     return -max_age_s <= age <= max_age_s
 
 
-def held_days(lot: Lot, now: datetime) -> int:
-    """Calendar days from the lot's first fill to today (America/New_York)."""
-    return lot.held_days(now.astimezone(NY).date())
-
-
 # --- Exit: the shield --------------------------------------------------------------------------
 
 
@@ -66,11 +61,6 @@ def take_profit_target(held: int, tiers: tuple[Tier, ...]) -> Decimal:
 def lot_pnl_pct(mid: Decimal, avg_entry_price: Decimal) -> Decimal:
     """pnl_pct = mid / avg_entry_price − 1, in percent (premium per share)."""
     return (mid / avg_entry_price - 1) * HUNDRED
-
-
-def should_take_profit(pnl_pct: Decimal, held: int, tiers: tuple[Tier, ...]) -> bool:
-    """Sell the whole lot when pnl_pct ≥ the current tier's target."""
-    return pnl_pct >= take_profit_target(held, tiers)
 
 
 def should_force_exit(lot: Lot, today: date, settings: StrategySettings) -> bool:
@@ -256,11 +246,6 @@ def limit_price(
 def worst_limit(bid: Decimal, ask: Decimal, side: Side, settings: StrategySettings, tick: Decimal) -> Decimal:
     """The furthest a limit may move from the mid (max_slippage of the spread)."""
     return limit_price(bid, ask, side, 10_000, settings, tick)
-
-
-def reprice_steps(settings: StrategySettings) -> int:
-    """How many reprices fit before the order times out."""
-    return max(0, (settings.order_timeout_s - 1) // settings.reprice_s)
 
 
 def can_afford(available_usd: Decimal, premium: Decimal, commission: Decimal) -> bool:

@@ -411,8 +411,19 @@ async def test_commands_are_registered_and_settings_keyboard_json(tg: Tg) -> Non
     calls = tg.api.of("setMyCommands")
     assert calls
     names = [c["command"] for c in json.loads(calls[-1].params["commands"])]
-    assert names == ["start", "help", "login", "logout", "status", "positions", "account", "trades", "pnl",
-                     "settings", "set", "pause", "resume", "check"]
+    # one table builds the menu, /help and the handlers: every command in it is in all three
+    from handlers.commands import COMMANDS
+
+    assert names == [c.name for c in COMMANDS]
+    assert {"start", "help", "login", "logout", "status", "positions", "account", "trades", "pnl", "settings",
+            "set", "pause", "resume", "check"} <= set(names)
+    await tg.send(ADMIN, "/help")
+    help_text = tg.api.last(ADMIN).text
+    assert all(f"/{n} " in help_text for n in names)
+    for name in names:
+        tg.api.clear()
+        await tg.send(ADMIN, f"/{name}")
+        assert "Unknown command" not in "\n".join(c.text for c in tg.api.of("sendMessage", ADMIN)), name
 
 
 async def test_connection_alerts_are_quiet_in_the_gateways_restart_window(tg: Tg) -> None:

@@ -22,11 +22,12 @@ import respx
 from telegram import Update
 
 from bot.config import AppConfig
-from bot.telegram_app import BotParts, build, startup
 from bot.totp import keygen
 from broker.clock import SimClock
 from broker.sim import SimBroker, SimFillModel
 from broker.sim_market import DailyBar, IvSource, PricePath
+from handlers.app import build, startup
+from handlers.context import BotParts
 from storage.db import close_database
 from strategy.calendar import nyse
 from tests.harness import World
@@ -259,7 +260,7 @@ async def open_tg(tmp: Path, bars: list[DailyBar] | None = None, *, fill: SimFil
         for key, value in (settings or {}).items():
             assert not hasattr(parts.engine.settings.update(key, value, "test"), "message")
         await parts.app.initialize()
-        await startup(parts.app, cfg, sender=False, jobs=False, connect_in_background=False)
+        await startup(parts.app, sender=False, jobs_on=False, connect_in_background=False)
         world = World(parts.engine, broker, clock, cal, parts.engine.alerts, parts.engine.settings,  # type: ignore[arg-type]
                       path)
         tg = Tg(parts, api, world, cfg)
