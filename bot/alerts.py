@@ -24,6 +24,7 @@ class EventKind(StrEnum):
     FORCE_EXIT = "force_exit"
     EXPIRY_GUARD = "expiry_guard"
     EXPIRED = "expired"
+    EXIT_HELD = "exit_held"
     ENTRY = "entry"
     ROLL = "roll"
     RECYCLE = "recycle"
@@ -39,6 +40,7 @@ class EventKind(StrEnum):
     RESUMED = "resumed"
     UNAUTHORIZED = "unauthorized"
     DAILY_SUMMARY = "daily_summary"
+    STARTED = "started"
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,8 +29,8 @@ from broker.clock import Clock
 from storage import kv, ledger
 from storage.models import OrderPurpose, OrderState, RollStatus
 from strategy.calendar import SessionCalendar
-from strategy.model import MarketSnapshot, OptionQuote, StrategyState
-from strategy.rules import DailyLimits, decide_tick, expiry_settlement, has_expired
+from strategy.model import MarketSnapshot, OptionQuote, StrategyState, TickPlan
+from strategy.rules import DailyLimits, allowed_under_pause, decide_tick, expiry_settlement, has_expired
 
 log = logging.getLogger(__name__)
 
@@ -298,11 +298,30 @@ class Engine:
         snap, state = await self.snapshot(day)
         plan = decide_tick(state, snap, settings)
         report = TickReport(now, day, plan.change, snap.qqq.price, snap.prev_close, plan, dry_run, settings.paused)
-        if dry_run or settings.paused or plan.is_empty:
+        if dry_run or plan.is_empty:
             return report
-        if not await execute_plan(self.desk, plan, snap, state, settings, report):
+        allowed = allowed_under_pause(plan, settings.paused)
+        if settings.paused:
+            self._alert_held_exits(plan, allowed, day)
+        if allowed.is_empty:
+            return report
+        if not await execute_plan(self.desk, allowed, snap, state, settings, report):
             self.ready = False  # an action failed: reconcile with the broker before the next order
         return report
+
+    def _alert_held_exits(self, plan: TickPlan, allowed: TickPlan, day: date) -> None:
+        """While everything is paused, an exit that falls due is alerted once per lot and session."""
+        sent = {e.lot_id for e in allowed.exits}
+        for e in plan.exits:
+            if e.lot_id in sent or not kv.put_once(f"exit_held:{day.isoformat()}:{e.lot_id}", e.reason.value,
+                                                   self.clock.now()):
+                continue
+            why = {"take_profit": f"reached its take-profit target (+{e.pnl_pct:.1f} % ≥ +{e.target_pct:.0f} %)"
+                   if e.pnl_pct is not None and e.target_pct is not None else "reached its take-profit target",
+                   "force_exit": f"is due for its force exit (held {e.held_days} days)",
+                   "expiry_guard": f"is due for the expiry guard ({e.dte} days to expiry)"}[e.reason.value]
+            self.emit(EventKind.EXIT_HELD, f"Lot #{e.lot_id} {why}; paused, not sold. /resume (or /pause entries) "
+                      "lets exits run", lot_id=e.lot_id)
 
     async def _settle_expired_lots(self, day: date) -> None:
         """Close, at their settlement value, lots whose expiry passed unsold (they had no bid to

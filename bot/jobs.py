@@ -14,6 +14,7 @@ from bot.alerts import EventKind
 from bot.config import AppConfig
 from bot.engine import Engine
 from bot.health import write_heartbeat
+from bot.settings_service import pause_text
 from broker.clock import Clock
 from storage import kv, ledger
 from strategy.calendar import NY, SessionCalendar
@@ -105,7 +106,7 @@ def daily_summary_text(engine: Engine, day: date) -> str:
     last = engine.last_report
     return (f"{day.isoformat()}: {f.fills} fills, realized {f.realized:+.2f} USD today; "
             f"{len(lots)}/{s.max_positions} lots open; recycling pool {ledger.recycling_pool():.2f} USD; "
-            f"{'paused' if s.paused else 'running'}. Last tick: {last.summary() if last else 'none'}")
+            f"{pause_text(s.paused).split(':')[0].lower()}. Last tick: {last.summary() if last else 'none'}")
 
 
 def send_daily_summary(engine: Engine, now: datetime) -> bool:

@@ -7,6 +7,7 @@ from datetime import date, datetime
 from decimal import Decimal
 
 from strategy.model import TickPlan
+from strategy.settings import PauseMode
 
 
 @dataclass
@@ -20,7 +21,7 @@ class TickReport:
     prev_close: Decimal | None = None
     plan: TickPlan | None = None
     dry_run: bool = False
-    paused: bool = False
+    paused: PauseMode = PauseMode.OFF
     actions: list[str] = field(default_factory=list)
     skipped: str = ""
 
@@ -30,23 +31,24 @@ class TickReport:
         parts = []
         if self.change is not None:
             parts.append(f"QQQ {self.qqq} ({self.change * 100:+.2f}% vs {self.prev_close})")
-        would = "would " if (self.dry_run or self.paused) else ""
         plan = self.plan
         if plan is not None:
+            exits_would = "would " if (self.dry_run or self.paused.holds_exits) else ""
+            buys_would = "would " if (self.dry_run or self.paused) else ""
             for e in plan.exits:
-                parts.append(f"{would}sell lot #{e.lot_id} ({e.reason.value})")
+                parts.append(f"{exits_would}sell lot #{e.lot_id} ({e.reason.value})")
             if plan.retry_roll_buy is not None:
-                parts.append(f"{would}retry roll #{plan.retry_roll_buy} buy leg")
+                parts.append(f"{buys_would}retry roll #{plan.retry_roll_buy} buy leg")
             if plan.roll is not None:
-                parts.append(f"{would}roll lot #{plan.roll.lot_id}")
+                parts.append(f"{buys_would}roll lot #{plan.roll.lot_id}")
             if plan.entry is not None:
-                parts.append(f"{would}enter a new LEAPS")
+                parts.append(f"{buys_would}enter a new LEAPS")
             if plan.recycle is not None:
-                parts.append(f"{would}buy {plan.recycle.shares} QQQM")
+                parts.append(f"{buys_would}buy {plan.recycle.shares} QQQM")
             parts.extend(plan.notes)
             if plan.is_empty and not plan.notes:
                 parts.append("no action")
         if self.paused:
-            parts.append("(paused)")
+            parts.append("(paused)" if self.paused.holds_exits else "(entries paused)")
         parts.extend(self.actions)
         return "; ".join(parts)

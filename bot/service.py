@@ -24,7 +24,7 @@ from storage import kv, ledger
 from strategy.calendar import NY
 from strategy.model import OptionQuote
 from strategy.rules import lot_pnl_pct, take_profit_target
-from strategy.settings import SettingChange, SettingError, StrategySettings
+from strategy.settings import PauseMode, SettingChange, SettingError, StrategySettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,7 +40,7 @@ class StatusView:
     mode: str
     broker: str
     connection: str
-    paused: bool
+    paused: PauseMode
     market_open: bool
     qqq_last: Decimal | None
     prev_close: Decimal | None
@@ -323,8 +323,8 @@ class BotService:
     def set_setting(self, key: str, value: str, who: str) -> SettingChange | SettingError:
         return self.settings.update(key, value, who)
 
-    def set_paused(self, paused: bool, who: str) -> SettingChange | SettingError:
-        return self.settings.update("paused", "on" if paused else "off", who)
+    def set_paused(self, mode: PauseMode, who: str) -> SettingChange | SettingError:
+        return self.settings.update("paused", mode.value, who)
 
     async def check(self) -> TickReport:
         """Evaluate a tick now and say what it would do, without trading."""

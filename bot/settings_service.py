@@ -10,6 +10,7 @@ from datetime import datetime
 from bot.alerts import AlertSink, Event, EventKind
 from storage import settings_store
 from strategy.settings import (
+    PauseMode,
     SettingChange,
     SettingError,
     StrategySettings,
@@ -19,6 +20,15 @@ from strategy.settings import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def pause_text(mode: PauseMode) -> str:
+    """What a pause holds back, in the user's words."""
+    if mode is PauseMode.ALL:
+        return "Paused: every automatic order is held back, exits included"
+    if mode is PauseMode.ENTRIES:
+        return "Entries paused: no new entries, rolls or recycling buys; exits keep running"
+    return "Running: automatic orders on"
 
 
 class SettingsService:
@@ -48,7 +58,7 @@ class SettingsService:
         self._current = change.settings
         if change.key == "paused":
             kind = EventKind.PAUSED if change.new else EventKind.RESUMED
-            text = f"{'Paused' if change.new else 'Resumed'} by {who}"
+            text = f"{pause_text(change.new)} (by {who})" if change.new else f"Resumed: automatic orders on (by {who})"
         else:
             kind = EventKind.SETTINGS_CHANGED
             text = (f"{change.key}: {format_value(change.key, change.old)} → "

@@ -17,12 +17,13 @@ from telegram.error import TelegramError
 from bot.alerts import EventKind
 from bot.charts import pnl_chart_png
 from bot.logs import redactor
+from bot.settings_service import pause_text
 from handlers import format as fmt
 from handlers.auth import Handler, guarded, who
 from handlers.context import BotContext
 from handlers.settings_kb import settings_command
 from storage import auth, kv
-from strategy.settings import SettingError
+from strategy.settings import PauseMode, SettingError
 
 log = logging.getLogger(__name__)
 MAX_TRADES = 50
@@ -181,27 +182,39 @@ async def set_(update: Update, context: BotContext) -> None:
     await reply(update, f"✅ {fmt.change_text(result)}\nTakes effect at the next tick.")
 
 
-async def _pause(update: Update, context: BotContext, paused: bool) -> None:
-    deps = context.deps
-    result = deps.service.set_paused(paused, who(update))
-    if isinstance(result, SettingError):  # pragma: no cover - on/off always parses
-        await reply(update, fmt.error_text(result))
-        return
-    if result.old == result.new:
-        await reply(update, "Already paused." if paused else "Already running.")
-        return
-    await reply(update, "⏸ Paused: no automatic order will be sent until /resume. Ticks still report."
-                if paused else "▶️ Resumed: automatic orders are on again from the next tick.")
-
-
 @guarded("change")
 async def pause(update: Update, context: BotContext) -> None:
-    await _pause(update, context, True)
+    """/pause [entries|all]: hold back new positions, or every automatic order (the default)."""
+    args = [a.lower() for a in context.args or []]
+    if len(args) > 1 or (args and args[0] not in ("entries", "all")):
+        await reply(update, "Usage: <code>/pause</code> (everything, exits included) or <code>/pause entries</code> "
+                    "(no new entries, rolls or recycling buys; exits keep running).")
+        return
+    mode = PauseMode.ENTRIES if args == ["entries"] else PauseMode.ALL
+    await _set_pause(update, context, mode)
 
 
 @guarded("change")
 async def resume(update: Update, context: BotContext) -> None:
-    await _pause(update, context, False)
+    await _set_pause(update, context, PauseMode.OFF)
+
+
+async def _set_pause(update: Update, context: BotContext, mode: PauseMode) -> None:
+    deps = context.deps
+    result = deps.service.set_paused(mode, who(update))
+    if isinstance(result, SettingError):  # pragma: no cover - the modes always parse
+        await reply(update, fmt.error_text(result))
+        return
+    if result.old == result.new:
+        already = {PauseMode.OFF: "Already running.", PauseMode.ALL: "Already paused.",
+                   PauseMode.ENTRIES: "Entries are already paused; exits keep running."}
+        await reply(update, already[mode])
+        return
+    if mode:
+        await reply(update, f"⏸ {fmt.e(pause_text(mode))}, until /resume. Ticks still run and report what they "
+                    "would do.")
+    else:
+        await reply(update, "▶️ Resumed: automatic orders are on again from the next tick.")
 
 
 @guarded("read")
@@ -244,7 +257,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("pnl", pnl, "realized and unrealized P&L, with a chart"),
     Command("settings", settings_command, "view and edit the strategy settings"),
     Command("set", set_, "/set KEY VALUE, e.g. /set delta 0.6 (needs a session)"),
-    Command("pause", pause, "stop every automatic order (needs a session)"),
+    Command("pause", pause, "/pause [entries]: hold back every automatic order, or only new positions"),
     Command("resume", resume, "resume automatic orders (needs a session)"),
     Command("check", check, "evaluate a tick now and show what it would do, without trading"),
 )

@@ -13,7 +13,15 @@ from bot.alerts import Event, EventKind
 from bot.report import TickReport
 from bot.service import AccountView, PnlView, PositionsView, StatusView, TradeRow
 from strategy.calendar import NY
-from strategy.settings import GROUPS, SETTING_SPECS, SettingChange, SettingError, StrategySettings, format_value
+from strategy.settings import (
+    GROUPS,
+    SETTING_SPECS,
+    PauseMode,
+    SettingChange,
+    SettingError,
+    StrategySettings,
+    format_value,
+)
 
 LIMIT = 4096
 ALERT_TEXT_LIMIT = 3000
@@ -100,13 +108,21 @@ def help_text(mode_label: str, commands: Iterable[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def pause_line(mode: PauseMode) -> str:
+    if mode is PauseMode.ALL:
+        return "⏸ <b>paused</b>: every automatic order held back, exits included"
+    if mode is PauseMode.ENTRIES:
+        return "⏸ <b>entries paused</b>: no new entries, rolls or recycling buys; exits run"
+    return "▶️ running"
+
+
 def status_text(v: StatusView, label: str) -> str:
     conn_icon = {"connected": "🟢", "degraded": "🟡", "down": "🔴"}.get(v.connection, "⚪")
     lines = [
         f"<b>Status</b> {e(label)}".rstrip(),
         f"Broker: {e(v.broker)}{'' if v.mode == v.broker else f' ({e(v.mode)})'} {conn_icon} {e(v.connection)}"
         + (f" — {e(v.connection_detail)}" if v.connection != "connected" and v.connection_detail else ""),
-        f"Automatic orders: {'⏸ <b>paused</b>' if v.paused else '▶️ running'}",
+        f"Automatic orders: {pause_line(v.paused)}",
         f"Market: {'open' if v.market_open else 'closed'}",
     ]
     if v.qqq_last is not None:
@@ -240,6 +256,7 @@ ALERT_TITLES: dict[EventKind, str] = {
     EventKind.ORDER_CANCELLED: "✖️ Cancelled", EventKind.ORDER_REJECTED: "⛔ Rejected",
     EventKind.TAKE_PROFIT: "💰 Take profit", EventKind.FORCE_EXIT: "⏱ Force exit",
     EventKind.EXPIRY_GUARD: "⏳ Expiry guard", EventKind.EXPIRED: "⌛ Expired unsold",
+    EventKind.EXIT_HELD: "⏸ Exit held back", EventKind.STARTED: "🚀 Started",
     EventKind.ENTRY: "🟢 Entry", EventKind.ROLL: "🔄 Roll",
     EventKind.RECYCLE: "♻️ Recycling", EventKind.NO_CONTRACT: "🔍 No eligible contract",
     EventKind.SKIPPED: "⏭ Skipped", EventKind.LIMIT_REACHED: "🛑 Daily limit",

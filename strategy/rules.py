@@ -25,7 +25,7 @@ from strategy.model import (
     StrategyState,
     TickPlan,
 )
-from strategy.settings import StrategySettings, Tier
+from strategy.settings import PauseMode, StrategySettings, Tier
 
 HUNDRED = Decimal(100)
 
@@ -275,6 +275,19 @@ def daily_limit_breach(
     return None
 
 
+# --- Pause --------------------------------------------------------------------------------------
+
+
+def allowed_under_pause(plan: TickPlan, mode: PauseMode) -> TickPlan:
+    """What a pause lets through: pause entries halts entries, rolls (and a roll's pending buy leg)
+    and recycling buys while exits keep running; pause all halts every automatic order."""
+    if mode is PauseMode.OFF:
+        return plan
+    if mode is PauseMode.ALL:
+        return TickPlan(change=plan.change, notes=plan.notes)
+    return TickPlan(change=plan.change, exits=plan.exits, notes=plan.notes)
+
+
 # --- The tick ----------------------------------------------------------------------------------
 
 
@@ -284,7 +297,7 @@ def decide_tick(state: StrategyState, snap: MarketSnapshot, settings: StrategySe
     Exits come first; while an order is unresolved (exits just decided included) nothing new is
     opened. A roll excludes an entry in the same session; the roll's buy leg still pending from an
     earlier tick of this session is retried before anything else is opened. Pause is not a rule
-    here: the plan says what the bot would do, and the engine sends nothing while paused."""
+    here: the plan says what the bot would do, and ``allowed_under_pause`` says what may be sent."""
     notes: list[str] = []
     price = snap.qqq.price
     fresh = price is not None and is_fresh(snap.qqq.time, snap.now, settings.max_quote_age_s)

@@ -19,7 +19,7 @@ from storage.db import close_database, open_database
 from storage.migrations import MIGRATIONS, current_version
 from storage.models import Fill, Lot, Order, Setting, SettingChange
 from strategy.model import OptionContract
-from strategy.settings import SettingError
+from strategy.settings import PauseMode, SettingError
 
 NOW = datetime(2025, 1, 6, 15, 0, tzinfo=UTC)
 C = OptionContract("QQQ", date(2026, 1, 16), Decimal("450"))
@@ -116,7 +116,11 @@ def test_pause_survives_restart_and_is_alerted(db: Database) -> None:
     alerts = MemorySink()
     SettingsService(alerts, lambda: NOW).update("paused", "on", "admin:1")
     assert alerts.kinds() == [EventKind.PAUSED]
-    assert SettingsService(MemorySink(), lambda: NOW).current.paused is True
+    # a plain pause is "pause all" (two modes since the entries-only pause)
+    assert SettingsService(MemorySink(), lambda: NOW).current.paused is PauseMode.ALL
+    SettingsService(alerts, lambda: NOW).update("pause", "entries", "admin:1")
+    assert SettingsService(MemorySink(), lambda: NOW).current.paused is PauseMode.ENTRIES
+    assert "exits keep running" in alerts.events[-1].text
 
 
 def test_schema_v1_database_is_migrated_to_the_latest(tmp_path: Path) -> None:
