@@ -161,6 +161,17 @@ class BrokerOrder:
 
 
 @dataclass(frozen=True, slots=True)
+class DailyBar:
+    """One session's open, high, low and close."""
+
+    day: date
+    open: float
+    high: float
+    low: float
+    close: float
+
+
+@dataclass(frozen=True, slots=True)
 class OptionChain:
     """Listed expiries and strikes of an underlying (strikes may be a superset for some expiries)."""
 

@@ -40,6 +40,7 @@ from broker.base import (
     BrokerOrder,
     CommissionReport,
     ConnectionState,
+    DailyBar,
     Execution,
     Instrument,
     LiveAccountRefused,
@@ -54,7 +55,6 @@ from broker.base import (
     request_problem,
 )
 from broker.clock import Clock, WallClock
-from broker.sim_market import DailyBar
 from strategy.calendar import NY, SessionCalendar
 from strategy.model import OptionContract, OptionQuote, Quote
 from strategy.pricing import bs_delta, implied_vol

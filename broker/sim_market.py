@@ -13,23 +13,13 @@ from datetime import date, datetime
 from itertools import pairwise
 from pathlib import Path
 
+from broker.base import DailyBar as DailyBar  # re-exported: its home was here
 from strategy.calendar import Session, SessionCalendar
 
 log = logging.getLogger(__name__)
 
 QQQM_RATIO = 0.4115  # QQQM is priced as QQQ × this
 _NULLS = ("", "null", "nan", "n/a", ".")
-
-
-@dataclass(frozen=True, slots=True)
-class DailyBar:
-    """One session's open, high, low and close."""
-
-    day: date
-    open: float
-    high: float
-    low: float
-    close: float
 
 
 class CsvError(ValueError):
