@@ -11,7 +11,8 @@ by ``asyncio.wait_for``. What it adds to `ib_async`:
   to the listener, before the state becomes CONNECTED (or DEGRADED) again;
 - market data by snapshots (``reqTickersAsync``) in paced batches, with delayed data as fallback
   on the no-subscription errors (354/10089/10167/10168), reported as DEGRADED;
-- option chains from ``reqSecDefOptParams``, quotes with model greeks, or BSM delta from the mid;
+- option chains from ``reqSecDefOptParams``, option quotes with IB's model greeks (delta and IV are
+  None when IB sends none: the strategy computes a missing delta, `strategy.selection.quote_delta`);
 - DAY limit orders with the bot's order reference in ``orderRef``, combos (BAG) for rolls, and the
   mapping of IB's order status, executions and (possibly late) commission reports to the
   `BrokerListener` events, each execution id once.
@@ -57,8 +58,6 @@ from broker.base import (
 from broker.clock import Clock, WallClock
 from strategy.calendar import NY, SessionCalendar
 from strategy.model import OptionContract, OptionQuote, Quote
-from strategy.pricing import bs_delta, implied_vol
-from strategy.selection import years_to_expiry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -77,8 +76,7 @@ class IBBroker:
 
     ``host``/``port``/``client_id`` locate IB Gateway (paper 4002/4004, live 4001/4003). ``account``
     picks one of several managed accounts (default: the first). ``calendar`` lets `prev_close`
-    skip non-session days like the sim does. ``rate``/``dividend_yield`` feed the BSM delta used
-    when IB sends no model greeks."""
+    skip non-session days like the sim does."""
 
     name = "ib"
     supports_combo = True
@@ -88,7 +86,7 @@ class IBBroker:
         request_timeout: float = 10.0, clock: Clock | None = None, account: str = "",
         calendar: SessionCalendar | None = None, reconnect_initial_s: float = 1.0, reconnect_max_s: float = 60.0,
         connectivity_grace_s: float = 120.0, pacing_backoff_s: float = 1.0, max_requests_per_s: int = 40,
-        snapshot_batch: int = 40, rate: float = 0.04, dividend_yield: float = 0.006, ib: IB | None = None,
+        snapshot_batch: int = 40, ib: IB | None = None,
     ) -> None:
         self.host = host
         self.port = int(port)
@@ -104,8 +102,6 @@ class IBBroker:
         self.pacing_backoff_s = pacing_backoff_s
         self.max_requests_per_s = max_requests_per_s
         self.snapshot_batch = max(1, snapshot_batch)
-        self.rate = rate
-        self.dividend_yield = dividend_yield
         self.mode: BrokerMode = "paper"
         self.account = account
         self._account_cfg = account
@@ -575,14 +571,13 @@ class IBBroker:
 
     async def option_quotes(self, contracts: Sequence[OptionContract]) -> list[OptionQuote]:
         """Snapshots of exactly these contracts (the caller asks for a narrow window); delta and IV
-        from IB's model greeks, else BSM from the mid and the underlying's price."""
+        from IB's model greeks, both None when IB sent no usable ones."""
         if not contracts:
             return []
         qualified = await self._qualify(contracts)
         listed = [(oc, qualified[oc.key]) for oc in contracts if oc.key in qualified]
         tickers = await self._snapshots([c for _, c in listed])
         now = self._quote_time()
-        spots: dict[str, float | None] = {}
         out = []
         for oc, c in listed:
             t = tickers.get(c.conId)
@@ -591,37 +586,9 @@ class IBBroker:
             bid, ask = cv.price(t.bid), cv.price(t.ask)
             if ask is None:
                 continue
-            delta = iv = None
-            g = t.modelGreeks
-            if g is not None and g.delta is not None and math.isfinite(g.delta):
-                delta = g.delta
-                iv = g.impliedVol if g.impliedVol is not None and math.isfinite(g.impliedVol) else None
-                if g.undPrice is not None and math.isfinite(g.undPrice) and g.undPrice > 0:
-                    spots.setdefault(oc.symbol, g.undPrice)
-            elif bid is not None:
-                if oc.symbol not in spots:
-                    spots[oc.symbol] = await self._spot(oc.symbol)
-                delta, iv = self._bsm(oc, (bid + ask) / 2, spots[oc.symbol])
+            delta, iv = cv.model_delta_iv(t.modelGreeks)
             out.append(OptionQuote(oc, bid if bid is not None else Decimal(0), ask, now, delta, iv, cv.CENT))
         return out
-
-    async def _spot(self, symbol: str) -> float | None:
-        try:
-            q = await self.quote(symbol)
-        except BrokerError as e:
-            log.warning("ib: no %s price for a BSM delta: %s", symbol, e)
-            return None
-        return float(q.price) if q.price is not None else None
-
-    def _bsm(self, oc: OptionContract, mid: Decimal, spot: float | None) -> tuple[float | None, float | None]:
-        if spot is None or mid <= 0:
-            return None, None
-        T = years_to_expiry(oc.expiry, self._today())
-        S, K = spot, float(oc.strike)
-        sigma = implied_vol(float(mid), S, K, T, self.rate, self.dividend_yield, oc.right)
-        if sigma is None:
-            return None, None
-        return bs_delta(S, K, T, self.rate, self.dividend_yield, sigma, oc.right), sigma
 
     # --- orders ----------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import math
 from datetime import date, datetime
 from decimal import Decimal
 
-from ib_async import ComboLeg, Contract, Fill, Option, Stock, Trade
+from ib_async import ComboLeg, Contract, Fill, Option, OptionComputation, Stock, Trade
 
 from broker.base import Execution, Instrument, OrderStatus, PositionCategory, StockContract
 from strategy.model import OptionContract
@@ -39,6 +39,15 @@ def price(x: float | None) -> Decimal | None:
     if x is None or not math.isfinite(x) or x <= 0:
         return None
     return dec(x)
+
+
+def model_delta_iv(greeks: OptionComputation | None) -> tuple[float | None, float | None]:
+    """Delta and implied volatility from IB's model greeks; (None, None) when IB sent no usable
+    delta (the strategy then computes one from the mid with the user's rate and dividend yield)."""
+    if greeks is None or greeks.delta is None or not math.isfinite(greeks.delta):
+        return None, None
+    iv = greeks.impliedVol
+    return greeks.delta, iv if iv is not None and math.isfinite(iv) else None
 
 
 def ib_date(text: str) -> date:
