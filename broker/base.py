@@ -18,6 +18,7 @@ from typing import Literal, Protocol, runtime_checkable
 from strategy.model import OptionContract, OptionQuote, Quote, Side
 
 BrokerMode = Literal["sim", "paper", "live"]
+MarketDataKind = Literal["live", "delayed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +239,16 @@ class Broker(Protocol):
     @property
     def state(self) -> ConnectionState: ...
 
+    @property
+    def detail(self) -> str:
+        """A human line about the connection (shown beside a state that is not CONNECTED); may be ""."""
+        ...
+
+    @property
+    def market_data(self) -> MarketDataKind | None:
+        """"live" or "delayed" (15 minutes old, never traded on); None when the broker cannot tell."""
+        ...
+
     def set_listener(self, listener: BrokerListener | None) -> None: ...
 
     async def connect(self) -> None: ...
@@ -248,6 +259,10 @@ class Broker(Protocol):
 
     async def prev_close(self, symbol: str) -> Decimal:
         """The official close of the session before the current (or, outside hours, last) one."""
+        ...
+
+    async def historical_daily_bars(self, symbol: str, start: date, end: date) -> list[DailyBar]:
+        """Daily bars of ``symbol`` from ``start`` to ``end`` inclusive, oldest first."""
         ...
 
     async def option_chain(self, symbol: str) -> OptionChain: ...

@@ -45,6 +45,7 @@ from broker.base import (
     Execution,
     Instrument,
     LiveAccountRefused,
+    MarketDataKind,
     OptionChain,
     OrderLeg,
     OrderRequest,
@@ -140,7 +141,7 @@ class IBBroker:
         return self._state
 
     @property
-    def market_data(self) -> str:
+    def market_data(self) -> MarketDataKind:
         """"live" or "delayed" (for /status)."""
         return "delayed" if self._delayed else "live"
 
