@@ -233,8 +233,10 @@ class Broker(Protocol):
     """What the engine needs of a broker. Every method may raise ``BrokerError``."""
 
     name: str
-    mode: BrokerMode
     supports_combo: bool
+
+    @property
+    def mode(self) -> BrokerMode: ...
 
     @property
     def state(self) -> ConnectionState: ...
