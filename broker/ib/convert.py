@@ -70,7 +70,7 @@ def ib_date(text: str) -> date:
 
 
 def bar_day(d: date | datetime) -> date:
-    """The session day of a bar (IB sends a date for daily bars, a time for intraday ones)."""
+    """A bar's day in New York (ib_async dates daily bars; a bar with a time is converted)."""
     return d.astimezone(NY).date() if isinstance(d, datetime) else d
 
 
