@@ -226,8 +226,8 @@ class BotService:
             next_tick=eng.calendar.next_tick(now, s.check_interval_min, s.delay_after_open_min),
             last_tick_time=last_time, last_tick_summary=last_summary, open_lots=len(ledger.open_lots()),
             max_positions=s.max_positions, notes=tuple(notes),
-            connection_detail=str(getattr(eng.broker, "detail", "")),
-            market_data=getattr(eng.broker, "market_data", None),
+            connection_detail=eng.broker.detail,
+            market_data=eng.broker.market_data,
         )
 
     async def positions(self) -> PositionsView:
