@@ -306,6 +306,41 @@ class AlertRecord(BaseModel):
     attempts = IntegerField(default=0)
     sent_at = UtcDateTimeField(null=True)
     silent = BooleanField(default=False)  # sent without sound whatever the kind's level (schema v2)
+    actor = BigIntegerField(null=True)  # the admin whose own action raised it: they already have the reply (v4)
+    thread = CharField(max_length=64, null=True, index=True)  # the order it belongs to, if any (v4)
+
+
+class JournalEntry(BaseModel):
+    """The decision journal: what the rules decided, or why they did not, one row each time a topic's
+    decision or its reason changes (not one per tick). Topics: ``entry``, ``roll``, ``recycle``,
+    ``quote`` (QQQ data), and ``lot:N`` for one lot's exit rules."""
+
+    class Meta:
+        table_name = "journal"
+
+    id = AutoField()
+    session_day = DateField(index=True)
+    at = UtcDateTimeField()
+    topic = CharField(max_length=32, index=True)
+    lot = ForeignKeyField(Lot, null=True, backref="journal")
+    if TYPE_CHECKING:
+        lot_id: int | None
+    key = CharField(max_length=64)  # what the decision was, in a stable form: equal keys = same decision
+    text = TextField()  # the same, for the user
+
+
+class AuditEntry(BaseModel):
+    """Who did what from the chat, and when: manual orders, cancels, stops (settings changes and alert
+    levels are in the settings change log)."""
+
+    class Meta:
+        table_name = "audit"
+
+    id = AutoField()
+    at = UtcDateTimeField(index=True)
+    who = CharField(max_length=100)
+    action = CharField(max_length=32)
+    detail = TextField()
 
 
 ALL_MODELS: list[type[BaseModel]] = [
@@ -322,6 +357,8 @@ ALL_MODELS: list[type[BaseModel]] = [
     Recycle,
     AlertRecord,
     Expiry,
+    JournalEntry,
+    AuditEntry,
 ]
 
 _ = date  # re-exported for type users

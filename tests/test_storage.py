@@ -131,7 +131,12 @@ def test_schema_v1_database_is_migrated_to_the_latest(tmp_path: Path) -> None:
     close_database(open_database(url))
     con = sqlite3.connect(tmp_path / "old.db")  # make it look like a v1 database
     con.execute("ALTER TABLE alert DROP COLUMN silent")
+    con.execute("DROP INDEX alert_thread")
+    con.execute("ALTER TABLE alert DROP COLUMN thread")
+    con.execute("ALTER TABLE alert DROP COLUMN actor")
     con.execute("DROP TABLE expiry")
+    con.execute("DROP TABLE journal")
+    con.execute("DROP TABLE audit")
     con.execute("DELETE FROM schema_version WHERE version >= 2")
     con.execute("INSERT INTO alert (kind, text, created_at, status, attempts) VALUES ('error', 'old', "
                 "'2024-01-01T00:00:00+00:00', 'sent', 1)")
@@ -144,5 +149,9 @@ def test_schema_v1_database_is_migrated_to_the_latest(tmp_path: Path) -> None:
         from storage.models import Expiry
 
         assert Expiry.select().count() == 0  # v3's table exists
+        from storage.models import AuditEntry, JournalEntry
+
+        assert old.actor is None and old.thread is None  # v4's columns
+        assert JournalEntry.select().count() == 0 and AuditEntry.select().count() == 0  # and tables
     finally:
         close_database(db)
