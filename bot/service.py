@@ -16,13 +16,15 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, TypeVar, cast
 
+from bot import manual
 from bot.engine import Engine
+from bot.manual import Done, EntryPreview, Refusal, SellPreview, WorkingOrder
 from bot.report import TickReport
 from bot.settings_service import SettingsService
 from broker.base import AccountSummary, Position
 from storage import kv, ledger
 from strategy.calendar import NY
-from strategy.model import OptionQuote
+from strategy.model import OptionContract, OptionQuote
 from strategy.rules import lot_pnl_pct, take_profit_target
 from strategy.settings import PauseMode, SettingChange, SettingError, StrategySettings
 
@@ -98,6 +100,16 @@ class TradeRow:
     commission: Decimal | None
     realized: Decimal | None
     purpose: str
+
+
+@dataclass(frozen=True, slots=True)
+class OrdersView:
+    """The working orders, each with the quote of what it trades (bid, ask) when the broker gave one."""
+
+    orders: tuple[WorkingOrder, ...]
+    quotes: dict[str, tuple[Decimal | None, Decimal | None]]
+    now: datetime
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +337,55 @@ class BotService:
 
     def set_paused(self, mode: PauseMode, who: str) -> SettingChange | SettingError:
         return self.settings.update("paused", mode.value, who)
+
+    # --- manual control ---------------------------------------------------------------------------
+
+    async def sell_preview(self, lot_id: int) -> SellPreview | Refusal:
+        try:
+            return await asyncio.wait_for(manual.sell_preview(self.engine, lot_id), BROKER_TIMEOUT_S)
+        except TimeoutError:
+            return Refusal("the broker did not give a quote in time; try again")
+
+    async def sell(self, lot_id: int, who: str) -> Done | Refusal:
+        return await manual.sell(self.engine, lot_id, who)
+
+    async def enter_preview(self) -> EntryPreview | Refusal:
+        try:
+            return await asyncio.wait_for(manual.enter_preview(self.engine), CHECK_TIMEOUT_S)
+        except TimeoutError:
+            return Refusal("the broker did not answer in time; try again")
+
+    async def enter(self, who: str, expected_contract: str) -> Done | EntryPreview | Refusal:
+        return await manual.enter(self.engine, who, expected_contract)
+
+    async def orders(self) -> OrdersView:
+        notes: list[str] = []
+        orders = tuple(manual.working_orders())
+        quotes: dict[str, tuple[Decimal | None, Decimal | None]] = {}
+        contracts = {o.order_ref: ledger.order_instruments(o.order_ref) for o in orders}
+        options = [c for cs in contracts.values() for c in cs if isinstance(c, OptionContract)]
+        if options:
+            keys = ",".join(sorted({c.key for c in options}))
+            got = await self._ask(f"option_quotes:{keys}", "option quotes",
+                                  lambda: self.engine.broker.option_quotes(options), notes) or []
+            by_key = {q.contract.key: q for q in got}
+            for ref, cs in contracts.items():
+                if len(cs) == 1 and cs[0].key in by_key:
+                    q = by_key[cs[0].key]
+                    quotes[ref] = (q.bid, q.ask)
+        return OrdersView(orders, quotes, self.engine.clock.now(), tuple(notes))
+
+    async def cancel(self, order_id: int | None, who: str) -> list[str] | Refusal:
+        return await manual.cancel(self.engine, order_id, who)
+
+    async def stop(self, who: str) -> list[str]:
+        return await manual.stop(self.engine, who)
+
+    async def sell_all(self, who: str) -> list[str]:
+        return await manual.sell_all(self.engine, who)
+
+    async def open_lot_count(self) -> int:
+        return len(ledger.open_lots())
 
     async def check(self) -> TickReport:
         """Evaluate a tick now and say what it would do, without trading."""

@@ -19,6 +19,7 @@ from bot.charts import pnl_chart_png
 from bot.logs import redactor
 from bot.settings_service import pause_text
 from handlers import format as fmt
+from handlers import manual
 from handlers.auth import Handler, guarded, who
 from handlers.context import BotContext
 from handlers.settings_kb import settings_command
@@ -123,7 +124,11 @@ async def status(update: Update, context: BotContext) -> None:
 @guarded("read")
 async def positions(update: Update, context: BotContext) -> None:
     deps = context.deps
-    await reply(update, fmt.positions_text(await deps.service.positions(), deps.label))
+    view = await deps.service.positions()
+    user = update.effective_user
+    assert user is not None
+    markup = manual.sell_buttons(deps, user.id, [lot.id for lot in view.lots])
+    await manual.reply_with(update, fmt.positions_text(view, deps.label), markup)
 
 
 @guarded("read")
@@ -260,6 +265,11 @@ COMMANDS: tuple[Command, ...] = (
     Command("pause", pause, "/pause [entries]: hold back every automatic order, or only new positions"),
     Command("resume", resume, "resume automatic orders (needs a session)"),
     Command("check", check, "evaluate a tick now and show what it would do, without trading"),
+    Command("orders", manual.orders_command, "working orders, with a Cancel button each"),
+    Command("sell", manual.sell_command, "/sell N: sell lot N now (needs a session; asks to confirm)"),
+    Command("enter", manual.enter_command, "buy a new lot now, without waiting for a dip (confirm)"),
+    Command("cancel", manual.cancel_command, "/cancel ID or /cancel all: cancel working orders (confirm)"),
+    Command("stop", manual.stop_command, "emergency: pause everything and cancel every order (confirm)"),
 )
 
 

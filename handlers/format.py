@@ -10,8 +10,9 @@ from datetime import datetime
 from decimal import Decimal
 
 from bot.alerts import Event, EventKind
+from bot.manual import EntryPreview, SellPreview, WorkingOrder
 from bot.report import TickReport
-from bot.service import AccountView, PnlView, PositionsView, StatusView, TradeRow
+from bot.service import AccountView, OrdersView, PnlView, PositionsView, StatusView, TradeRow
 from strategy.calendar import NY
 from strategy.settings import (
     GROUPS,
@@ -256,7 +257,7 @@ ALERT_TITLES: dict[EventKind, str] = {
     EventKind.ORDER_CANCELLED: "✖️ Cancelled", EventKind.ORDER_REJECTED: "⛔ Rejected",
     EventKind.TAKE_PROFIT: "💰 Take profit", EventKind.FORCE_EXIT: "⏱ Force exit",
     EventKind.EXPIRY_GUARD: "⏳ Expiry guard", EventKind.EXPIRED: "⌛ Expired unsold",
-    EventKind.EXIT_HELD: "⏸ Exit held back", EventKind.STARTED: "🚀 Started",
+    EventKind.EXIT_HELD: "⏸ Exit held back", EventKind.STARTED: "🚀 Started", EventKind.MANUAL: "🖐 Manual",
     EventKind.ENTRY: "🟢 Entry", EventKind.ROLL: "🔄 Roll",
     EventKind.RECYCLE: "♻️ Recycling", EventKind.NO_CONTRACT: "🔍 No eligible contract",
     EventKind.SKIPPED: "⏭ Skipped", EventKind.LIMIT_REACHED: "🛑 Daily limit",
@@ -272,3 +273,72 @@ def alert_html(event: Event, label: str) -> str:
     text = event.text if len(event.text) <= ALERT_TEXT_LIMIT else event.text[:ALERT_TEXT_LIMIT] + "…"
     head = f"{e(label)} <b>{e(title)}</b>".strip()
     return f"{head}\n{e(text)}"
+
+
+# --- manual control --------------------------------------------------------------------------------
+
+
+def sell_preview_text(p: SellPreview) -> str:
+    lot = p.lot
+    return "\n".join([
+        f"<b>Sell lot #{lot.id} now?</b>",
+        f"{e(lot.contract.key)} × {lot.qty}, bought at <code>{lot.avg_price:.2f}</code>",
+        f"bid <code>{p.bid:.2f}</code> · ask <code>{p.ask:.2f}</code> · mid <code>{p.mid:.2f}</code>",
+        f"Value at the mid: <code>{e(money(p.value))}</code>",
+        f"Estimated P&amp;L: {mark(p.pnl_usd)} <code>{e(money(p.pnl_usd, signed=True))}</code> "
+        f"({e(pct(p.pnl_pct))}) after commissions",
+        "A limit order at the mid, repriced toward the bid until it fills or times out.",
+    ])
+
+
+def entry_preview_text(p: EntryPreview) -> str:
+    return "\n".join([
+        f"<b>Buy {p.qty} {e(p.contract)} now?</b>",
+        f"delta <code>{p.delta:.2f}</code> · bid <code>{p.bid:.2f}</code> · ask <code>{p.ask:.2f}</code> · "
+        f"mid <code>{p.mid:.2f}</code>",
+        f"Premium at the mid: <code>{e(money(p.premium))}</code> plus commission; the limit may reprice up to "
+        f"<code>{p.max_limit:.2f}</code> ({e(money(p.max_limit * p.qty * 100))})",
+        "It counts as this session's entry: the strategy will not enter again today.",
+    ])
+
+
+def _order_line(o: WorkingOrder, quote: tuple[Decimal | None, Decimal | None] | None, now: datetime) -> list[str]:
+    age = int((now - o.created_at).total_seconds())
+    age_text = f"{age} s" if age < 120 else f"{age // 60} min"
+    vs = ""
+    if quote is not None and quote[0] is not None and quote[1] is not None:
+        vs = f" (bid {quote[0]:.2f} / ask {quote[1]:.2f})"
+    lines = [f"<b>#{o.id}</b> {e(o.purpose)}: {e(o.what)} × {o.qty}" + (f", {o.filled} filled" if o.filled else ""),
+             f"limit <code>{o.limit:.2f}</code>{e(vs)} · working for {e(age_text)}"]
+    if o.roll_note:
+        lines.append(f"<i>{e(o.roll_note)}</i>")
+    return lines
+
+
+def orders_text(v: OrdersView, label: str) -> str:
+    lines = [f"<b>Working orders</b> {e(label)}".rstrip()]
+    if not v.orders:
+        lines.append("No order is working.")
+    for o in v.orders:
+        lines += ["", *_order_line(o, v.quotes.get(o.order_ref), v.now)]
+    lines += notes_lines(v.notes)
+    return "\n".join(lines)
+
+
+def cancel_ask_text(orders: Sequence[WorkingOrder]) -> str:
+    head = "Cancel this order?" if len(orders) == 1 else f"Cancel these {len(orders)} orders?"
+    lines = [f"<b>{head}</b>"]
+    for o in orders:
+        lines.append(f"#{o.id} {e(o.purpose)}: {e(o.what)} × {o.qty} at <code>{o.limit:.2f}</code>")
+        if o.roll_note:
+            lines.append(f"<i>{e(o.roll_note)}</i>")
+    return "\n".join(lines)
+
+
+def sell_all_ask_text(v: PositionsView) -> str:
+    lines = [f"<b>Sell all {len(v.lots)} lots now?</b>"]
+    for lot in v.lots:
+        lines.append(f"#{lot.id} {e(lot.contract)} × {lot.qty}: mid {e(money(lot.mid, ''))}, "
+                     f"{e(money(lot.pnl_usd, 'USD', signed=True))}")
+    lines.append("Each is a limit order at the mid, repriced toward the bid.")
+    return "\n".join(lines)

@@ -226,6 +226,8 @@ def _exit_of(order: Order | None) -> LotExit:
         return LotExit.UNKNOWN
     if order.roll_id is not None:
         return LotExit.ROLL
+    if order.purpose == OrderPurpose.MANUAL:
+        return LotExit.MANUAL
     return LotExit(order.purpose.value) if order.purpose.is_exit else LotExit.UNKNOWN
 
 
@@ -277,6 +279,27 @@ def fill_delta(fill: Fill, context: dict[str, Any]) -> float | None:
         return float(value) if isinstance(value, int | float) else None
     value = context.get("delta")
     return float(value) if isinstance(value, int | float) else None
+
+
+def order_instruments(order_ref: str) -> list[Any]:
+    """The instruments an order trades (one, or a combo's two legs), from its stored request."""
+    order = order_by_ref(order_ref)
+    if order is None:
+        return []
+    return [leg.instrument for leg in request_from_json(order.request).legs]
+
+
+def order_cash(order_ref: str) -> Decimal:
+    """The cash an order's fills moved, commissions included: positive when it received money (a sale),
+    negative when it paid (a buy). Commissions not reported yet count as 0."""
+    order = order_by_ref(order_ref)
+    if order is None:
+        return ZERO
+    total = ZERO
+    for f in Fill.select().where(Fill.order == order.id):
+        amount = f.price * f.qty * (100 if f.sec_type == "OPT" else 1)
+        total += (amount if f.side == "SELL" else -amount) - (f.commission or ZERO)
+    return total
 
 
 def known_exec_ids() -> set[str]:
