@@ -393,6 +393,36 @@ class Engine:
             self.emit(EventKind.EXIT_HELD, f"Lot #{e.lot_id} {why}; paused, not sold. /resume (or /pause entries) "
                       "lets exits run", lot_id=e.lot_id)
 
+    async def preview_next_open(self) -> TickReport:
+        """What the first tick of the next session would decide if prices stayed where they are now
+        (outside a session: the last prices, QQQ's as the previous close). Nothing is sent or stored."""
+        now = self.clock.now()
+        today = now.astimezone(NY).date()
+        upcoming = self.calendar.session(today)
+        if upcoming is None or upcoming.open <= now:
+            upcoming = self.calendar.next_session(today)
+        if upcoming is None:
+            return TickReport(now, None, dry_run=True, skipped="no next session in the calendar")
+        s = self.settings.current
+        ticks = self.calendar.tick_times(upcoming, s.check_interval_min, s.delay_after_open_min)
+        at = ticks[0] if ticks else upcoming.open
+        qqq = await self.broker.quote("QQQ")
+        last = qqq.price
+        if last is None:
+            return TickReport(now, upcoming.day, dry_run=True, skipped="no QQQ price to preview the next open with")
+        state = self.state(upcoming.day)
+        quotes = await self.broker.option_quotes([lot.contract for lot in state.open_lots]) if state.open_lots else []
+        by_contract = {q.contract: replace(q, time=at) for q in quotes}
+        lot_quotes = {lot.id: by_contract[lot.contract] for lot in state.open_lots if lot.contract in by_contract}
+        qqqm = None
+        if s.recycle_enabled and state.pool >= s.recycle_threshold and state.pool > 0:
+            qqqm = replace(await self.broker.quote("QQQM"), time=at)
+        snap = MarketSnapshot(at, upcoming.day, replace(qqq, time=at), last, lot_quotes, qqqm)
+        plan = decide_tick(state, snap, s)
+        report = TickReport(at, upcoming.day, plan.change, last, last, plan, True, s.paused)
+        report.reasons = explain_tick(state, snap, s, plan) + self._pause_reasons(plan, s)
+        return report
+
     async def _settle_expired_lots(self, day: date) -> None:
         """Close, at their settlement value, lots whose expiry passed unsold (they had no bid to
         sell into): the option no longer exists, and a lot left open would hold a slot for ever."""

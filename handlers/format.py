@@ -12,6 +12,7 @@ from decimal import Decimal
 from bot.alerts import Event, EventKind
 from bot.manual import EntryPreview, SellPreview, WorkingOrder
 from bot.report import TickReport
+from bot.reports import DayJournal, LotStory, PeriodRow
 from bot.service import AccountView, OrdersView, PnlView, PositionsView, StatusView, TradeRow
 from strategy.calendar import NY
 from strategy.settings import (
@@ -134,6 +135,8 @@ def status_text(v: StatusView, label: str) -> str:
     if v.market_data == "delayed":
         lines.append("⚠️ Delayed market data (no real-time subscription): shown, never traded on")
     lines.append(f"Lots: {v.open_lots} / {v.max_positions}")
+    lines.append(f"Your session: open until {e(ny(v.session_until))}" if v.session_until is not None else
+                 "Your session: none (read-only; /login CODE to change things)")
     lines.append(f"Next tick: {e(ny(v.next_tick))}")
     if v.last_tick_time:
         last = datetime.fromisoformat(v.last_tick_time)
@@ -154,9 +157,13 @@ def positions_text(v: PositionsView, label: str) -> str:
             f"<b>#{lot.id} {e(lot.contract)}</b> × {lot.qty}",
             f"entry <code>{lot.entry:.2f}</code> · mid <code>{e(money(lot.mid, ''))}</code> · "
             f"{mark(lot.pnl_pct)} {e(pct(lot.pnl_pct))} ({e(money(lot.pnl_usd, 'USD', signed=True))})",
+            f"value <code>{e(money(lot.value))}</code>",
             f"held {lot.held_days} d · target +{lot.target_pct:.0f} % · force exit in {lot.days_to_force_exit} d "
             f"· DTE {lot.dte}",
         ]
+    if v.lots:
+        lines += ["", f"<b>The bot's lots</b>: {len(v.lots)}, worth <code>{e(money(v.lots_value))}</code> at the mid, "
+                  f"{mark(v.lots_pnl)} <code>{e(money(v.lots_pnl, 'USD', signed=True))}</code> unrealized"]
     titles = {"stock": "Stocks", "option": "Options", "bond": "Bonds"}
     for cat, title in titles.items():
         rows = v.others.get(cat, ())
@@ -194,7 +201,7 @@ def account_text(v: AccountView, label: str) -> str:
 
 
 def trades_text(rows: Sequence[TradeRow], label: str) -> str:
-    title = "Last fill" if len(rows) == 1 else f"Last {len(rows)} fills"
+    title = "Fills" if not rows else ("Last fill" if len(rows) == 1 else f"Last {len(rows)} fills")
     lines = [f"<b>{title}</b> {e(label)}".rstrip()]
     if not rows:
         lines.append("No fills yet.")
@@ -222,9 +229,75 @@ def pnl_text(v: PnlView, label: str) -> str:
     return "\n".join(lines)
 
 
-def check_text(report: TickReport, label: str) -> str:
-    return "\n".join([f"<b>Check</b> {e(label)} (nothing was sent)".replace("  ", " "),
-                      e(report.summary() or "no action")])
+def check_text(report: TickReport, label: str, market_open: bool = True) -> str:
+    head = f"<b>Check</b> {e(label)} (nothing was sent)".replace("  ", " ")
+    lines = [head]
+    if not market_open and report.session is not None and not report.skipped:
+        lines.append(f"<i>The market is closed: this is the first tick of {report.session:%a %Y-%m-%d} "
+                     f"({e(ny(report.time))}) if prices stayed where they are now, QQQ's last price as its "
+                     "previous close.</i>")
+    lines.append(e(report.summary() or "no action"))
+    if report.reasons:
+        lines += ["", "<b>Why</b>"] + [f"• {e(r.text)}" for r in report.reasons]
+    return "\n".join(lines)
+
+
+def journal_text(j: DayJournal, label: str) -> str:
+    lines = [f"<b>Decisions of {j.day:%a %Y-%m-%d}</b> {e(label)}".rstrip()]
+    if not j.lines:
+        lines.append("Nothing recorded for this session yet.")
+    lines += [f"{e(line.at.astimezone(NY).strftime('%H:%M'))} {e(line.text)}" for line in j.lines]
+    lines.append("")
+    lines.append("One line each time a decision or its reason changes. /why N tells lot N's story.")
+    return "\n".join(lines)
+
+
+def lot_story_text(story: LotStory, label: str) -> str:
+    state = (f"closed {ny(story.closed_at)}, {e(story.how or '')}: realized "
+             f"{mark(story.realized)} <code>{e(money(story.realized, 'USD', signed=True))}</code>"
+             if story.qty_open == 0 else f"open, {story.qty_open} held")
+    lines = [f"<b>Lot #{story.lot_id}</b> {e(label)}".rstrip(),
+             f"{e(story.contract)} × {story.qty_opened}, average <code>{story.avg_price:.2f}</code>",
+             f"opened {e(ny(story.opened_at))}; {state}", ""]
+    if not story.lines:
+        lines.append("No journal lines for this lot (it predates the journal).")
+    lines += [f"{e(line.at.astimezone(NY).strftime('%Y-%m-%d %H:%M'))} {e(line.text)}" for line in story.lines]
+    return "\n".join(lines)
+
+
+_PERIOD_TITLES = {"day": "Realized P&amp;L by day", "week": "Realized P&amp;L by week",
+                  "month": "Realized P&amp;L by month"}
+
+
+def period_text(period: str, rows: Sequence[PeriodRow], label: str) -> str:
+    lines = [f"<b>{_PERIOD_TITLES[period]}</b> {e(label)}".rstrip(),
+             "<i>Options, net of commissions; lots that expired unsold included.</i>"]
+    total = sum((r.realized for r in rows), Decimal(0))
+    for r in rows:
+        when = {"day": f"{r.start:%a %Y-%m-%d}", "week": f"week of {r.start:%Y-%m-%d}",
+                "month": f"{r.start:%B %Y}"}[period]
+        counts = []
+        if r.sales:
+            counts.append(f"{r.sales} sale{'' if r.sales == 1 else 's'}")
+        if r.expiries:
+            counts.append(f"{r.expiries} expir{'y' if r.expiries == 1 else 'ies'}")
+        detail = f" ({', '.join(counts)}, {r.wins} won)" if counts else " (nothing closed)"
+        lines.append(f"{e(when)}: {mark(r.realized)} <code>{e(money(r.realized, 'USD', signed=True))}</code>"
+                     f"{e(detail)}")
+    lines.append(f"Total: {mark(total)} <code>{e(money(total, 'USD', signed=True))}</code>")
+    return "\n".join(lines)
+
+
+def logs_text(lines: Sequence[str]) -> str:
+    if not lines:
+        return "No log lines yet in this process."
+    return "\n".join([f"<b>Last {len(lines)} log line{'' if len(lines) == 1 else 's'}</b> (UTC, redacted)",
+                      *(f"<code>{e(line)}</code>" for line in lines)])
+
+
+def version_text(versions: dict[str, str], label: str) -> str:
+    return "\n".join([f"<b>Version</b> {e(label)}".rstrip(),
+                      *(f"{e(name)}: <code>{e(v)}</code>" for name, v in versions.items())])
 
 
 # --- settings ------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from peewee import fn
 
@@ -332,7 +332,7 @@ def open_lots() -> tuple[LotView, ...]:
 
 def realized_option_pnl() -> Decimal:
     """Realized option P&L: closing fills plus lots that expired unsold."""
-    return sum((pnl for _, pnl in realized_option_events()), ZERO)
+    return sum((e.pnl for e in realized_option_events()), ZERO)
 
 
 def close_expired_lot(lot_id: int, underlying_close: Decimal | None, settlement: Decimal, at: datetime) -> Decimal:
@@ -355,21 +355,31 @@ def close_expired_lot(lot_id: int, underlying_close: Decimal | None, settlement:
         return realized
 
 
-def realized_option_events(start: datetime | None = None, end: datetime | None = None
-                           ) -> list[tuple[datetime, Decimal]]:
+class RealizedEvent(NamedTuple):
+    """One realized option P&L: a closing sale (``lot_id`` when the bot's) or a lot that expired unsold."""
+
+    time: datetime
+    pnl: Decimal
+    kind: str  # "sale" or "expiry"
+    lot_id: int | None
+
+
+def realized_option_events(start: datetime | None = None, end: datetime | None = None) -> list[RealizedEvent]:
     """Every realized option P&L in ``[start, end)`` (all when not given), in time order: closing
     fills and lots that expired unsold. The one source of realized P&L for /pnl, the daily summary
     and the period reports."""
-    fills = Fill.select(Fill.time, Fill.realized_pnl).where((Fill.sec_type == "OPT") & Fill.realized_pnl.is_null(False))
-    expired = Expiry.select(Expiry.recorded_at, Expiry.realized_pnl)
+    fills = Fill.select(Fill.time, Fill.realized_pnl, Fill.lot).where(
+        (Fill.sec_type == "OPT") & Fill.realized_pnl.is_null(False))
+    expired = Expiry.select(Expiry.recorded_at, Expiry.realized_pnl, Expiry.lot)
     if start is not None:
         fills = fills.where(Fill.time >= start)
         expired = expired.where(Expiry.recorded_at >= start)
     if end is not None:
         fills = fills.where(Fill.time < end)
         expired = expired.where(Expiry.recorded_at < end)
-    events = [(f.time, f.realized_pnl) for f in fills] + [(x.recorded_at, x.realized_pnl) for x in expired]
-    return sorted(events, key=lambda e: e[0])
+    events = [RealizedEvent(f.time, f.realized_pnl, "sale", f.lot_id) for f in fills]
+    events += [RealizedEvent(x.recorded_at, x.realized_pnl, "expiry", x.lot_id) for x in expired]
+    return sorted(events, key=lambda e: e.time)
 
 
 def fills_between(start: datetime, end: datetime) -> list[Fill]:
