@@ -47,8 +47,8 @@ from strategy.settings import (
     format_value,
     group_keys,
     parse_setting,
-    range_text,
     unit_text,
+    valid_text,
 )
 
 log = logging.getLogger(__name__)
@@ -229,11 +229,12 @@ def _typing_example(key: str) -> str:
 
 def edit_screen(p: Panel, key: str) -> Screen:
     spec = SETTING_SPECS[key]
-    current = getattr(p.deps.service.current_settings(), key)
+    settings = p.deps.service.current_settings()
+    current = getattr(settings, key)
     typed_key = spec.aliases[0] if spec.aliases else key
     text = (f"<b>{fmt.e(spec.label)}</b>: {fmt.e(spec.help)}.\n"
             f"Now: {fmt.value_html(key, current)}\n"
-            f"Valid: {fmt.e(range_text(key))}\n"
+            f"Valid: {fmt.e(valid_text(settings, key))}\n"
             f"<i>The same from the chat: /set {fmt.e(typed_key)} VALUE</i>")
     presets = [p.button(_preset_text(key, x), "preset", key, x) for x in spec.presets
                if x != format_value(key, current)]
@@ -245,8 +246,9 @@ def edit_screen(p: Panel, key: str) -> Screen:
 
 def type_screen(p: Panel, key: str) -> Screen:
     spec = SETTING_SPECS[key]
-    text = (f"Send the new value for <b>{fmt.e(spec.label)}</b> ({fmt.e(range_text(key))}), "
-            f"e.g. <code>{fmt.e(_typing_example(key))}</code>.")
+    valid = valid_text(p.deps.service.current_settings(), key)
+    example = "" if "e.g." in valid else f", e.g. <code>{fmt.e(_typing_example(key))}</code>"
+    text = f"Send the new value for <b>{fmt.e(spec.label)}</b> ({fmt.e(valid)}){example}."
     return text, _markup([[p.button("« Back", "edit", key)]])
 
 

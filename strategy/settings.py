@@ -317,11 +317,24 @@ def range_text(key: str) -> str:
         return "on or off"
     if spec.kind == "choice":
         return ", ".join(spec.presets[:-1]) + " or " + spec.presets[-1]
+    if key == "check_interval_min":
+        return f"{_divisors_text()} min (a divisor of 60, so ticks align to the clock)"
     if spec.kind == "tiers":
         return (f"day:percent pairs, the first at day 0, days increasing up to {TIER_MAX_DAY}, targets above 0 % "
                 f"up to {TIER_MAX_PCT} %, e.g. 0:50,121:30,181:10")
     lo, hi = _bounds(key)
     return _span(key, lo, hi)
+
+
+def valid_text(settings: StrategySettings, key: str) -> str:
+    """The range valid *now*: a reprice interval must stay below the current order timeout."""
+    if key == "reprice_s":
+        timeout = settings.order_timeout_s
+        return f"{_span(key, _bounds(key)[0], Decimal(timeout - 1))}, below Order timeout ({timeout} s)"
+    if key == "order_timeout_s":
+        reprice = settings.reprice_s
+        return f"{_span(key, Decimal(reprice + 1), _bounds(key)[1])}, above Reprice after ({reprice} s)"
+    return range_text(key)
 
 
 def _span(key: str, lo: Decimal, hi: Decimal) -> str:
@@ -419,16 +432,14 @@ _UNIT_WORDS: dict[str, str] = {"%": "%", "usd": "USD", "$": "USD", "days": "days
 _UNIT_SUFFIXES = sorted(_UNIT_WORDS, key=len, reverse=True)  # "contracts" before "s", "usd" before "d"
 
 
-def _must_be(key: str) -> str:
-    return f"{label_of(key)} must be {range_text(key)}"
+@dataclass(frozen=True, slots=True)
+class _Problem:
+    """Why a text is not a value of its setting; ``parse_setting`` adds the range valid now."""
+
+    why: str
 
 
-def _refuse(key: str, why: str) -> SettingError:
-    """``why`` plus the setting's range and unit, as one message."""
-    return SettingError(f"{why}. {_must_be(key)}.")
-
-
-def _parse_raw(key: str, text: str, *, typed: bool = True) -> Any | SettingError:
+def _parse_raw(key: str, text: str, *, typed: bool = True) -> Any | _Problem:
     """A value of ``key`` from text; ``typed`` is False for stored text, which is always in the
     canonical form ``format_value`` wrote (so an old stored ``100.125`` is not taken for a
     thousands separator)."""
@@ -440,7 +451,7 @@ def _parse_raw(key: str, text: str, *, typed: bool = True) -> Any | SettingError
             return True
         if low in _FALSE:
             return False
-        return _refuse(key, f"'{raw}' is not on or off")
+        return _Problem(f"'{raw}' is not on or off")
     if spec.kind == "choice":
         return _parse_choice(key, raw)
     if spec.kind == "tiers":
@@ -464,18 +475,18 @@ def _unit_fits(spec: SettingSpec, word: str) -> bool:
     return spec.unit == unit or (unit == "%" and spec.unit.startswith("% "))
 
 
-def _parse_numeric(key: str, raw: str, typed: bool) -> Decimal | int | SettingError:
+def _parse_numeric(key: str, raw: str, typed: bool) -> Decimal | int | _Problem:
     spec = SETTING_SPECS[key]
     number_text, unit_word = _split_unit(raw)
     if unit_word and not _unit_fits(spec, unit_word):
         unit_name = spec.unit or "a plain number"
-        return _refuse(key, f"'{raw}' has the wrong unit: {_in_sentence(spec.label)} is in {unit_name}")
+        return _Problem(f"'{raw}' has the wrong unit: {_in_sentence(spec.label)} is in {unit_name}")
     number = parse_number(number_text, point_thousands_ambiguous=typed and (spec.kind == "int" or spec.unit == "USD"))
     if isinstance(number, str):
-        return _refuse(key, f"'{raw}' {number}")
+        return _Problem(f"'{raw}' {number}")
     if spec.kind == "int":
         if number != number.to_integral_value():
-            return _refuse(key, f"'{raw}' is not a whole number")
+            return _Problem(f"'{raw}' is not a whole number")
         return int(number)
     return number
 
@@ -486,17 +497,17 @@ _PAUSE_WORDS = {"on": PauseMode.ALL, "true": PauseMode.ALL, "yes": PauseMode.ALL
                 "new": PauseMode.ENTRIES}
 
 
-def _parse_choice(key: str, raw: str) -> PauseMode | SettingError:
+def _parse_choice(key: str, raw: str) -> PauseMode | _Problem:
     value = _PAUSE_WORDS.get(raw.strip().lower()) if key == "paused" else None
     if value is None:
-        return _refuse(key, f"'{raw}' is not one of the choices")
+        return _Problem(f"'{raw}' is not one of the choices")
     return value
 
 
 _TIER_DAY = re.compile(r"([0-9]{1,4})d?")
 
 
-def _parse_tiers(raw: str) -> tuple[Tier, ...] | SettingError:
+def _parse_tiers(raw: str) -> tuple[Tier, ...] | _Problem:
     tiers: list[Tier] = []
     for part in raw.replace(" ", "").split(","):
         if not part:
@@ -507,12 +518,12 @@ def _parse_tiers(raw: str) -> tuple[Tier, ...] | SettingError:
         if day is None or not isinstance(pct, Decimal):
             decimal_comma = bool(tiers) and part.isdigit()  # "0:50,5": the comma was meant as a decimal one
             hint = " (commas separate the tiers: write a decimal with a point, e.g. 0:50.5)" if decimal_comma else ""
-            return _refuse("tp_tiers", f"'{part}' is not day:percent{hint}")
+            return _Problem(f"'{part}' is not day:percent{hint}")
         tiers.append((int(day.group(1)), pct))
     try:
         return validate_tiers(tuple(tiers))
     except ValueError as e:
-        return _refuse("tp_tiers", f"Take-profit tiers {raw or '(empty)'} refused: {e}")
+        return _Problem(f"Take-profit tiers {raw or '(empty)'} refused: {e}")
 
 
 # --- checking a value against the others -----------------------------------------------------------
@@ -533,10 +544,10 @@ def _refusal(settings: StrategySettings, key: str, value: Any) -> SettingError |
         return SettingError(f"{shown}: it must be above Reprice after ({settings.reprice_s} s), so "
                             f"{_span(key, Decimal(settings.reprice_s + 1), hi)}. To go lower, lower "
                             "Reprice after first.")
+    if key == "check_interval_min" and not (lo <= value <= hi and 60 % value == 0):
+        return SettingError(f"{shown}: it must divide 60 so ticks align to the clock: {_divisors_text()} min.")
     if not lo <= value <= hi:
         return SettingError(f"{shown}: it must be {_span(key, lo, hi)}.")
-    if key == "check_interval_min" and 60 % value:
-        return SettingError(f"{shown}: it must divide 60 so ticks align to the clock: {_divisors_text()} min.")
     return None
 
 
@@ -546,15 +557,16 @@ def parse_setting(settings: StrategySettings, key_text: str, value_text: str) ->
     if key is None:
         return unknown_key(key_text)
     value = _parse_raw(key, value_text)
-    if isinstance(value, SettingError):
-        return value
+    if isinstance(value, _Problem):
+        return SettingError(f"{value.why}. {label_of(key)} must be {valid_text(settings, key)}.")
     refusal = _refusal(settings, key, value)
     if refusal is not None:
         return refusal
     try:
         new = settings.with_value(key, value)
     except ValidationError:  # a rule the checks above missed: still the product's words
-        return SettingError(f"{label_of(key)} = {display_value(key, value)} refused: {_must_be(key)}.")
+        return SettingError(f"{label_of(key)} = {display_value(key, value)} refused: it must be "
+                            f"{valid_text(settings, key)}.")
     return SettingChange(key=key, old=getattr(settings, key), new=getattr(new, key), settings=new)
 
 
@@ -586,8 +598,8 @@ def settings_from_storage(stored: dict[str, str]) -> tuple[StrategySettings, lis
     values: dict[str, Any] = {}
     bad: list[str] = []
     for key, text in stored.items():
-        value = _parse_raw(key, text, typed=False) if key in SETTING_SPECS else SettingError(key)
-        if isinstance(value, SettingError):
+        value = _parse_raw(key, text, typed=False) if key in SETTING_SPECS else _Problem(key)
+        if isinstance(value, _Problem):
             bad.append(key)
         else:
             values[key] = value

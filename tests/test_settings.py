@@ -20,13 +20,14 @@ from strategy.settings import (
     group_keys,
     parse_assignment,
     parse_setting,
-    range_text,
     settings_from_storage,
     settings_to_storage,
+    unit_text,
 )
 
 S = StrategySettings()
 NUMERIC = sorted(k for k, s in SETTING_SPECS.items() if s.kind in ("decimal", "int"))
+DIVISORS = "1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30 or 60 min"  # the tick interval's valid values
 VALIDATOR_WORDS = ("Input should", "Value error", "validation error", "pydantic", "greater_than", "less_than")
 
 
@@ -120,6 +121,14 @@ def test_refusals_in_the_products_words(key: str, value: str, message: str) -> N
     assert result.message == message
 
 
+def test_a_parse_error_names_the_range_valid_now() -> None:
+    result = parse_setting(S, "reprice", "soon")
+    assert isinstance(result, SettingError)
+    assert result.message == "'soon' is not a number. Reprice after must be 1–119 s, below Order timeout (120 s)."
+    result = parse_setting(S, "interval", "90")
+    assert isinstance(result, SettingError) and DIVISORS in result.message
+
+
 def test_the_cross_field_limit_follows_the_other_setting() -> None:
     longer = parse_setting(S, "timeout", "300")
     assert isinstance(longer, SettingChange)
@@ -169,7 +178,8 @@ def test_every_range_refusal_names_the_setting_its_range_and_unit(key: str) -> N
         result = parse_setting(S, key, value)
         assert isinstance(result, SettingError), (key, value)
         assert result.message.startswith(f"{spec.label} = ")
-        assert "refused: it must be" in result.message and re.search(r"\d–\d", result.message)
+        assert "refused: it must" in result.message
+        assert re.search(r"\d–\d", result.message) or DIVISORS in result.message
         assert spec.unit in result.message
         assert not any(w in result.message for w in VALIDATOR_WORDS)
 
@@ -260,5 +270,6 @@ def test_a_number_is_read_one_way_or_refused(key: str, text: str) -> None:
         assert result.new == _meant(text)
         if "," in text:
             assert "_" not in text and 1 <= len(text.split(",")[1]) <= 2
-    else:
-        assert range_text(key) in result.message
+    else:  # the range valid now (a reprice interval below the order timeout), or the values that divide 60
+        assert re.search(r"\d–\d", result.message) or DIVISORS in result.message, result.message
+        assert unit_text(key) in result.message
