@@ -267,7 +267,7 @@ ALERT_TITLES: dict[EventKind, str] = {
     EventKind.EXIT_HELD: "⏸ Exit held back", EventKind.STARTED: "🚀 Started",
     EventKind.ENTRY: "🟢 Entry", EventKind.ROLL: "🔄 Roll",
     EventKind.RECYCLE: "♻️ Recycling into QQQM", EventKind.NO_CONTRACT: "🔍 No eligible contract",
-    EventKind.SKIPPED: "⏭ Entry skipped", EventKind.LIMIT_REACHED: "🛑 Daily limit reached",
+    EventKind.SKIPPED: "⏭ Order skipped", EventKind.LIMIT_REACHED: "🛑 Daily limit reached",
     EventKind.DISCONNECT: "🔌 Broker disconnected", EventKind.DEGRADED: "🟡 Broker degraded",
     EventKind.RECONNECT: "🔌 Broker connected",
     EventKind.ERROR: "❗ Error", EventKind.SETTINGS_CHANGED: "⚙️ Setting changed", EventKind.PAUSED: "⏸ Paused",

@@ -50,16 +50,20 @@ def answers(tg: Tg) -> list[str]:
     return [str(c.params.get("text", "")) for c in tg.api.of("answerCallbackQuery")]
 
 
+async def navigate(tg: Tg, *labels: str) -> Call:
+    """/settings, then a tap on the button starting with each label in turn; the screen reached."""
+    await tg.send(ADMIN, "/settings")
+    for label in labels:
+        await tg.tap(ADMIN, tg.api.last(ADMIN).button(label))
+    return tg.api.last(ADMIN)
+
+
 async def open_setting(tg: Tg, key: str) -> Call:
     """/settings → the setting's group → the setting's screen."""
     spec = SETTING_SPECS[key]
-    await tg.send(ADMIN, "/settings")
     if spec.group in GROUPS:
-        await tg.tap(ADMIN, tg.api.last(ADMIN).button(f"{_icon(spec.group)} {GROUP_TITLES[spec.group]}"))
-        await tg.tap(ADMIN, tg.api.last(ADMIN).button(f"{spec.label}: "))
-    else:
-        await tg.tap(ADMIN, tg.api.last(ADMIN).button("⏸ Pause"))
-    return tg.api.last(ADMIN)
+        return await navigate(tg, f"{_icon(spec.group)} {GROUP_TITLES[spec.group]}", f"{spec.label}: ")
+    return await navigate(tg, "⏸ Pause")
 
 
 def _icon(group: str) -> str:
@@ -85,9 +89,7 @@ async def test_settings_is_a_short_menu_of_groups_with_human_labels(tg: Tg) -> N
 
 @pytest.mark.parametrize("group", GROUPS)
 async def test_each_group_shows_its_settings_with_label_value_and_unit(tg: Tg, group: str) -> None:
-    await tg.send(ADMIN, "/settings")
-    await tg.tap(ADMIN, tg.api.last(ADMIN).button(f"{_icon(group)} {GROUP_TITLES[group]}"))
-    screen = tg.api.last(ADMIN)
+    screen = await navigate(tg, f"{_icon(group)} {GROUP_TITLES[group]}")
     texts = [t for t, _ in buttons_of(screen)]
     s = tg.parts.engine.settings.current
     assert texts[:-1] == [f"{SETTING_SPECS[k].label}: {display_value(k, getattr(s, k))}" for k in group_keys(group)]
@@ -99,7 +101,7 @@ async def test_each_group_shows_its_settings_with_label_value_and_unit(tg: Tg, g
 async def test_a_setting_screen_says_what_it_does_its_range_and_how_to_set_it(tg: Tg) -> None:
     screen = await open_setting(tg, "order_timeout_s")
     assert "<b>Order timeout</b>: an order still unfilled after this is cancelled." in screen.text
-    assert "Now: <code>120</code> s" in screen.text and "Valid: 10–3600 s" in screen.text
+    assert "Now: <code>120</code> s" in screen.text and "Valid: 16–3600 s, above Reprice after (15 s)" in screen.text
     assert "/set timeout VALUE" in screen.text
     assert [t for t, _ in buttons_of(screen)] == ["60 s", "300 s", "✏️ Type a value", "« Orders"]
 
@@ -244,9 +246,7 @@ async def test_set_refusals_are_worded_for_the_user_and_store_nothing(tg: Tg, te
 
 
 async def test_alerts_are_grouped_with_human_labels(tg: Tg) -> None:
-    await tg.send(ADMIN, "/settings")
-    await tg.tap(ADMIN, tg.api.last(ADMIN).button("🔔 Alerts"))
-    screen = tg.api.last(ADMIN)
+    screen = await navigate(tg, "🔔 Alerts")
     groups = [t for t, _ in buttons_of(screen)]
     assert groups == ["📤 Orders: all on", "💰 Exits: all on", "🟢 Strategy: all on", "🔌 Connection: all on",
                       "⚙️ System: all on", "« Settings"]
@@ -264,11 +264,7 @@ async def test_alerts_are_grouped_with_human_labels(tg: Tg) -> None:
 
 async def test_an_alert_level_from_its_group_is_audited_and_shown(tg: Tg) -> None:
     await tg.enroll_and_login()
-    await tg.send(ADMIN, "/settings")
-    await tg.tap(ADMIN, tg.api.last(ADMIN).button("🔔 Alerts"))
-    await tg.tap(ADMIN, tg.api.last(ADMIN).button("💰 Exits"))
-    await tg.tap(ADMIN, tg.api.last(ADMIN).button("🔔 Exit held back"))
-    kind = tg.api.last(ADMIN)
+    kind = await navigate(tg, "🔔 Alerts", "💰 Exits", "🔔 Exit held back")
     assert kind.text == "<b>Exit held back</b> alerts are on (with sound)."
     assert [t for t, _ in buttons_of(kind)] == ["🔕 Silent", "🚫 Off", "« 💰 Exits"]
     await tg.tap(ADMIN, kind.button("🔕 Silent"))
@@ -281,11 +277,7 @@ async def test_an_alert_level_from_its_group_is_audited_and_shown(tg: Tg) -> Non
 
 
 async def test_an_alert_level_needs_a_session(tg: Tg) -> None:
-    await tg.send(ADMIN, "/settings")
-    await tg.tap(ADMIN, tg.api.last(ADMIN).button("🔔 Alerts"))
-    await tg.tap(ADMIN, tg.api.last(ADMIN).button("⚙️ System"))
-    await tg.tap(ADMIN, tg.api.last(ADMIN).button("🔔 Error"))
-    await tg.tap(ADMIN, tg.api.last(ADMIN).button("🚫 Off"))
+    await navigate(tg, "🔔 Alerts", "⚙️ System", "🔔 Error", "🚫 Off")
     assert "open a session first" in answers(tg)[-1]
     assert outbox.alert_level("error") == "on"
 
