@@ -4,11 +4,12 @@ path differ from a live run."""
 
 from __future__ import annotations
 
+import math
 import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from bot.settings_service import SettingsService
 from broker.clock import SimClock
 from broker.sim import SimBroker
 from broker.sim_market import (
+    QQQM_RATIO,
     CsvError,
     DailyBar,
     IvSource,
@@ -28,10 +30,13 @@ from broker.sim_market import (
     load_series_csv,
     synthetic_bars,
 )
+from storage import ledger
 from storage.db import close_database, open_database
 from strategy.calendar import nyse
+from strategy.fastforward import Band, quiet_band, take_profit_price, trigger_spot
+from strategy.model import Lot
 from strategy.rules import DailyLimits
-from strategy.settings import SettingError, parse_assignment
+from strategy.settings import SettingError, StrategySettings, parse_assignment
 
 
 class BacktestError(Exception):
@@ -50,6 +55,7 @@ class BacktestConfig:
     overrides: list[str] = field(default_factory=list)
     limits: DailyLimits = field(default_factory=DailyLimits)
     bars: list[DailyBar] | None = None  # fetched beforehand (``--source ib``)
+    every_tick: bool = False  # evaluate every tick through the engine, not only those that can act
 
 
 SYNTHETIC_END = date(2025, 12, 31)
@@ -63,6 +69,8 @@ class BacktestRun:
     positions: list[tuple[date, int]]
     buy_hold: list[float]
     db_path: Path
+    ticks_total: int = 0  # the sessions' 5-minute ticks
+    ticks_evaluated: int = 0  # those the engine evaluated (all of them with ``every_tick``)
 
 
 def load_bars(cfg: BacktestConfig) -> list[DailyBar]:
@@ -138,6 +146,117 @@ def load_iv(cfg: BacktestConfig) -> IvSource:
         raise BacktestError(f"cannot read {path}: {e.strerror or e}") from e
 
 
+# Take profit compares the quoted mid with the lot's target price. The sim quotes a mid within half
+# a cent of its model value (bid rounded to the cent, ask = bid + spread), and the model is
+# evaluated at the first, middle and last tick of the session, so between two of them the value
+# can bulge above both by at most |∂²V/∂T²|·ΔT²/8: under 0.2 cent for a contract 14 days or more
+# from expiry, even at 300 % volatility. A lot's trigger is therefore where the model reaches the
+# target minus 1 cent and 0.1 % of the target; contracts nearer their expiry are evaluated at
+# every tick.
+TP_MARGIN_USD = 0.01
+TP_MARGIN_REL = 0.001
+NEAR_EXPIRY_DTE = 14
+# QQQM's ask in the sim is QQQ × QQQM_RATIO rounded to the cent, plus a cent; a recycling buy
+# needs pool ≥ ask, so above (pool + RECYCLE_MARGIN_USD) / QQQM_RATIO none can happen.
+RECYCLE_MARGIN_USD = 0.02
+
+
+class FastForward:
+    """The backtest driver's fast-forward over one session's ticks, beside the real engine.
+
+    It evaluates, through ``Engine.tick`` exactly as the every-tick run does, the first tick of the
+    session (the day-boundary work: expired lots, dropped roll buys, the sim's expiry settlement),
+    the tick after any database write (a fill, an order, an alert flag) or after the engine lost
+    readiness, every tick while the broker works an order, and every tick whose QQQ price leaves
+    ``strategy.fastforward.quiet_band`` (or every tick when the band says so). Every other tick
+    provably decides nothing, writes nothing and moves no order, so skipping it changes nothing:
+    the clock's next step is the next evaluated tick."""
+
+    def __init__(self, engine: Engine, clock: SimClock, broker: SimBroker, path: PricePath, iv: IvSource) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.broker = broker
+        self.path = path
+        self.iv = iv
+        self._triggers: dict[tuple[Lot, date], float | None] = {}
+
+    async def run_session(self, index: int, ticks: list[datetime]) -> int:
+        """Drive session ``index`` over ``ticks``; returns how many ticks the engine evaluated."""
+        if not ticks:
+            return 0
+        engine, clock = self.engine, self.clock
+        day = self.path.sessions[index].day
+        prices = self.path.session_prices(index, ticks)
+        self._triggers.clear()
+        evaluated = 0
+        must = True  # the session's first tick does the day-boundary work
+        low, high = math.inf, -math.inf
+        j, n = 0, len(ticks)
+        while j < n:
+            if not must:
+                while j < n and low < prices[j] < high:
+                    j += 1  # provably quiet: skipped
+                if j == n:
+                    break
+            t = ticks[j]
+            j += 1
+            if t < clock.now():
+                continue  # an order's wait ran past this tick (as in the every-tick run)
+            clock.advance_to(t)
+            version = ledger.write_version()
+            await engine.tick()
+            evaluated += 1
+            must = (ledger.write_version() != version or not engine.ready
+                    or bool(await self.broker.open_orders()))
+            if not must:
+                band = await self.band(day, ticks, prices)
+                must = bool(band.always)
+                low, high = band.low, band.high
+        return evaluated
+
+    async def band(self, day: date, ticks: list[datetime], prices: list[float]) -> Band:
+        """The quiet band for the next ticks of session ``day``, from the engine's own state."""
+        engine = self.engine
+        state = engine.state(day)
+        settings = engine.settings.current
+        triggers = {lot.id: self.tp_trigger(lot, day, ticks, prices, settings) for lot in state.open_lots}
+        recycle_max = float(state.pool + Decimal(str(RECYCLE_MARGIN_USD))) / QQQM_RATIO
+        return quiet_band(state, settings, day, await engine.prev_close(day), triggers, recycle_max)
+
+    def tp_trigger(self, lot: Lot, day: date, ticks: list[datetime], prices: list[float],
+                   settings: StrategySettings) -> float | None:
+        """The lowest QQQ price from which the lot's take profit could trigger at any of the
+        session's ticks (``math.inf``: at none of them), by the sim's own pricer; None when it
+        cannot be bounded (a put, a contract near its expiry or not quoted)."""
+        key = (lot, day)
+        if key in self._triggers:
+            return self._triggers[key]
+        c = lot.contract
+        trigger: float | None = None
+        if c.right == "C" and c.dte(day) >= NEAR_EXPIRY_DTE:
+            pricer, base_iv = self.broker.pricer, self.iv.iv(day)
+            times = (ticks[0], ticks[len(ticks) // 2], ticks[-1])
+            target = float(take_profit_price(lot, day, settings))
+            target -= TP_MARGIN_USD + TP_MARGIN_REL * target
+            unquoted = False
+
+            def value_at(spot: float) -> float:
+                nonlocal unquoted
+                best = -math.inf
+                for t in times:
+                    v = pricer.model_mid(c, t, spot, base_iv)
+                    if v is None:
+                        unquoted = True
+                        return math.inf
+                    best = max(best, v)
+                return best
+
+            found = trigger_spot(target, value_at, min(prices), max(prices))
+            trigger = None if unquoted else found
+        self._triggers[key] = trigger
+        return trigger
+
+
 async def run_backtest(
     cfg: BacktestConfig, workdir: Path | None = None, progress: Callable[[int, int], None] | None = None
 ) -> BacktestRun:
@@ -168,15 +287,22 @@ async def run_backtest(
         equity: list[tuple[date, Decimal]] = []
         positions: list[tuple[date, int]] = []
         total = len(sessions)
+        ff = None if cfg.every_tick else FastForward(engine, clock, broker, path, iv)
+        ticks_total = ticks_evaluated = 0
         for i, session in enumerate(sessions):
             s = settings.current
             # The first session only provides the previous close: trading starts on the second.
             ticks = cal.tick_times(session, s.check_interval_min, s.delay_after_open_min) if i else []
-            for t in ticks:
-                if t < clock.now():
-                    continue  # an order's wait ran past this tick
-                clock.advance_to(t)
-                await engine.tick()
+            ticks_total += len(ticks)
+            if ff is not None:
+                ticks_evaluated += await ff.run_session(i, ticks)
+            else:
+                for t in ticks:
+                    if t < clock.now():
+                        continue  # an order's wait ran past this tick
+                    clock.advance_to(t)
+                    await engine.tick()
+                    ticks_evaluated += 1
             if session.close > clock.now():
                 clock.advance_to(session.close)
             account = await broker.account_summary()
@@ -190,7 +316,7 @@ async def run_backtest(
         result = build_result(bars[0].day, bars[-1].day, equity, closes, cfg.capital, settings.current)
         first = closes[equity[0][0]]
         bh = [float(cfg.capital) * closes[d] / first for d, _ in equity]
-        return BacktestRun(result, positions, bh, db_path)
+        return BacktestRun(result, positions, bh, db_path, ticks_total, ticks_evaluated)
     finally:
         close_database(db)
 

@@ -87,8 +87,10 @@ class OptionPricer:
     def is_listed(self, c: OptionContract) -> bool:
         return self._terms(c) is not None
 
-    def quote(self, c: OptionContract, now: datetime, spot: float, base_iv: float) -> OptionQuote | None:
-        """A quote, or None when the contract is not listed or has expired."""
+    def _model(
+        self, c: OptionContract, now: datetime, spot: float, base_iv: float
+    ) -> tuple[float, float, float] | None:
+        """(model mid, delta, volatility) before any rounding; None when not listed or expired."""
         terms = self._terms(c)
         if terms is None:
             return None
@@ -99,6 +101,20 @@ class OptionPricer:
         skew = min(max(-0.06 * (K / spot - 1.0), -0.05), 0.08)  # low strikes richer, like QQQ's smile
         sigma = max(base_iv + skew, 0.05)
         mid, delta = bs_price_delta(spot, K, T, self.r, self.q, sigma, c.right)
+        return mid, delta, sigma
+
+    def model_mid(self, c: OptionContract, now: datetime, spot: float, base_iv: float) -> float | None:
+        """The model value the quote is rounded from: a quote's mid is within half a cent of it
+        whenever its bid is positive (the bid is rounded to the cent, the ask is bid + spread)."""
+        m = self._model(c, now, spot, base_iv)
+        return None if m is None else m[0]
+
+    def quote(self, c: OptionContract, now: datetime, spot: float, base_iv: float) -> OptionQuote | None:
+        """A quote, or None when the contract is not listed or has expired."""
+        m = self._model(c, now, spot, base_iv)
+        if m is None:
+            return None
+        mid, delta, sigma = m
         cents = mid * 100
         spread = max(5, round(cents * 0.015))  # 1.5 % of the mid, at least 0.05
         bid = round(cents - spread / 2)
