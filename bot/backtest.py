@@ -33,10 +33,10 @@ from broker.sim_market import (
 from storage import ledger
 from storage.db import close_database, open_database
 from strategy.calendar import nyse
-from strategy.fastforward import Band, quiet_band, take_profit_price, trigger_spot
+from strategy.fastforward import Band, due_exit, quiet_band, take_profit_price, trigger_spot
 from strategy.model import Lot
 from strategy.rules import DailyLimits
-from strategy.settings import SettingError, StrategySettings, parse_assignment
+from strategy.settings import SettingError, parse_assignment
 
 
 class BacktestError(Exception):
@@ -146,15 +146,17 @@ def load_iv(cfg: BacktestConfig) -> IvSource:
         raise BacktestError(f"cannot read {path}: {e.strerror or e}") from e
 
 
-# Take profit compares the quoted mid with the lot's target price. The sim quotes a mid within half
-# a cent of its model value (bid rounded to the cent, ask = bid + spread), and the model is
-# evaluated at the first, middle and last tick of the session, so between two of them the value
-# can bulge above both by at most |∂²V/∂T²|·ΔT²/8: under 0.2 cent for a contract 14 days or more
-# from expiry, even at 300 % volatility. A lot's trigger is therefore where the model reaches the
-# target minus 1 cent and 0.1 % of the target; contracts nearer their expiry are evaluated at
-# every tick.
+# A lot is sold when its quoted mid reaches its take-profit price or, once a time exit is due, as
+# soon as its quote shows a bid. The sim quotes a mid within half a cent of its model value (bid
+# rounded to the cent, ask = bid + spread) and a positive bid only above a model value of 3 cents
+# (bid = round(value − spread / 2), spread ≥ 5 cents). The model is evaluated at the first, middle
+# and last tick of the session; between two of them the value can bulge above both by at most
+# |∂²V/∂T²|·ΔT²/8, under 0.2 cent for a contract 14 days or more from its expiry even at 300 %
+# volatility. A lot's trigger is where the model reaches the threshold minus 1 cent and 0.1 % of
+# it; contracts nearer their expiry, puts and unquoted contracts are evaluated at every tick.
 TP_MARGIN_USD = 0.01
 TP_MARGIN_REL = 0.001
+BID_MIN_VALUE = 0.03
 NEAR_EXPIRY_DTE = 14
 # QQQM's ask in the sim is QQQ × QQQM_RATIO rounded to the cent, plus a cent; a recycling buy
 # needs pool ≥ ask, so above (pool + RECYCLE_MARGIN_USD) / QQQM_RATIO none can happen.
@@ -178,7 +180,7 @@ class FastForward:
         self.broker = broker
         self.path = path
         self.iv = iv
-        self._triggers: dict[tuple[Lot, date], float | None] = {}
+        self._triggers: dict[tuple[Lot, date, float], float | None] = {}
 
     async def run_session(self, index: int, ticks: list[datetime]) -> int:
         """Drive session ``index`` over ``ticks``; returns how many ticks the engine evaluated."""
@@ -219,16 +221,21 @@ class FastForward:
         engine = self.engine
         state = engine.state(day)
         settings = engine.settings.current
-        triggers = {lot.id: self.tp_trigger(lot, day, ticks, prices, settings) for lot in state.open_lots}
+        tp: dict[int, float | None] = {}
+        bid: dict[int, float | None] = {}
+        for lot in state.open_lots:
+            if due_exit(lot, day, settings):
+                bid[lot.id] = self.trigger(lot, day, ticks, prices, BID_MIN_VALUE)
+            else:
+                tp[lot.id] = self.trigger(lot, day, ticks, prices, float(take_profit_price(lot, day, settings)))
         recycle_max = float(state.pool + Decimal(str(RECYCLE_MARGIN_USD))) / QQQM_RATIO
-        return quiet_band(state, settings, day, await engine.prev_close(day), triggers, recycle_max)
+        return quiet_band(state, settings, day, await engine.prev_close(day), tp, recycle_max, bid)
 
-    def tp_trigger(self, lot: Lot, day: date, ticks: list[datetime], prices: list[float],
-                   settings: StrategySettings) -> float | None:
-        """The lowest QQQ price from which the lot's take profit could trigger at any of the
-        session's ticks (``math.inf``: at none of them), by the sim's own pricer; None when it
-        cannot be bounded (a put, a contract near its expiry or not quoted)."""
-        key = (lot, day)
+    def trigger(self, lot: Lot, day: date, ticks: list[datetime], prices: list[float], value: float) -> float | None:
+        """The lowest QQQ price from which the lot's quote could reach a model ``value`` (less the
+        margins) at any of the session's ticks (``math.inf``: at none of them), by the sim's own
+        pricer; None when it cannot be bounded (a put, a contract near its expiry or unquoted)."""
+        key = (lot, day, value)
         if key in self._triggers:
             return self._triggers[key]
         c = lot.contract
@@ -236,8 +243,7 @@ class FastForward:
         if c.right == "C" and c.dte(day) >= NEAR_EXPIRY_DTE:
             pricer, base_iv = self.broker.pricer, self.iv.iv(day)
             times = (ticks[0], ticks[len(ticks) // 2], ticks[-1])
-            target = float(take_profit_price(lot, day, settings))
-            target -= TP_MARGIN_USD + TP_MARGIN_REL * target
+            target = value - TP_MARGIN_USD - TP_MARGIN_REL * value
             unquoted = False
 
             def value_at(spot: float) -> float:

@@ -9,9 +9,10 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from peewee import fn
+from peewee import SQL, fn
 
 from broker.base import Execution, OrderRequest, sec_type
+from storage import prepared
 from storage.models import Expiry, Fill, Lot, Order, Recycle, Roll, database_proxy
 from strategy import accounting
 from strategy.model import Lot as LotView
@@ -76,7 +77,8 @@ def create_order(
 
 
 def order_by_ref(order_ref: str) -> Order | None:
-    return Order.get_or_none(Order.order_ref == order_ref)
+    return prepared.first(Order, "order_by_ref", lambda: Order.select().where(Order.order_ref == order_ref),
+                          (order_ref,))
 
 
 def mark_sent(order_ref: str, broker_order_id: str, at: datetime) -> None:
@@ -102,23 +104,26 @@ def set_order_progress(order_ref: str, status: str) -> None:
 
 
 def unresolved_orders() -> list[Order]:
-    return list(Order.select().where(Order.status.in_(ACTIVE)).order_by(Order.id))
+    return prepared.rows(Order, "unresolved_orders",
+                         lambda: Order.select().where(Order.status.in_(ACTIVE)).order_by(Order.id), ACTIVE)
 
 
 def orders_sent_on(day: date) -> int:
-    return Order.select().where((Order.session_day == day) & (Order.status != "abandoned")
-                                & (Order.status != "pending_submit")).count()
+    ((n,),) = prepared.values("orders_sent_on", lambda: Order.select(fn.COUNT(Order.id)).where(
+        (Order.session_day == day) & (Order.status != "abandoned") & (Order.status != "pending_submit")),
+        (day, "abandoned", "pending_submit"))
+    return int(n)
 
 
 def premium_bought_on(day: date) -> Decimal:
     """Option premium bought in a session: filled buys plus the working remainder at its limit."""
     total = ZERO
-    q = (Fill.select(Fill.price, Fill.qty).join(Order)
-         .where((Order.session_day == day) & (Fill.sec_type == "OPT") & (Fill.side == "BUY")))
-    for f in q:
+    for f in prepared.rows(Fill, "premium_fills", lambda: Fill.select(Fill.price, Fill.qty).join(Order).where(
+            (Order.session_day == day) & (Fill.sec_type == "OPT") & (Fill.side == "BUY")), (day, "OPT", "BUY")):
         total += f.price * f.qty * 100
-    for o in Order.select().where((Order.session_day == day) & Order.status.in_(ACTIVE)
-                                  & (Order.sec_type == "OPT") & (Order.side == "BUY")):
+    for o in prepared.rows(Order, "premium_working", lambda: Order.select().where(
+            (Order.session_day == day) & Order.status.in_(ACTIVE) & (Order.sec_type == "OPT") & (Order.side == "BUY")),
+            (day, *ACTIVE, "OPT", "BUY")):
         total += o.limit * max(o.qty - o.filled_qty, 0) * 100
     return total
 
@@ -166,7 +171,8 @@ def record_execution(ex: Execution, recorded_at: datetime) -> Recorded:
     A second call with the same exec_id changes nothing (``duplicate=True``)."""
     db = database_proxy
     with db.atomic():
-        if Fill.select().where(Fill.exec_id == ex.exec_id).exists():
+        if prepared.values("fill_exists", lambda: Fill.select(SQL("1")).where(Fill.exec_id == ex.exec_id).limit(1),
+                           (ex.exec_id, 1)):
             return Recorded(None, True, ex.order_ref, None)
         order = order_by_ref(ex.order_ref)
         ins = ex.instrument
@@ -277,13 +283,20 @@ def lot_view(row: Lot) -> LotView:
 
 
 def open_lots() -> tuple[LotView, ...]:
-    rows = Lot.select().where(Lot.qty_open > 0).order_by(Lot.opened_at, Lot.id)
+    rows = prepared.rows(Lot, "open_lots", lambda: Lot.select().where(Lot.qty_open > 0).order_by(Lot.opened_at, Lot.id),
+                         (0,))
     return tuple(lot_view(r) for r in rows)
 
 
 def realized_option_pnl() -> Decimal:
-    """Realized option P&L: closing fills plus lots that expired unsold."""
-    return sum((pnl for _, pnl in realized_option_events()), ZERO)
+    """Realized option P&L: closing fills plus lots that expired unsold (the P&L of
+    ``realized_option_events``, read without their times: it is read at every ledger change)."""
+    fills = prepared.values("realized_fill_pnl", lambda: Fill.select(Fill.realized_pnl).where(
+        (Fill.sec_type == "OPT") & Fill.realized_pnl.is_null(False)), ("OPT",))
+    expiries = prepared.values("realized_expiry_pnl", lambda: Expiry.select(Expiry.realized_pnl), ())
+    pnl = [Fill.realized_pnl.python_value(v) for (v,) in fills]
+    pnl += [Expiry.realized_pnl.python_value(v) for (v,) in expiries]
+    return sum((p for p in pnl if p is not None), ZERO)
 
 
 def close_expired_lot(lot_id: int, underlying_close: Decimal | None, settlement: Decimal, at: datetime) -> Decimal:
@@ -308,9 +321,10 @@ def close_expired_lot(lot_id: int, underlying_close: Decimal | None, settlement:
 
 def realized_option_events() -> list[tuple[datetime, Decimal]]:
     """Every realized option P&L, in time order: closing fills and lots that expired unsold."""
-    events = [(f.time, f.realized_pnl) for f in Fill.select(Fill.time, Fill.realized_pnl).where(
-        (Fill.sec_type == "OPT") & Fill.realized_pnl.is_null(False))]
-    events += [(x.recorded_at, x.realized_pnl) for x in Expiry.select(Expiry.recorded_at, Expiry.realized_pnl)]
+    events = [(f.time, f.realized_pnl) for f in prepared.rows(Fill, "realized_fills", lambda: Fill.select(
+        Fill.time, Fill.realized_pnl).where((Fill.sec_type == "OPT") & Fill.realized_pnl.is_null(False)), ("OPT",))]
+    events += [(x.recorded_at, x.realized_pnl) for x in prepared.rows(
+        Expiry, "realized_expiries", lambda: Expiry.select(Expiry.recorded_at, Expiry.realized_pnl), ())]
     return sorted(events, key=lambda e: e[0])
 
 
@@ -327,9 +341,13 @@ def closed_lot_pnls() -> list[Decimal]:
 def qqqm_bought() -> tuple[int, Decimal]:
     """QQQM shares the bot bought and what they cost (fills + commissions)."""
     shares, deployed = 0, ZERO
-    for f in Fill.select().where((Fill.symbol == "QQQM") & (Fill.side == "BUY")):
-        shares += f.qty
-        deployed += f.price * f.qty + (f.commission or ZERO)
+    fills = prepared.values("qqqm_fills", lambda: Fill.select(Fill.qty, Fill.price, Fill.commission).where(
+        (Fill.symbol == "QQQM") & (Fill.side == "BUY")), ("QQQM", "BUY"))
+    for q, p, c in fills:
+        qty, price, commission = int(q), Fill.price.python_value(p), Fill.commission.python_value(c)
+        assert price is not None  # a NOT NULL column
+        shares += qty
+        deployed += price * qty + (commission or ZERO)
     return shares, deployed
 
 
@@ -348,14 +366,14 @@ def create_recycle(order: Order, pool_before: Decimal, shares: int, now: datetim
 
 def entered_on(day: date) -> bool:
     """An entry this session: one with a fill, or one still working."""
-    return Order.select().where(
+    return bool(prepared.values("entered_on", lambda: Order.select(SQL("1")).where(
         (Order.session_day == day) & (Order.purpose == "entry")
-        & ((Order.filled_qty > 0) | Order.status.in_(ACTIVE))).exists()
+        & ((Order.filled_qty > 0) | Order.status.in_(ACTIVE))).limit(1), (day, "entry", 0, *ACTIVE, 1)))
 
 
 def rolled_on(day: date) -> bool:
     """A roll this session: any roll started today that sold something or is still working."""
-    for roll in Roll.select().where(Roll.session_day == day):
+    for roll in prepared.rows(Roll, "rolls_on", lambda: Roll.select().where(Roll.session_day == day), (day,)):
         if roll.status != "failed":
             return True
     return False
@@ -371,7 +389,8 @@ def set_roll_status(roll_id: int, status: str) -> None:
 
 
 def rolls_with_pending_buy() -> list[Roll]:
-    return list(Roll.select().where(Roll.status == "buy_pending").order_by(Roll.id))
+    return prepared.rows(Roll, "rolls_pending",
+                         lambda: Roll.select().where(Roll.status == "buy_pending").order_by(Roll.id), ("buy_pending",))
 
 
 def roll_by_id(roll_id: int) -> Roll | None:
@@ -379,4 +398,4 @@ def roll_by_id(roll_id: int) -> Roll | None:
 
 
 def lot_row(lot_id: int) -> Lot | None:
-    return Lot.get_or_none(Lot.id == lot_id)
+    return prepared.first(Lot, "lot_row", lambda: Lot.select().where(Lot.id == lot_id), (lot_id,))

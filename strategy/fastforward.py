@@ -100,14 +100,18 @@ def quiet_band(
     prev_close: Decimal,
     tp_triggers: Mapping[int, float | None],
     recycle_spot_max: float | None = None,
+    bid_triggers: Mapping[int, float | None] | None = None,
 ) -> Band:
     """The band of QQQ prices at which a tick of session ``today``, starting from ``state``,
     decides nothing (see ``Band``), following ``decide_tick`` rule by rule:
 
     - an unresolved order, or a roll's buy leg pending: every tick (the engine settles or retries);
-    - a lot due for force exit or the expiry guard: every tick (the exit may not fill at once);
-    - take profit: at or above the lowest of ``tp_triggers`` (lot id → QQQ price from which its
-      take profit could trigger; a lot missing or None → every tick);
+    - a lot due for force exit or the expiry guard (``due_exit``): it is sold at any tick where its
+      quote has a bid, so at or above its entry in ``bid_triggers`` (lot id → QQQ price from which
+      its quote could show a bid; missing or None → every tick). A sale that does not fill writes
+      its order, and the shell evaluates the tick after any write, so the retry is evaluated too;
+    - take profit of any other lot: at or above its entry in ``tp_triggers`` (lot id → QQQ price
+      from which its take profit could trigger; missing or None → every tick);
     - entry (fewer lots than max_positions, none yet this session): at or below −entry_drop_pct;
     - roll (full, none yet this session): at or below −roll_drop_pct;
     - recycling (on, pool ≥ threshold and > 0): at or below ``recycle_spot_max``, the highest QQQ
@@ -120,11 +124,10 @@ def quiet_band(
     high = math.inf
     for lot in state.open_lots:
         due = due_exit(lot, today, settings)
-        if due:
-            return Band(-math.inf, math.inf, f"lot #{lot.id} is due for {due}")
-        trigger = tp_triggers.get(lot.id)
+        trigger = (bid_triggers or {}).get(lot.id) if due else tp_triggers.get(lot.id)
         if trigger is None or math.isnan(trigger):
-            return Band(-math.inf, math.inf, f"lot #{lot.id}: no take-profit trigger price")
+            what = f"is due for {due} and has no bid trigger price" if due else "has no take-profit trigger price"
+            return Band(-math.inf, math.inf, f"lot #{lot.id} {what}")
         high = min(high, trigger)
     low = -math.inf
     if prev_close > 0 and not (state.entered_this_session or state.rolled_this_session):

@@ -1,0 +1,94 @@
+"""The ledger's hot reads run SQL compiled once (storage.prepared): on a ledger filled by a real
+backtest they return exactly what the plain peewee queries return."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from peewee import Database
+
+from bot.backtest import BacktestConfig, run_backtest
+from storage import kv, ledger, prepared
+from storage.db import close_database, open_database
+from storage.models import Expiry, Fill, Lot, Order, Roll
+
+
+@pytest.fixture(scope="module")
+def backtest_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ledger of a year of synthetic backtest with entries, exits, rolls and recycling."""
+    workdir = tmp_path_factory.mktemp("bt")
+    cfg = BacktestConfig(synthetic_years=1, seed=3, overrides=["max_positions=2", "roll_drop=2", "entry_drop=0.8",
+                                                              "recycle_threshold=100"])
+    run = asyncio.run(run_backtest(cfg, workdir=workdir))
+    assert run.result["summary"]["rolls"] > 0 and run.result["summary"]["qqqm_shares"] > 0
+    return run.db_path
+
+
+@pytest.fixture
+def ledger_db(backtest_db: Path) -> Iterator[Database]:
+    db = open_database(f"sqlite:///{backtest_db}")
+    with db.atomic() as tx:  # a pending roll and working orders too; rolled back afterwards
+        Roll.update(status="buy_pending").where(Roll.id == Roll.select().order_by(Roll.id.desc()).get().id).execute()
+        Order.update(status="submitted").where(Order.id.in_([o.id for o in Order.select().limit(2)])).execute()
+        kv.put("some:key", "v", datetime(2025, 1, 2, tzinfo=UTC))
+        yield db
+        tx.rollback()
+    close_database(db)
+
+
+def data(row: object) -> dict[str, object] | None:
+    return None if row is None else dict(row.__data__)  # type: ignore[attr-defined]
+
+
+def test_hot_reads_equal_the_plain_queries(ledger_db: Database) -> None:
+    days = sorted({o.session_day for o in Order.select()} | {r.session_day for r in Roll.select()}
+                  | {date(2000, 1, 3)})
+    assert len(days) > 20
+    for o in Order.select():
+        assert data(ledger.order_by_ref(o.order_ref)) == data(Order.get_or_none(Order.order_ref == o.order_ref))
+    assert ledger.order_by_ref("qqqbot-missing") is None
+    for lot in Lot.select():
+        assert data(ledger.lot_row(lot.id)) == data(Lot.get_or_none(Lot.id == lot.id))
+    assert ledger.lot_row(10_000) is None
+    assert ledger.open_lots() == tuple(ledger.lot_view(r) for r in Lot.select().where(Lot.qty_open > 0)
+                                       .order_by(Lot.opened_at, Lot.id))
+    unresolved = [data(o) for o in Order.select().where(Order.status.in_(ledger.ACTIVE)).order_by(Order.id)]
+    assert [data(o) for o in ledger.unresolved_orders()] == unresolved and len(unresolved) == 2
+    pending = [data(r) for r in Roll.select().where(Roll.status == "buy_pending").order_by(Roll.id)]
+    assert [data(r) for r in ledger.rolls_with_pending_buy()] == pending and len(pending) == 1
+    for day in days:
+        assert ledger.entered_on(day) == Order.select().where(
+            (Order.session_day == day) & (Order.purpose == "entry")
+            & ((Order.filled_qty > 0) | Order.status.in_(ledger.ACTIVE))).exists()
+        assert ledger.rolled_on(day) == any(r.status != "failed" for r in Roll.select().where(Roll.session_day == day))
+        assert ledger.orders_sent_on(day) == Order.select().where(
+            (Order.session_day == day) & (Order.status != "abandoned") & (Order.status != "pending_submit")).count()
+        premium = Decimal(0)
+        for f in (Fill.select(Fill.price, Fill.qty).join(Order)
+                  .where((Order.session_day == day) & (Fill.sec_type == "OPT") & (Fill.side == "BUY"))):
+            premium += f.price * f.qty * 100
+        for o in Order.select().where((Order.session_day == day) & Order.status.in_(ledger.ACTIVE)
+                                      & (Order.sec_type == "OPT") & (Order.side == "BUY")):
+            premium += o.limit * max(o.qty - o.filled_qty, 0) * 100
+        assert ledger.premium_bought_on(day) == premium
+    events = [(f.time, f.realized_pnl) for f in Fill.select().where(
+        (Fill.sec_type == "OPT") & Fill.realized_pnl.is_null(False))]
+    events += [(x.recorded_at, x.realized_pnl) for x in Expiry.select()]
+    assert sorted(ledger.realized_option_events()) == sorted(events)
+    assert ledger.realized_option_pnl() == sum((p for _, p in events), Decimal(0)) != 0
+    qqqm = list(Fill.select().where((Fill.symbol == "QQQM") & (Fill.side == "BUY")))
+    assert ledger.qqqm_bought() == (sum(f.qty for f in qqqm), sum(
+        (f.price * f.qty + (f.commission or Decimal(0)) for f in qqqm), Decimal(0)))
+    assert kv.get("some:key") == "v" and kv.get("no:such:key") is None
+
+
+def test_a_query_whose_parameters_differ_is_refused(db: Database) -> None:
+    with pytest.raises(ValueError, match="parameters"):
+        prepared.rows(Order, "test_mismatch", lambda: Order.select().where(Order.qty > 1), ("1",))  # int, not str
+    with pytest.raises(ValueError, match="parameters"):
+        prepared.rows(Order, "test_missing", lambda: Order.select().where(Order.qty > 1), ())
