@@ -30,11 +30,13 @@ from broker.sim_market import (
     load_series_csv,
     synthetic_bars,
 )
-from storage import ledger
+from broker.sim_options import YEAR_S, expiry_close
 from storage.db import close_database, open_database
+from storage.models import database_proxy
 from strategy.calendar import nyse
 from strategy.fastforward import Band, due_exit, quiet_band, take_profit_price, trigger_spot
 from strategy.model import Lot
+from strategy.pricing import bs_time_bound
 from strategy.rules import DailyLimits
 from strategy.settings import SettingError, parse_assignment
 
@@ -147,17 +149,15 @@ def load_iv(cfg: BacktestConfig) -> IvSource:
 
 
 # A lot is sold when its quoted mid reaches its take-profit price or, once a time exit is due, as
-# soon as its quote shows a bid. The sim quotes a mid within half a cent of its model value (bid
-# rounded to the cent, ask = bid + spread) and a positive bid only above a model value of 3 cents
-# (bid = round(value − spread / 2), spread ≥ 5 cents). The model is evaluated at the first, middle
-# and last tick of the session; between two of them the value can bulge above both by at most
-# |∂²V/∂T²|·ΔT²/8, under 0.2 cent for a contract 14 days or more from its expiry even at 300 %
-# volatility. A lot's trigger is where the model reaches the threshold minus 1 cent and 0.1 % of
-# it; contracts nearer their expiry, puts and unquoted contracts are evaluated at every tick.
+# soon as its quote shows a bid. The sim quotes a mid within half a cent of its model value and a
+# positive bid only above a model value of 3 cents (``OptionPricer.model``). Over a session the
+# value at a given QQQ price moves with time by at most ``bs_time_bound`` × the time between the
+# first and last tick, so the value at the first tick plus that much bounds every tick's. A lot's
+# trigger is where that bound reaches the threshold minus 1 cent and 0.1 % of it (the half cent of
+# rounding, and float slack); puts and contracts not quoted at every tick are evaluated always.
 TP_MARGIN_USD = 0.01
 TP_MARGIN_REL = 0.001
 BID_MIN_VALUE = 0.03
-NEAR_EXPIRY_DTE = 14
 # QQQM's ask in the sim is QQQ × QQQM_RATIO rounded to the cent, plus a cent; a recycling buy
 # needs pool ≥ ask, so above (pool + RECYCLE_MARGIN_USD) / QQQM_RATIO none can happen.
 RECYCLE_MARGIN_USD = 0.02
@@ -180,7 +180,7 @@ class FastForward:
         self.broker = broker
         self.path = path
         self.iv = iv
-        self._triggers: dict[tuple[Lot, date, float], float | None] = {}
+        self._triggers: dict[tuple[int, float], float | None] = {}  # this session's, by lot and value
 
     async def run_session(self, index: int, ticks: list[datetime]) -> int:
         """Drive session ``index`` over ``ticks``; returns how many ticks the engine evaluated."""
@@ -189,6 +189,7 @@ class FastForward:
         engine, clock = self.engine, self.clock
         day = self.path.sessions[index].day
         prices = self.path.session_prices(index, ticks)
+        span = (min(prices), max(prices))
         self._triggers.clear()
         evaluated = 0
         must = True  # the session's first tick does the day-boundary work
@@ -205,18 +206,24 @@ class FastForward:
             if t < clock.now():
                 continue  # an order's wait ran past this tick (as in the every-tick run)
             clock.advance_to(t)
-            version = ledger.write_version()
+            changes = self._changes()
             await engine.tick()
             evaluated += 1
-            must = (ledger.write_version() != version or not engine.ready
-                    or bool(await self.broker.open_orders()))
+            must = self._changes() != changes or not engine.ready or bool(await self.broker.open_orders())
             if not must:
-                band = await self.band(day, ticks, prices)
+                band = await self.band(day, ticks, span)
                 must = bool(band.always)
                 low, high = band.low, band.high
         return evaluated
 
-    async def band(self, day: date, ticks: list[datetime], prices: list[float]) -> Band:
+    @staticmethod
+    def _changes() -> int:
+        """Rows written so far through the backtest's one database connection (nothing else writes
+        to its private database): the tick after any write is evaluated."""
+        changes: int = database_proxy.connection().total_changes
+        return changes
+
+    async def band(self, day: date, ticks: list[datetime], span: tuple[float, float]) -> Band:
         """The quiet band for the next ticks of session ``day``, from the engine's own state."""
         engine = self.engine
         state = engine.state(day)
@@ -225,40 +232,38 @@ class FastForward:
         bid: dict[int, float | None] = {}
         for lot in state.open_lots:
             if due_exit(lot, day, settings):
-                bid[lot.id] = self.trigger(lot, day, ticks, prices, BID_MIN_VALUE)
+                bid[lot.id] = self.trigger(lot, day, ticks, span, BID_MIN_VALUE)
             else:
-                tp[lot.id] = self.trigger(lot, day, ticks, prices, float(take_profit_price(lot, day, settings)))
+                tp[lot.id] = self.trigger(lot, day, ticks, span, float(take_profit_price(lot, day, settings)))
         recycle_max = float(state.pool + Decimal(str(RECYCLE_MARGIN_USD))) / QQQM_RATIO
         return quiet_band(state, settings, day, await engine.prev_close(day), tp, recycle_max, bid)
 
-    def trigger(self, lot: Lot, day: date, ticks: list[datetime], prices: list[float], value: float) -> float | None:
+    def trigger(self, lot: Lot, day: date, ticks: list[datetime], span: tuple[float, float],
+                value: float) -> float | None:
         """The lowest QQQ price from which the lot's quote could reach a model ``value`` (less the
         margins) at any of the session's ticks (``math.inf``: at none of them), by the sim's own
-        pricer; None when it cannot be bounded (a put, a contract near its expiry or unquoted)."""
-        key = (lot, day, value)
+        pricer; None when it cannot be bounded (a put, or a contract not quoted at every tick)."""
+        key = (lot.id, value)  # within one session: a lot's contract is fixed, value carries its target
         if key in self._triggers:
             return self._triggers[key]
         c = lot.contract
+        pricer = self.broker.pricer
+        close = expiry_close(c.expiry)
+        t_max = (close - ticks[0]).total_seconds() / YEAR_S
+        t_min = (close - ticks[-1]).total_seconds() / YEAR_S
         trigger: float | None = None
-        if c.right == "C" and c.dte(day) >= NEAR_EXPIRY_DTE:
-            pricer, base_iv = self.broker.pricer, self.iv.iv(day)
-            times = (ticks[0], ticks[len(ticks) // 2], ticks[-1])
+        if c.right == "C" and t_min > 0 and pricer.is_listed(c):
+            base_iv, strike, elapsed = self.iv.iv(day), float(c.strike), t_max - t_min
+            first = ticks[0]
+
+            def bound(spot: float) -> float:  # nondecreasing in spot, ≥ the value at every tick
+                m = pricer.model(c, first, spot, base_iv)
+                assert m is not None  # listed, and quoted until after the last tick
+                v, _, sigma = m
+                return v + bs_time_bound(spot, strike, t_min, t_max, pricer.r, pricer.q, sigma) * elapsed
+
             target = value - TP_MARGIN_USD - TP_MARGIN_REL * value
-            unquoted = False
-
-            def value_at(spot: float) -> float:
-                nonlocal unquoted
-                best = -math.inf
-                for t in times:
-                    v = pricer.model_mid(c, t, spot, base_iv)
-                    if v is None:
-                        unquoted = True
-                        return math.inf
-                    best = max(best, v)
-                return best
-
-            found = trigger_spot(target, value_at, min(prices), max(prices))
-            trigger = None if unquoted else found
+            trigger = trigger_spot(target, bound, *span)
         self._triggers[key] = trigger
         return trigger
 

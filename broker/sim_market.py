@@ -291,20 +291,19 @@ class PricePath:
 
     def session_prices(self, index: int, times: Sequence[datetime]) -> list[float]:
         """``[price_at(t) for t in times]`` for times of session ``index`` (in order), bit for bit.
-        Times that fall exactly on the path's points at an equal stride (the 5-minute ticks on the
-        5-minute path) are read off the points; any other time goes through ``price_at``."""
+        When the times fall exactly on the path's points at one stride (the 5-minute ticks on the
+        5-minute path) they are read off the points; otherwise each goes through ``price_at``."""
         s = self.sessions[index]
         pts = self._points[index]
         n = len(times)
-        if n and s.open <= times[0] and times[-1] < s.close:
-            step = round(self._step_s * 1_000_000)
-            first = _microseconds(times[0] - s.open)
-            stride = _microseconds(times[1] - times[0]) if n > 1 else step
-            k0, rem = divmod(first, step)
+        if n > 1 and s.open <= times[0] and times[-1] < s.close:
+            step = timedelta(seconds=self._step_s)
+            k0, rem = divmod(times[0] - s.open, step)
+            stride = times[1] - times[0]
             m, rem2 = divmod(stride, step)
             last_k = k0 + (n - 1) * m
             if (not rem and not rem2 and m > 0 and last_k < len(pts) - 1
-                    and all(_microseconds(b - a) == stride for a, b in pairwise(times))):
+                    and not any(b - a != stride for a, b in pairwise(times))):
                 return pts[k0:last_k + 1:m]
         return [self.price_at(t) for t in times]
 
@@ -329,10 +328,6 @@ class PricePath:
             return None
         s = self.sessions[i]
         return s if t < s.close else None
-
-
-def _microseconds(d: timedelta) -> int:
-    return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
 
 
 def _intraday(b: DailyBar, n: int, rng: random.Random) -> list[float]:

@@ -87,10 +87,13 @@ class OptionPricer:
     def is_listed(self, c: OptionContract) -> bool:
         return self._terms(c) is not None
 
-    def _model(
+    def model(
         self, c: OptionContract, now: datetime, spot: float, base_iv: float
     ) -> tuple[float, float, float] | None:
-        """(model mid, delta, volatility) before any rounding; None when not listed or expired."""
+        """(model value, delta, volatility) the quote is made of, before any rounding; None when not
+        listed or expired. A quote with a positive bid has its mid within half a cent of the value
+        (the bid is rounded to the cent, the ask is bid + spread), and its bid is positive only
+        when the value exceeds 3 cents (bid = round(value − spread / 2), spread ≥ 5 cents)."""
         terms = self._terms(c)
         if terms is None:
             return None
@@ -103,15 +106,9 @@ class OptionPricer:
         mid, delta = bs_price_delta(spot, K, T, self.r, self.q, sigma, c.right)
         return mid, delta, sigma
 
-    def model_mid(self, c: OptionContract, now: datetime, spot: float, base_iv: float) -> float | None:
-        """The model value the quote is rounded from: a quote's mid is within half a cent of it
-        whenever its bid is positive (the bid is rounded to the cent, the ask is bid + spread)."""
-        m = self._model(c, now, spot, base_iv)
-        return None if m is None else m[0]
-
     def quote(self, c: OptionContract, now: datetime, spot: float, base_iv: float) -> OptionQuote | None:
         """A quote, or None when the contract is not listed or has expired."""
-        m = self._model(c, now, spot, base_iv)
+        m = self.model(c, now, spot, base_iv)
         if m is None:
             return None
         mid, delta, sigma = m
