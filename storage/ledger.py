@@ -82,19 +82,22 @@ def order_by_ref(order_ref: str) -> Order | None:
 
 
 def mark_sent(order_ref: str, broker_order_id: str, at: datetime) -> None:
-    Order.update(broker_order_id=broker_order_id, sent_at=at,
-                 status=fn.IIF(Order.status == "pending_submit", "submitted", Order.status)
-                 ).where(Order.order_ref == order_ref).execute()
+    prepared.execute("mark_sent", lambda: Order.update(
+        broker_order_id=broker_order_id, sent_at=at,
+        status=fn.IIF(Order.status == "pending_submit", "submitted", Order.status)).where(Order.order_ref == order_ref),
+        (broker_order_id, "pending_submit", "submitted", Order.sent_at.db_value(at), order_ref))
 
 
 def set_limit(order_ref: str, limit: Decimal) -> None:
-    Order.update(limit=limit).where(Order.order_ref == order_ref).execute()
+    prepared.execute("set_limit", lambda: Order.update(limit=limit).where(Order.order_ref == order_ref),
+                     (Order.limit.db_value(limit), order_ref))
 
 
 def finish_order(order_ref: str, status: str, at: datetime, message: str = "") -> bool:
     """Move an order to a final status once; returns False when it already was final."""
-    n = (Order.update(status=status, finished_at=at, message=message)
-         .where((Order.order_ref == order_ref) & (Order.status.in_(ACTIVE))).execute())
+    n = prepared.execute("finish_order", lambda: Order.update(status=status, finished_at=at, message=message).where(
+        (Order.order_ref == order_ref) & (Order.status.in_(ACTIVE))),
+        (status, Order.finished_at.db_value(at), message, order_ref, *ACTIVE))
     return bool(n)
 
 
@@ -152,17 +155,33 @@ def _lot_for_buy(order: Order | None, ex: Execution) -> Lot | None:
     if order is None:
         return None
     if order.roll_id is not None:
-        roll = Roll.get_by_id(order.roll_id)
-        return Lot.get_by_id(roll.new_lot_id) if roll.new_lot_id else None
-    return Lot.get_by_id(order.lot_id) if order.lot_id else None
+        roll = _roll_by_id(order.roll_id)
+        return _lot_by_id(roll.new_lot_id) if roll.new_lot_id else None
+    return _lot_by_id(order.lot_id) if order.lot_id else None
 
 
 def _lot_for_sell(order: Order | None, ex: Execution) -> Lot | None:
     if order is None:
         return None
     if order.roll_id is not None:
-        return Lot.get_by_id(Roll.get_by_id(order.roll_id).old_lot_id)
-    return Lot.get_by_id(order.lot_id) if order.lot_id else None
+        return _lot_by_id(_roll_by_id(order.roll_id).old_lot_id)
+    return _lot_by_id(order.lot_id) if order.lot_id else None
+
+
+def _lot_by_id(lot_id: int) -> Lot:
+    """``Lot.get_by_id``: raises Lot.DoesNotExist when there is none."""
+    lot = lot_row(lot_id)
+    if lot is None:
+        raise Lot.DoesNotExist(f"no lot {lot_id}")  # type: ignore[attr-defined]
+    return lot
+
+
+def _roll_by_id(roll_id: int) -> Roll:
+    """``Roll.get_by_id``: raises Roll.DoesNotExist when there is none."""
+    roll = prepared.first(Roll, "roll_by_id", lambda: Roll.select().where(Roll.id == roll_id), (roll_id,))
+    if roll is None:
+        raise Roll.DoesNotExist(f"no roll {roll_id}")  # type: ignore[attr-defined]
+    return roll
 
 
 def record_execution(ex: Execution, recorded_at: datetime) -> Recorded:
@@ -228,15 +247,23 @@ def _update_filled(order: Order) -> None:
     req = request_from_json(order.request)
     first = req.legs[0]
     ins = first.instrument
-    q = Fill.select(fn.COALESCE(fn.SUM(Fill.qty), 0)).where(
-        (Fill.order == order.id) & (Fill.side == first.action) & (Fill.symbol == ins.symbol))
+    def leg_fills() -> Any:
+        return Fill.select(fn.COALESCE(fn.SUM(Fill.qty), 0)).where(
+            (Fill.order == order.id) & (Fill.side == first.action) & (Fill.symbol == ins.symbol))
+
     if isinstance(ins, OptionContract):
-        q = q.where((Fill.expiry == ins.expiry) & (Fill.strike == ins.strike))
-    filled = int(q.scalar() or 0) // max(first.ratio, 1)
+        opt = ins
+        ((total,),) = prepared.values("filled_option", lambda: leg_fills().where(
+            (Fill.expiry == opt.expiry) & (Fill.strike == opt.strike)),
+            (0, order.id, first.action, ins.symbol, opt.expiry, Fill.strike.db_value(opt.strike)))
+    else:
+        ((total,),) = prepared.values("filled_stock", leg_fills, (0, order.id, first.action, ins.symbol))
+    filled = int(total or 0) // max(first.ratio, 1)
     status = order.status
     if status in ACTIVE and filled > 0:
         status = "filled" if filled >= order.qty else "partially_filled"
-    Order.update(filled_qty=filled, status=status).where(Order.id == order.id).execute()
+    prepared.execute("set_filled", lambda: Order.update(filled_qty=filled, status=status).where(Order.id == order.id),
+                     (status, filled, order.id))
 
 
 def record_commission(exec_id: str, commission: Decimal) -> bool:

@@ -9,7 +9,7 @@ call's ``params``. Model rows come through ``Model.raw``, which converts every c
 field exactly as the query itself would, so the results are the same objects.
 
 A query qualifies when its shape is fixed and only its parameter values change between calls:
-``build`` must place ``params`` in the query in the order given.
+``build`` must place ``params`` in the query in the order given, as database values.
 """
 
 from __future__ import annotations
@@ -49,6 +49,13 @@ def first(model: type[M], name: str, build: Callable[[], Query], params: Sequenc
     """The first model row of ``build()`` run with ``params``, or None."""
     found: list[M] = list(model.raw(sql_for(name, build, params), *params))
     return found[0] if found else None
+
+
+def execute(name: str, build: Callable[[], Query], params: Sequence[Any]) -> int:
+    """Run a write (UPDATE or DELETE) built by ``build`` with ``params``: the rows it changed.
+    ``params`` are the database values (``field.db_value(v)``), as the query would send them."""
+    cursor = database_proxy.execute_sql(sql_for(name, build, params), list(params))
+    return int(cursor.rowcount)
 
 
 def values(name: str, build: Callable[[], Query], params: Sequence[Any]) -> list[tuple[Any, ...]]:

@@ -92,3 +92,32 @@ def test_a_query_whose_parameters_differ_is_refused(db: Database) -> None:
         prepared.rows(Order, "test_mismatch", lambda: Order.select().where(Order.qty > 1), ("1",))  # int, not str
     with pytest.raises(ValueError, match="parameters"):
         prepared.rows(Order, "test_missing", lambda: Order.select().where(Order.qty > 1), ())
+
+
+def test_prepared_writes_change_what_the_plain_updates_change(ledger_db: Database) -> None:
+    at = datetime(2025, 3, 4, 15, 30, 15, tzinfo=UTC)
+    order = Order.select().where(Order.status == "submitted").order_by(Order.id).get()
+    ledger.set_limit(order.order_ref, Decimal("12.35"))
+    ledger.mark_sent(order.order_ref, "b-77", at)
+    row = Order.get_by_id(order.id)
+    assert (row.limit, row.broker_order_id, row.sent_at, row.status) == (Decimal("12.35"), "b-77", at, "submitted")
+    assert ledger.finish_order(order.order_ref, "cancelled", at, "timed out")
+    assert not ledger.finish_order(order.order_ref, "filled", at)  # final once
+    row = Order.get_by_id(order.id)
+    assert (row.status, row.finished_at, row.message) == ("cancelled", at, "timed out")
+    other = Order.select().where(Order.status == "filled").order_by(Order.id).get()
+    ledger.mark_sent(other.order_ref, "b-78", at)  # never moves a final order back
+    assert Order.get_by_id(other.id).status == "filled"
+    for o in Order.select().where(Order.filled_qty > 0):  # filled_qty recounted from the fills
+        Order.update(filled_qty=0).where(Order.id == o.id).execute()
+        ledger._update_filled(Order.get_by_id(o.id))
+        assert Order.get_by_id(o.id).filled_qty == o.filled_qty
+
+
+def test_lot_and_roll_lookups_raise_like_get_by_id(ledger_db: Database) -> None:
+    with pytest.raises(Lot.DoesNotExist):  # type: ignore[attr-defined]
+        ledger._lot_by_id(10_000)
+    with pytest.raises(Roll.DoesNotExist):  # type: ignore[attr-defined]
+        ledger._roll_by_id(10_000)
+    roll = Roll.select().get()
+    assert data(ledger._roll_by_id(roll.id)) == data(roll)
