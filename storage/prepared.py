@@ -5,8 +5,8 @@ tick and every order that is most of their cost (about 0.1 ms each, against a fe
 SQLite), and it dominates a fast-forwarded backtest. ``rows`` and the others compile the query
 that ``build`` returns the first time ``name`` is used on a kind of database, check that its
 parameters are exactly ``params`` (same values, same types), and then run that SQL with each
-call's ``params``. Model rows come through ``Model.raw``, which converts every column with its
-field exactly as the query itself would, so the results are the same objects.
+call's ``params``. Model rows are made by peewee's own cursor wrapper, as ``Model.raw`` makes them:
+every column is converted by its field exactly as the query itself would do.
 
 A query qualifies when its shape is fixed and only its parameter values change between calls:
 ``build`` must place ``params`` in the query in the order given, as database values.
@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from peewee import Model, Query
+from peewee import Model, ModelObjectCursorWrapper, Query
 
 from storage.models import database_proxy
 
@@ -41,13 +41,14 @@ def sql_for(name: str, build: Callable[[], Query], params: Sequence[Any]) -> str
 
 
 def rows(model: type[M], name: str, build: Callable[[], Query], params: Sequence[Any]) -> list[M]:
-    """The model rows of ``build()`` run with ``params``."""
-    return list(model.raw(sql_for(name, build, params), *params))
+    """The model rows of ``build()`` run with ``params``, made as ``model.raw`` makes them."""
+    cursor = database_proxy.execute_sql(sql_for(name, build, params), list(params))
+    return list(ModelObjectCursorWrapper(cursor, model, [], model))
 
 
 def first(model: type[M], name: str, build: Callable[[], Query], params: Sequence[Any]) -> M | None:
     """The first model row of ``build()`` run with ``params``, or None."""
-    found: list[M] = list(model.raw(sql_for(name, build, params), *params))
+    found = rows(model, name, build, params)
     return found[0] if found else None
 
 
