@@ -7,12 +7,13 @@ from __future__ import annotations
 import math
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from bot.alerts import MemorySink
 from bot.backtest_report import build_result
@@ -332,13 +333,58 @@ async def run_backtest(
         close_database(db)
 
 
+class TerminalProgress:
+    """A backtest's progress on a terminal: sessions done of all, the rate and the time left, on
+    one line of ``stream`` (stderr) that is redrawn at most every ``every_s`` seconds once the run
+    has lasted ``after_s`` (a short run shows nothing), and cleared at the end so that nothing is
+    left between the command and what it prints."""
+
+    def __init__(self, stream: TextIO | None = None, *, after_s: float = 2.0, every_s: float = 0.25,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream = stream
+        self.after_s = after_s
+        self.every_s = every_s
+        self.clock = clock
+        self._start: float | None = None
+        self._last_done = 0
+        self._drawn_at: float | None = None
+        self._width = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self.clock()
+        if self._start is None or done < self._last_done:  # a new run
+            self._start, self._drawn_at, self._width = now, None, 0
+        self._last_done = done
+        stream = self.stream or sys.stderr
+        if done >= total:
+            if self._width:
+                stream.write("\r" + " " * self._width + "\r")
+                stream.flush()
+            self._start = None
+            self._last_done = 0
+            return
+        elapsed = now - self._start
+        if elapsed < self.after_s or (self._drawn_at is not None and now - self._drawn_at < self.every_s):
+            return
+        rate = done / elapsed if elapsed > 0 else 0.0
+        left = f", about {_duration((total - done) / rate)} left" if rate > 0 else ""
+        line = f"backtest: {done:,}/{total:,} sessions ({100 * done / total:.0f} %), {rate:,.0f} sessions/s{left}"
+        stream.write("\r" + line.ljust(self._width))
+        stream.flush()
+        self._width = max(self._width, len(line))
+        self._drawn_at = now
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return "under 1 s"
+    whole = round(seconds)
+    return f"{whole // 60} min {whole % 60:02d} s" if whole >= 60 else f"{whole} s"
+
+
+_default_progress = TerminalProgress()
+
+
 def terminal_progress(done: int, total: int) -> None:
-    """A one-line progress bar on stderr (only used when stderr is a terminal)."""
-    if done != total and done % 20:
-        return
-    width = 30
-    filled = int(width * done / total)
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} sessions")
-    if done == total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
+    """Progress on stderr with the default ``TerminalProgress`` (for a terminal)."""
+    _default_progress(done, total)

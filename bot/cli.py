@@ -77,13 +77,14 @@ def _setup_logging(level: str, fmt: str = "text", secrets: list[str] | None = No
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
-    from bot.backtest import BacktestConfig, BacktestError, run_backtest, terminal_progress
+    from bot.backtest import BacktestConfig, BacktestError, TerminalProgress, run_backtest
     from bot.backtest_report import format_report, write_chart
 
     cfg = BacktestConfig(csv=args.csv, synthetic_years=args.synthetic_years, seed=args.seed, start=args.start,
                          end=args.end, capital=args.capital, iv=args.iv, overrides=list(args.overrides),
                          every_tick=args.every_tick)
-    progress = terminal_progress if sys.stderr.isatty() and not args.json else None
+    # Progress goes to stderr, so --json's stdout stays only the result.
+    progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() else None
     try:
         if args.source == "ib":
             cfg.bars = _ib_bars(args)
