@@ -154,10 +154,12 @@ def load_iv(cfg: BacktestConfig) -> IvSource:
 # positive bid only above a model value of 3 cents (``OptionPricer.model``). Over a session the
 # value at a given QQQ price moves with time by at most ``bs_time_bound`` × the time between the
 # first and last tick, so the value at the first tick plus that much bounds every tick's. A lot's
-# trigger is where that bound reaches the threshold minus 1 cent and 0.1 % of it (the half cent of
-# rounding, and float slack); puts and contracts not quoted at every tick are evaluated always.
+# trigger is where that bound reaches the threshold minus 1 cent (twice the half cent of rounding)
+# and a millionth of it (float and Decimal conversions); for puts and contracts not quoted at every
+# tick there is none, and every tick is evaluated. tests/test_fastforward.py checks each margin
+# against the sim's quotes.
 TP_MARGIN_USD = 0.01
-TP_MARGIN_REL = 0.001
+TP_MARGIN_REL = 1e-6
 BID_MIN_VALUE = 0.03
 # QQQM's ask in the sim is QQQ × QQQM_RATIO rounded to the cent, plus a cent; a recycling buy
 # needs pool ≥ ask, so above (pool + RECYCLE_MARGIN_USD) / QQQM_RATIO none can happen.
