@@ -161,9 +161,13 @@ def load_iv(cfg: BacktestConfig) -> IvSource:
 TP_MARGIN_USD = 0.01
 TP_MARGIN_REL = 1e-6
 BID_MIN_VALUE = 0.03
-# QQQM's ask in the sim is QQQ × QQQM_RATIO rounded to the cent, plus a cent; a recycling buy
-# needs pool ≥ ask, so above (pool + RECYCLE_MARGIN_USD) / QQQM_RATIO none can happen.
 RECYCLE_MARGIN_USD = 0.02
+
+
+def recycle_spot_max(pool: Decimal) -> float:
+    """The highest QQQ price at which the sim's QQQM could be bought with ``pool``: its ask is QQQ ×
+    QQQM_RATIO rounded to the cent plus a cent, and a recycling buy needs at least pool ≥ ask."""
+    return float(pool + Decimal(str(RECYCLE_MARGIN_USD))) / QQQM_RATIO
 
 
 class FastForward:
@@ -238,8 +242,8 @@ class FastForward:
                 bid[lot.id] = self.trigger(lot, day, ticks, span, BID_MIN_VALUE)
             else:
                 tp[lot.id] = self.trigger(lot, day, ticks, span, float(take_profit_price(lot, day, settings)))
-        recycle_max = float(state.pool + Decimal(str(RECYCLE_MARGIN_USD))) / QQQM_RATIO
-        return quiet_band(state, settings, day, await engine.prev_close(day), tp, recycle_max, bid)
+        prev_close = await engine.prev_close(day)
+        return quiet_band(state, settings, day, prev_close, tp, recycle_spot_max(state.pool), bid)
 
     def trigger(self, lot: Lot, day: date, ticks: list[datetime], span: tuple[float, float],
                 value: float) -> float | None:

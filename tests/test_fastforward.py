@@ -33,7 +33,7 @@ from strategy.calendar import NY, nyse
 from strategy.fastforward import PRICE_MARGIN, Band, drop_trigger, due_exit, quiet_band, take_profit_price, trigger_spot
 from strategy.model import ExitReason, Lot, MarketSnapshot, OptionContract, OptionQuote, Quote, StrategyState
 from strategy.pricing import bs_price, bs_time_bound
-from strategy.rules import DailyLimits, decide_tick, exit_decision
+from strategy.rules import DailyLimits, decide_tick, exit_decision, recycle_decision
 from strategy.settings import StrategySettings
 from tests.conftest import shared_file
 
@@ -281,6 +281,24 @@ def test_trigger_prices_are_below_every_tick_that_could_sell(days_ago: int, divi
     assert checked > 1000
 
 
+@hsettings(max_examples=400, deadline=None)
+@given(pool=st.integers(100, 500_000), near=st.floats(0.9, 1.1))
+def test_no_recycling_buy_above_the_recycling_edge(pool: int, near: float) -> None:
+    """At QQQ prices around the one at which the pool pays for one QQQM share (commission included)."""
+    money = D(pool) / 100
+    spot = float(money) / backtest.QQQM_RATIO * near
+    session = CAL.session(date(2025, 3, 7))
+    assert session is not None
+    path = PricePath([session], [[spot] * 79], 300.0)
+    clock = SimClock(session.open + timedelta(hours=2))
+    broker = SimBroker(clock, path, IvSource.constant(0.25), calendar=CAL, mixed_account=False)
+    settings = S.with_value("recycle_threshold", D(0))
+    state = StrategyState(open_lots=(), entered_this_session=True, pool=money)
+    band = quiet_band(state, settings, TODAY, PREV, {}, recycle_spot_max=backtest.recycle_spot_max(money))
+    if band.quiet(spot):
+        assert recycle_decision(money, asyncio.run(broker.quote("QQQM")), clock.now(), settings) is None
+
+
 @pytest.mark.parametrize(("interval", "delay"), [(5, 5), (5, 0), (10, 5), (15, 10), (1, 5), (2, 7), (3, 5)])
 def test_session_prices_are_exactly_the_path_at_each_tick(interval: int, delay: int) -> None:
     days = [date(2024, 11, 27), date(2024, 11, 29), date(2024, 12, 24), date(2025, 3, 7), date(2025, 3, 10)]
@@ -383,6 +401,29 @@ def test_identical_when_a_due_lot_gets_a_bid_in_mid_session(tmp_path: Path) -> N
     sold_at = datetime.fromisoformat(sale[0]["time"])
     assert sold_at.astimezone(NY).date() == sessions[9].day
     assert sold_at > CAL.tick_times(sessions[9], 5, 5)[0] + timedelta(minutes=30)  # well after the first tick
+
+
+def test_identical_when_the_pool_pays_for_a_share_only_after_qqq_falls(tmp_path: Path) -> None:
+    """Recycling on from any pool: what is left after a buy is less than one QQQM share, until QQQ
+    falls far enough, in the middle of a later session, that it pays for one."""
+    sessions = CAL.sessions_between(date(2024, 3, 4), date(2024, 8, 30))[:40]
+    closes = [100.0, 79.0] + [79 * 1.04 ** k for k in range(1, 9)]
+    while len(closes) < len(sessions):
+        closes.append(closes[-1] * 0.86)  # never −20 %: no new entry
+    rows, prev = [], 100.0
+    for s, c in zip(sessions, closes, strict=True):
+        rows.append(f"{s.day},{prev:.4f},{max(prev, c) * 1.001:.4f},{min(prev, c) * 0.999:.4f},{c:.4f}")
+        prev = c
+    csv = tmp_path / "fall.csv"
+    csv.write_text("Date,Open,High,Low,Close\n" + "\n".join(rows) + "\n")
+    fast, slow = both(BacktestConfig(csv=csv, overrides=["entry_drop=20", "recycle_threshold=0"]), tmp_path)
+    assert_identical(fast, slow)
+    buys = [t for t in slow.result["trades"] if t["reason"] == "recycle"]
+    sale = next(t for t in slow.result["trades"] if t["reason"] == "take_profit")
+    assert len(buys) == 2 and buys[0]["time"][:10] == sale["time"][:10]  # right after the profit...
+    late = datetime.fromisoformat(buys[1]["time"])  # ...and one share weeks later, in mid-session
+    day = CAL.session(late.astimezone(NY).date())
+    assert day is not None and late > CAL.tick_times(day, 5, 5)[0] + timedelta(minutes=30)
 
 
 @pytest.mark.parametrize("iv", ["0.25", "VXN"])
