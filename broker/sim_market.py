@@ -341,16 +341,17 @@ def _intraday(b: DailyBar, n: int, rng: random.Random) -> list[float]:
     ordered = sorted(anchors.items())
     pts = [0.0] * (n + 1)
     scale = (b.high - b.low) * 0.125
+    gauss = rng.gauss
     for (k0, v0), (k1, v1) in pairwise(ordered):
         steps = k1 - k0
-        walk = [0.0]
-        for _ in range(steps):
-            walk.append(walk[-1] + rng.gauss(0, 1))
+        walk = [0.0] * (steps + 1)
+        end = 0.0
+        for i in range(1, steps + 1):
+            end += gauss(0, 1)
+            walk[i] = end
         amp = scale / math.sqrt(steps)
-        end = walk[-1]
-        for j in range(steps + 1):
-            frac = j / steps
-            pts[k0 + j] = v0 + (v1 - v0) * frac + (walk[j] - frac * end) * amp
+        move = v1 - v0
+        pts[k0:k1 + 1] = [v0 + move * (j / steps) + (w - (j / steps) * end) * amp for j, w in enumerate(walk)]
     for k, v in ordered:
         pts[k] = v
     lo, hi = b.low, b.high
