@@ -187,7 +187,7 @@ class FastForward:
         self.broker = broker
         self.path = path
         self.iv = iv
-        self._triggers: dict[tuple[int, float], float | None] = {}  # this session's, by lot and value
+        self._lots: dict[tuple[int, Decimal], tuple[bool, float | None]] = {}  # this session's: due?, trigger
 
     async def run_session(self, index: int, ticks: list[datetime]) -> int:
         """Drive session ``index`` over ``ticks``; returns how many ticks the engine evaluated."""
@@ -197,7 +197,7 @@ class FastForward:
         day = self.path.sessions[index].day
         prices = self.path.session_prices(index, ticks)
         span = (min(prices), max(prices))
-        self._triggers.clear()
+        self._lots.clear()
         evaluated = 0
         must = True  # the session's first tick does the day-boundary work
         low, high = math.inf, -math.inf
@@ -238,10 +238,13 @@ class FastForward:
         tp: dict[int, float | None] = {}
         bid: dict[int, float | None] = {}
         for lot in state.open_lots:
-            if due_exit(lot, day, settings):
-                bid[lot.id] = self.trigger(lot, day, ticks, span, BID_MIN_VALUE)
-            else:
-                tp[lot.id] = self.trigger(lot, day, ticks, span, float(take_profit_price(lot, day, settings)))
+            key = (lot.id, lot.avg_price)  # a lot's due exit and target do not change within a session
+            found = self._lots.get(key)
+            if found is None:
+                due = bool(due_exit(lot, day, settings))
+                value = BID_MIN_VALUE if due else float(take_profit_price(lot, day, settings))
+                found = self._lots[key] = (due, self.trigger(lot, day, ticks, span, value))
+            (bid if found[0] else tp)[lot.id] = found[1]
         prev_close = await engine.prev_close(day)
         return quiet_band(state, settings, day, prev_close, tp, recycle_spot_max(state.pool), bid)
 
@@ -250,9 +253,6 @@ class FastForward:
         """The lowest QQQ price from which the lot's quote could reach a model ``value`` (less the
         margins) at any of the session's ticks (``math.inf``: at none of them), by the sim's own
         pricer; None when it cannot be bounded (a put, or a contract not quoted at every tick)."""
-        key = (lot.id, value)  # within one session: a lot's contract is fixed, value carries its target
-        if key in self._triggers:
-            return self._triggers[key]
         c = lot.contract
         pricer = self.broker.pricer
         close = expiry_close(c.expiry)
@@ -271,7 +271,6 @@ class FastForward:
 
             target = value - TP_MARGIN_USD - TP_MARGIN_REL * value
             trigger = trigger_spot(target, bound, *span)
-        self._triggers[key] = trigger
         return trigger
 
 

@@ -266,7 +266,6 @@ def test_trigger_prices_are_below_every_tick_that_could_sell(days_ago: int, divi
             # the session's ticks, and one tick alone (no time passes: only the cent margin is left)
             for value, times in itertools.product((float(take_profit_price(lt, s.day, S)), BID_MIN_VALUE),
                                                   (ticks, ticks[40:41])):
-                ff._triggers.clear()
                 trigger = ff.trigger(lt, s.day, times, span, value)
                 assert trigger is not None
                 for t in times:
