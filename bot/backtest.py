@@ -277,7 +277,9 @@ class FastForward:
 async def run_backtest(
     cfg: BacktestConfig, workdir: Path | None = None, progress: Callable[[int, int], None] | None = None
 ) -> BacktestRun:
-    """Drive the engine over every 5-minute tick of every session in the period."""
+    """Drive the engine over the 5-minute ticks of every session in the period: all of them with
+    ``cfg.every_tick``, else only those at which something can happen (``FastForward``), with the
+    same trades, summary and equity curve. ``progress(done, total)`` is called after each session."""
     bars = load_bars(cfg)
     iv = load_iv(cfg)
     if cfg.capital <= 0:

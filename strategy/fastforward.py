@@ -7,9 +7,11 @@ settings and the session's previous close, which QQQ prices leave the plan of
 ``strategy.rules.decide_tick`` empty, or that every tick must be evaluated and why. The shell
 then evaluates, through the engine, only the ticks whose price leaves the band.
 
-Take profit depends on option prices, which depend on a pricing model this core does not own:
-the shell passes, per lot, the lowest QQQ price at which that lot's take profit could trigger
-(``tp_triggers``), found with ``trigger_spot`` over its own pricer. Pure: no I/O, no clock.
+Selling a lot depends on option prices, which depend on a pricing model this core does not own:
+the shell passes, per lot, the lowest QQQ price at which its take profit could trigger
+(``tp_triggers``) or, for a lot due for a time exit, at which its quote could show a bid
+(``bid_triggers``), found with ``trigger_spot`` over its own pricer; likewise the highest QQQ price
+at which the recycling pool could pay for a QQQM share. Pure: no I/O, no clock.
 
 Every margin here errs toward evaluating: a tick wrongly evaluated costs time, a tick wrongly
 skipped would be a different backtest.
