@@ -68,9 +68,9 @@ def create_order(
 ) -> Order:
     """Write an order before it is sent (status pending_submit)."""
     first = req.legs[0]
-    return Order.create(
-        order_ref=req.order_ref, purpose=purpose, session_day=session_day, lot=lot_id, roll=roll_id,
-        request=request_to_json(req), side=req.action, sec_type=sec_type(first.instrument),
+    return prepared.create(
+        Order, "create_order", order_ref=req.order_ref, purpose=purpose, session_day=session_day, lot=lot_id,
+        roll=roll_id, request=request_to_json(req), side=req.action, sec_type=sec_type(first.instrument),
         qty=req.qty, limit=req.limit, status="pending_submit", created_at=now,
         context=json.dumps(context or {}, default=str),
     )
@@ -203,8 +203,8 @@ def record_execution(ex: Execution, recorded_at: datetime) -> Recorded:
         if opt is not None and ex.side == "BUY":
             lot = _lot_for_buy(order, ex)
             if lot is None:
-                lot = Lot.create(symbol=opt.symbol, expiry=opt.expiry, strike=opt.strike, right=opt.right,
-                                 multiplier=opt.multiplier, opened_at=ex.time)
+                lot = prepared.create(Lot, "new_lot", symbol=opt.symbol, expiry=opt.expiry, strike=opt.strike,
+                                      right=opt.right, multiplier=opt.multiplier, opened_at=ex.time)
                 if order is not None:
                     if order.roll_id is not None:
                         Roll.update(new_lot=lot.id).where(Roll.id == order.roll_id).execute()
@@ -214,7 +214,7 @@ def record_execution(ex: Execution, recorded_at: datetime) -> Recorded:
             lot.qty_opened += ex.qty
             lot.qty_open += ex.qty
             lot.commission += commission or ZERO
-            lot.save()
+            prepared.save(lot, "save_lot")
         elif opt is not None and ex.side == "SELL":
             lot = _lot_for_sell(order, ex)
             if lot is not None:
@@ -229,9 +229,9 @@ def record_execution(ex: Execution, recorded_at: datetime) -> Recorded:
                     lot.exit_reason = "roll" if order is not None and order.roll_id else (
                         order.purpose if order is not None else "unknown")
                     closed = True
-                lot.save()
-        fill = Fill.create(
-            exec_id=ex.exec_id, order=order.id if order else None, lot=lot.id if lot else None,
+                prepared.save(lot, "save_lot")
+        fill = prepared.create(
+            Fill, "new_fill", exec_id=ex.exec_id, order=order.id if order else None, lot=lot.id if lot else None,
             symbol=ins.symbol, sec_type=sec_type(ins), expiry=opt.expiry if opt else None,
             strike=opt.strike if opt else None, right=opt.right if opt else None,
             side=ex.side, qty=ex.qty, price=ex.price, commission=commission, realized_pnl=realized,

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from peewee import Model, ModelObjectCursorWrapper, Query
+from peewee import Model, ModelObjectCursorWrapper, Query, SqliteDatabase
 
 from storage.models import database_proxy
 
@@ -57,6 +57,50 @@ def execute(name: str, build: Callable[[], Query], params: Sequence[Any]) -> int
     ``params`` are the database values (``field.db_value(v)``), as the query would send them."""
     cursor = database_proxy.execute_sql(sql_for(name, build, params), list(params))
     return int(cursor.rowcount)
+
+
+def create(model: type[M], name: str, **values: Any) -> M:
+    """``model.create(**values)``: the same INSERT (every field the new instance has, defaults
+    included, in the model's order), compiled once per name and set of fields, and the same
+    instance back, its id set and nothing dirty. Other databases than SQLite take peewee's path."""
+    inst = model(**values)
+    if not isinstance(database_proxy.obj, SqliteDatabase):
+        inst.save(force_insert=True)
+        return inst
+    meta: Any = model._meta
+    pk = meta.primary_key
+    data = dict(inst.__data__)
+    if data.get(pk.name) is None:
+        data.pop(pk.name, None)
+    fields = [f for f in meta.sorted_fields if f.name in data]
+    params = [f.db_value(data[f.name]) for f in fields]
+    key = f"{name}({','.join(f.name for f in fields)})"
+    cursor = database_proxy.execute_sql(
+        sql_for(key, lambda: model.insert(**{f.name: data[f.name] for f in fields}), params), params)
+    if pk.name not in data:
+        setattr(inst, pk.name, cursor.lastrowid)
+    row: Any = inst
+    row._dirty.clear()  # as Model.save leaves it: nothing dirty
+    return inst
+
+
+def save(inst: Model, name: str) -> None:
+    """``inst.save()`` of a row read or created before: the same UPDATE of every field by its
+    primary key, compiled once per name and set of fields. Other databases take peewee's path."""
+    if not isinstance(database_proxy.obj, SqliteDatabase):
+        inst.save()
+        return
+    model: Any = type(inst)
+    pk = model._meta.primary_key
+    data = dict(inst.__data__)
+    pk_value = data.pop(pk.name)
+    fields = [f for f in model._meta.sorted_fields if f.name in data]
+    params = [f.db_value(data[f.name]) for f in fields] + [pk.db_value(pk_value)]
+    key = f"{name}({','.join(f.name for f in fields)})"
+    database_proxy.execute_sql(sql_for(key, lambda: model.update(
+        **{f.name: data[f.name] for f in fields}).where(pk == pk_value), params), params)
+    row: Any = inst
+    row._dirty.clear()
 
 
 def values(name: str, build: Callable[[], Query], params: Sequence[Any]) -> list[tuple[Any, ...]]:

@@ -121,3 +121,36 @@ def test_lot_and_roll_lookups_raise_like_get_by_id(ledger_db: Database) -> None:
         ledger._roll_by_id(10_000)
     roll = Roll.select().get()
     assert data(ledger._roll_by_id(roll.id)) == data(roll)
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["prepared", "peewee-path"])
+def test_create_and_save_write_what_peewee_writes(db: Database, monkeypatch: pytest.MonkeyPatch,
+                                                  fallback: bool) -> None:
+    if fallback:  # the path other databases take
+        monkeypatch.setattr(prepared, "SqliteDatabase", type("NotThisDatabase", (), {}))
+    at = datetime(2025, 3, 4, 15, 30, tzinfo=UTC)
+    kw = {"symbol": "QQQ", "expiry": date(2026, 1, 16), "strike": Decimal("450"), "right": "C", "multiplier": 100,
+          "opened_at": at}
+    mine, theirs = prepared.create(Lot, "t_lot", **kw), Lot.create(**kw)
+    assert mine.id == theirs.id - 1 and not mine.is_dirty() and not theirs.is_dirty()
+    assert {k: v for k, v in data(Lot.get_by_id(mine.id)).items() if k != "id"} == {  # type: ignore[union-attr]
+        k: v for k, v in data(Lot.get_by_id(theirs.id)).items() if k != "id"}  # type: ignore[union-attr]
+    for lot in (mine, Lot.get_by_id(theirs.id)):  # one created here, one read back
+        lot.qty_open += 2
+        lot.avg_price = Decimal("12.3456")
+        lot.closed_at = at
+        prepared.save(lot, "t_save")
+        assert not lot.is_dirty()
+        row = Lot.get_by_id(lot.id)
+        assert (row.qty_open, row.avg_price, row.closed_at, row.strike) == (2, Decimal("12.3456"), at, Decimal(450))
+    okw = {"purpose": "entry", "session_day": date(2025, 3, 4), "lot": mine.id, "roll": None, "request": "{}",
+           "side": "BUY", "sec_type": "OPT", "qty": 1, "limit": Decimal("1.25"), "status": "pending_submit",
+           "created_at": at, "context": "{}"}
+    order, other = prepared.create(Order, "t_order", order_ref="qqqbot-a", **okw), Order.create(order_ref="qqqbot-b",
+                                                                                                   **okw)
+
+    def same(row: object) -> dict[str, object]:
+        return {k: v for k, v in (data(row) or {}).items() if k not in ("id", "order_ref")}
+
+    assert same(order) == same(other) and same(Order.get_by_id(order.id)) == same(Order.get_by_id(other.id))
+    assert order.message == "" and order.filled_qty == 0 and not order.is_dirty()
