@@ -4,14 +4,16 @@ path differ from a live run."""
 
 from __future__ import annotations
 
+import math
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from bot.alerts import MemorySink
 from bot.backtest_report import build_result
@@ -20,6 +22,7 @@ from bot.settings_service import SettingsService
 from broker.clock import SimClock
 from broker.sim import SimBroker
 from broker.sim_market import (
+    QQQM_RATIO,
     CsvError,
     DailyBar,
     IvSource,
@@ -28,8 +31,13 @@ from broker.sim_market import (
     load_series_csv,
     synthetic_bars,
 )
+from broker.sim_options import YEAR_S, expiry_close
 from storage.db import close_database, open_database
+from storage.models import database_proxy
 from strategy.calendar import nyse
+from strategy.fastforward import Band, due_exit, quiet_band, take_profit_price, trigger_spot
+from strategy.model import Lot
+from strategy.pricing import bs_time_bound
 from strategy.rules import DailyLimits
 from strategy.settings import SettingError, parse_assignment
 
@@ -50,6 +58,7 @@ class BacktestConfig:
     overrides: list[str] = field(default_factory=list)
     limits: DailyLimits = field(default_factory=DailyLimits)
     bars: list[DailyBar] | None = None  # fetched beforehand (``--source ib``)
+    every_tick: bool = False  # evaluate every tick through the engine, not only those that can act
 
 
 SYNTHETIC_END = date(2025, 12, 31)
@@ -63,6 +72,8 @@ class BacktestRun:
     positions: list[tuple[date, int]]
     buy_hold: list[float]
     db_path: Path
+    ticks_total: int = 0  # the sessions' 5-minute ticks
+    ticks_evaluated: int = 0  # those the engine evaluated (all of them with ``every_tick``)
 
 
 def load_bars(cfg: BacktestConfig) -> list[DailyBar]:
@@ -138,10 +149,137 @@ def load_iv(cfg: BacktestConfig) -> IvSource:
         raise BacktestError(f"cannot read {path}: {e.strerror or e}") from e
 
 
+# A lot is sold when its quoted mid reaches its take-profit price or, once a time exit is due, as
+# soon as its quote shows a bid. The sim quotes a mid within half a cent of its model value and a
+# positive bid only above a model value of 3 cents (``OptionPricer.model``). Over a session the
+# value at a given QQQ price moves with time by at most ``bs_time_bound`` × the time between the
+# first and last tick, so the value at the first tick plus that much bounds every tick's. A lot's
+# trigger is where that bound reaches the threshold minus 1 cent (twice the half cent of rounding)
+# and a millionth of it (float and Decimal conversions); for puts and contracts not quoted at every
+# tick there is none, and every tick is evaluated. tests/test_fastforward.py checks each margin
+# against the sim's quotes.
+TP_MARGIN_USD = 0.01
+TP_MARGIN_REL = 1e-6
+BID_MIN_VALUE = 0.03
+RECYCLE_MARGIN_USD = 0.02
+
+
+def recycle_spot_max(pool: Decimal) -> float:
+    """The highest QQQ price at which the sim's QQQM could be bought with ``pool``: its ask is QQQ ×
+    QQQM_RATIO rounded to the cent plus a cent, and a recycling buy needs at least pool ≥ ask."""
+    return float(pool + Decimal(str(RECYCLE_MARGIN_USD))) / QQQM_RATIO
+
+
+class FastForward:
+    """The backtest driver's fast-forward over one session's ticks, beside the real engine.
+
+    It evaluates, through ``Engine.tick`` exactly as the every-tick run does, the first tick of the
+    session (the day-boundary work: expired lots, dropped roll buys, the sim's expiry settlement),
+    the tick after any database write (a fill, an order, an alert flag) or after the engine lost
+    readiness, every tick while the broker works an order, and every tick whose QQQ price leaves
+    ``strategy.fastforward.quiet_band`` (or every tick when the band says so). Every other tick
+    provably decides nothing, writes nothing and moves no order, so skipping it changes nothing:
+    the clock's next step is the next evaluated tick."""
+
+    def __init__(self, engine: Engine, clock: SimClock, broker: SimBroker, path: PricePath, iv: IvSource) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.broker = broker
+        self.path = path
+        self.iv = iv
+        self._lots: dict[tuple[int, Decimal], tuple[bool, float | None]] = {}  # this session's: due?, trigger
+
+    async def run_session(self, index: int, ticks: list[datetime]) -> int:
+        """Drive session ``index`` over ``ticks``; returns how many ticks the engine evaluated."""
+        if not ticks:
+            return 0
+        engine, clock = self.engine, self.clock
+        day = self.path.sessions[index].day
+        prices = self.path.session_prices(index, ticks)
+        span = (min(prices), max(prices))
+        self._lots.clear()
+        evaluated = 0
+        must = True  # the session's first tick does the day-boundary work
+        low, high = math.inf, -math.inf
+        j, n = 0, len(ticks)
+        while j < n:
+            if not must:
+                while j < n and low < prices[j] < high:
+                    j += 1  # provably quiet: skipped
+                if j == n:
+                    break
+            t = ticks[j]
+            j += 1
+            if t < clock.now():
+                continue  # an order's wait ran past this tick (as in the every-tick run)
+            clock.advance_to(t)
+            changes = self._changes()
+            await engine.tick()
+            evaluated += 1
+            must = self._changes() != changes or not engine.ready or bool(await self.broker.open_orders())
+            if not must:
+                band = await self.band(day, ticks, span)
+                must = bool(band.always)
+                low, high = band.low, band.high
+        return evaluated
+
+    @staticmethod
+    def _changes() -> int:
+        """Rows written so far through the backtest's one database connection (nothing else writes
+        to its private database): the tick after any write is evaluated."""
+        changes: int = database_proxy.connection().total_changes
+        return changes
+
+    async def band(self, day: date, ticks: list[datetime], span: tuple[float, float]) -> Band:
+        """The quiet band for the next ticks of session ``day``, from the engine's own state."""
+        engine = self.engine
+        state = engine.state(day)
+        settings = engine.settings.current
+        tp: dict[int, float | None] = {}
+        bid: dict[int, float | None] = {}
+        for lot in state.open_lots:
+            key = (lot.id, lot.avg_price)  # a lot's due exit and target do not change within a session
+            found = self._lots.get(key)
+            if found is None:
+                due = bool(due_exit(lot, day, settings))
+                value = BID_MIN_VALUE if due else float(take_profit_price(lot, day, settings))
+                found = self._lots[key] = (due, self.trigger(lot, day, ticks, span, value))
+            (bid if found[0] else tp)[lot.id] = found[1]
+        prev_close = await engine.prev_close(day)
+        return quiet_band(state, settings, day, prev_close, tp, recycle_spot_max(state.pool), bid)
+
+    def trigger(self, lot: Lot, day: date, ticks: list[datetime], span: tuple[float, float],
+                value: float) -> float | None:
+        """The lowest QQQ price from which the lot's quote could reach a model ``value`` (less the
+        margins) at any of the session's ticks (``math.inf``: at none of them), by the sim's own
+        pricer; None when it cannot be bounded (a put, or a contract not quoted at every tick)."""
+        c = lot.contract
+        pricer = self.broker.pricer
+        close = expiry_close(c.expiry)
+        t_max = (close - ticks[0]).total_seconds() / YEAR_S
+        t_min = (close - ticks[-1]).total_seconds() / YEAR_S
+        trigger: float | None = None
+        if c.right == "C" and t_min > 0 and pricer.is_listed(c):
+            base_iv, strike, elapsed = self.iv.iv(day), float(c.strike), t_max - t_min
+            first = ticks[0]
+
+            def bound(spot: float) -> float:  # nondecreasing in spot, ≥ the value at every tick
+                m = pricer.model(c, first, spot, base_iv)
+                assert m is not None  # listed, and quoted until after the last tick
+                v, _, sigma = m
+                return v + bs_time_bound(spot, strike, t_min, t_max, pricer.r, pricer.q, sigma) * elapsed
+
+            target = value - TP_MARGIN_USD - TP_MARGIN_REL * value
+            trigger = trigger_spot(target, bound, *span)
+        return trigger
+
+
 async def run_backtest(
     cfg: BacktestConfig, workdir: Path | None = None, progress: Callable[[int, int], None] | None = None
 ) -> BacktestRun:
-    """Drive the engine over every 5-minute tick of every session in the period."""
+    """Drive the engine over the 5-minute ticks of every session in the period: all of them with
+    ``cfg.every_tick``, else only those at which something can happen (``FastForward``), with the
+    same trades, summary and equity curve. ``progress(done, total)`` is called after each session."""
     bars = load_bars(cfg)
     iv = load_iv(cfg)
     if cfg.capital <= 0:
@@ -168,15 +306,22 @@ async def run_backtest(
         equity: list[tuple[date, Decimal]] = []
         positions: list[tuple[date, int]] = []
         total = len(sessions)
+        ff = None if cfg.every_tick else FastForward(engine, clock, broker, path, iv)
+        ticks_total = ticks_evaluated = 0
         for i, session in enumerate(sessions):
             s = settings.current
             # The first session only provides the previous close: trading starts on the second.
             ticks = cal.tick_times(session, s.check_interval_min, s.delay_after_open_min) if i else []
-            for t in ticks:
-                if t < clock.now():
-                    continue  # an order's wait ran past this tick
-                clock.advance_to(t)
-                await engine.tick()
+            ticks_total += len(ticks)
+            if ff is not None:
+                ticks_evaluated += await ff.run_session(i, ticks)
+            else:
+                for t in ticks:
+                    if t < clock.now():
+                        continue  # an order's wait ran past this tick
+                    clock.advance_to(t)
+                    await engine.tick()
+                    ticks_evaluated += 1
             if session.close > clock.now():
                 clock.advance_to(session.close)
             account = await broker.account_summary()
@@ -190,18 +335,63 @@ async def run_backtest(
         result = build_result(equity, closes, cfg.capital, settings.current)
         first = closes[equity[0][0]]
         bh = [float(cfg.capital) * closes[d] / first for d, _ in equity]
-        return BacktestRun(result, positions, bh, db_path)
+        return BacktestRun(result, positions, bh, db_path, ticks_total, ticks_evaluated)
     finally:
         close_database(db)
 
 
+class TerminalProgress:
+    """A backtest's progress on a terminal: sessions done of all, the rate and the time left, on
+    one line of ``stream`` (stderr) that is redrawn at most every ``every_s`` seconds once the run
+    has lasted ``after_s`` (a short run shows nothing), and cleared at the end so that nothing is
+    left between the command and what it prints."""
+
+    def __init__(self, stream: TextIO | None = None, *, after_s: float = 2.0, every_s: float = 0.25,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream = stream
+        self.after_s = after_s
+        self.every_s = every_s
+        self.clock = clock
+        self._start: float | None = None
+        self._last_done = 0
+        self._drawn_at: float | None = None
+        self._width = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self.clock()
+        if self._start is None or done < self._last_done:  # a new run
+            self._start, self._drawn_at, self._width = now, None, 0
+        self._last_done = done
+        stream = self.stream or sys.stderr
+        if done >= total:
+            if self._width:
+                stream.write("\r" + " " * self._width + "\r")
+                stream.flush()
+            self._start = None
+            self._last_done = 0
+            return
+        elapsed = now - self._start
+        if elapsed < self.after_s or (self._drawn_at is not None and now - self._drawn_at < self.every_s):
+            return
+        rate = done / elapsed if elapsed > 0 else 0.0
+        left = f", about {_duration((total - done) / rate)} left" if rate > 0 else ""
+        line = f"backtest: {done:,}/{total:,} sessions ({100 * done / total:.0f} %), {rate:,.0f} sessions/s{left}"
+        stream.write("\r" + line.ljust(self._width))
+        stream.flush()
+        self._width = max(self._width, len(line))
+        self._drawn_at = now
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return "under 1 s"
+    whole = round(seconds)
+    return f"{whole // 60} min {whole % 60:02d} s" if whole >= 60 else f"{whole} s"
+
+
+_default_progress = TerminalProgress()
+
+
 def terminal_progress(done: int, total: int) -> None:
-    """A one-line progress bar on stderr (only used when stderr is a terminal)."""
-    if done != total and done % 20:
-        return
-    width = 30
-    filled = int(width * done / total)
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} sessions")
-    if done == total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
+    """Progress on stderr with the default ``TerminalProgress`` (for a terminal)."""
+    _default_progress(done, total)

@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="change a setting (repeatable; same names and checks as /set)")
     bt.add_argument("--chart", type=Path, help="write an equity/positions PNG here")
     bt.add_argument("--json", action="store_true", help="print the result as JSON on stdout, nothing else")
+    bt.add_argument("--every-tick", action="store_true",
+                    help="evaluate every 5-minute tick through the engine (slow; the default skips only the ticks "
+                         "at which nothing can happen, with identical trades)")
     return p
 
 
@@ -80,12 +83,14 @@ def _setup_logging(level: str, fmt: str = "text", secrets: list[str] | None = No
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
-    from bot.backtest import BacktestConfig, BacktestError, run_backtest, terminal_progress
+    from bot.backtest import BacktestConfig, BacktestError, TerminalProgress, run_backtest
     from bot.backtest_report import format_report, write_chart
 
     cfg = BacktestConfig(csv=args.csv, synthetic_years=args.synthetic_years, seed=args.seed, start=args.start,
-                         end=args.end, capital=args.capital, iv=args.iv, overrides=list(args.overrides))
-    progress = terminal_progress if sys.stderr.isatty() and not args.json else None
+                         end=args.end, capital=args.capital, iv=args.iv, overrides=list(args.overrides),
+                         every_tick=args.every_tick)
+    # Progress goes to stderr, so --json's stdout stays only the result.
+    progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() else None
     try:
         if args.source == "ib":
             cfg.bars = _ib_bars(args)

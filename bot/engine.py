@@ -426,7 +426,7 @@ class Engine:
     async def _settle_expired_lots(self, day: date) -> None:
         """Close, at their settlement value, lots whose expiry passed unsold (they had no bid to
         sell into): the option no longer exists, and a lot left open would hold a slot for ever."""
-        expired = [lot for lot in ledger.open_lots() if has_expired(lot, day)]
+        expired = [lot for lot in self.state(day).open_lots if has_expired(lot, day)]
         if not expired:
             return
         prev = self.calendar.previous_session(day)

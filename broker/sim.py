@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -208,12 +208,18 @@ class SimBroker:
         at = expiry_close(ins.expiry)
         return self.pricer.mark(ins, at, self.path.price_at(at), self.iv.iv(ins.expiry))
 
-    def _mark(self, ins: Instrument) -> Decimal | None:
+    def _marker(self) -> Callable[[Instrument], Decimal | None]:
+        """Marks at this instant (the clock, the price and the day's volatility read once)."""
         now = self.clock.now()
         spot = self.path.price_at(now)
-        if isinstance(ins, OptionContract):
-            return self.pricer.mark(ins, now, spot, self.iv.iv(now.astimezone(NY).date()))
-        return _cents(spot * STOCKS.get(ins.symbol, 0.0)) if ins.symbol in STOCKS else None
+        base_iv = self.iv.iv(now.astimezone(NY).date())
+
+        def mark(ins: Instrument) -> Decimal | None:
+            if isinstance(ins, OptionContract):
+                return self.pricer.mark(ins, now, spot, base_iv)
+            return _cents(spot * STOCKS.get(ins.symbol, 0.0)) if ins.symbol in STOCKS else None
+
+        return mark
 
     # --- orders --------------------------------------------------------------------------------
 
@@ -393,10 +399,10 @@ class SimBroker:
         return [e for e in self._executions if since is None or e.time >= since]
 
     async def positions(self) -> list[Position]:
-        return self.account.positions(self._mark)
+        return self.account.positions(self._marker())
 
     async def account_summary(self) -> AccountSummary:
-        return self.account.summary(self._mark)
+        return self.account.summary(self._marker())
 
     def adopt_position(self, instrument: Instrument, qty: int, avg_price: Decimal) -> None:
         """Put a holding into the account without a fill: a new sim process on an existing database

@@ -8,8 +8,9 @@ import csv
 import logging
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 
@@ -283,6 +284,24 @@ class PricePath:
             return pts[-1]
         return pts[k] + (pts[k + 1] - pts[k]) * (x - k)
 
+    def session_prices(self, index: int, times: Sequence[datetime]) -> list[float]:
+        """``[price_at(t) for t in times]`` for times of session ``index`` (in order), bit for bit.
+        When the times fall exactly on the path's points at one stride (the 5-minute ticks on the
+        5-minute path) they are read off the points; otherwise each goes through ``price_at``."""
+        s = self.sessions[index]
+        pts = self._points[index]
+        n = len(times)
+        if n > 1 and s.open <= times[0] and times[-1] < s.close:
+            step = timedelta(seconds=self._step_s)
+            k0, rem = divmod(times[0] - s.open, step)
+            stride = times[1] - times[0]
+            m, rem2 = divmod(stride, step)
+            last_k = k0 + (n - 1) * m
+            if (not rem and not rem2 and m > 0 and last_k < len(pts) - 1
+                    and not any(b - a != stride for a, b in pairwise(times))):
+                return pts[k0:last_k + 1:m]
+        return [self.price_at(t) for t in times]
+
     def close_of(self, day: date) -> float | None:
         i = self._index.get(day)
         return None if i is None else self._points[i][-1]
@@ -317,16 +336,17 @@ def _intraday(b: DailyBar, n: int, rng: random.Random) -> list[float]:
     ordered = sorted(anchors.items())
     pts = [0.0] * (n + 1)
     scale = (b.high - b.low) * 0.125
+    gauss = rng.gauss
     for (k0, v0), (k1, v1) in pairwise(ordered):
         steps = k1 - k0
-        walk = [0.0]
-        for _ in range(steps):
-            walk.append(walk[-1] + rng.gauss(0, 1))
+        walk = [0.0] * (steps + 1)
+        end = 0.0
+        for i in range(1, steps + 1):
+            end += gauss(0, 1)
+            walk[i] = end
         amp = scale / math.sqrt(steps)
-        end = walk[-1]
-        for j in range(steps + 1):
-            frac = j / steps
-            pts[k0 + j] = v0 + (v1 - v0) * frac + (walk[j] - frac * end) * amp
+        move = v1 - v0
+        pts[k0:k1 + 1] = [v0 + move * (j / steps) + (w - (j / steps) * end) * amp for j, w in enumerate(walk)]
     for k, v in ordered:
         pts[k] = v
     lo, hi = b.low, b.high

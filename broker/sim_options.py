@@ -87,8 +87,13 @@ class OptionPricer:
     def is_listed(self, c: OptionContract) -> bool:
         return self._terms(c) is not None
 
-    def quote(self, c: OptionContract, now: datetime, spot: float, base_iv: float) -> OptionQuote | None:
-        """A quote, or None when the contract is not listed or has expired."""
+    def model(
+        self, c: OptionContract, now: datetime, spot: float, base_iv: float
+    ) -> tuple[float, float, float] | None:
+        """(model value, delta, volatility) the quote is made of, before any rounding; None when not
+        listed or expired. A quote with a positive bid has its mid within half a cent of the value
+        (the bid is rounded to the cent, the ask is bid + spread), and its bid is positive only
+        when the value exceeds 3 cents (bid = round(value − spread / 2), spread ≥ 5 cents)."""
         terms = self._terms(c)
         if terms is None:
             return None
@@ -99,6 +104,14 @@ class OptionPricer:
         skew = min(max(-0.06 * (K / spot - 1.0), -0.05), 0.08)  # low strikes richer, like QQQ's smile
         sigma = max(base_iv + skew, 0.05)
         mid, delta = bs_price_delta(spot, K, T, self.r, self.q, sigma, c.right)
+        return mid, delta, sigma
+
+    def quote(self, c: OptionContract, now: datetime, spot: float, base_iv: float) -> OptionQuote | None:
+        """A quote, or None when the contract is not listed or has expired."""
+        m = self.model(c, now, spot, base_iv)
+        if m is None:
+            return None
+        mid, delta, sigma = m
         cents = mid * 100
         spread = max(5, round(cents * 0.015))  # 1.5 % of the mid, at least 0.05
         bid = round(cents - spread / 2)

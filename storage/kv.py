@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from storage import prepared
 from storage.models import KeyValue, database_proxy
 
 
 def get(key: str) -> str | None:
-    row = KeyValue.get_or_none(KeyValue.key == key)
+    row = prepared.first(KeyValue, "kv_get", lambda: KeyValue.select().where(KeyValue.key == key), (key,))
     return None if row is None else row.value
 
 

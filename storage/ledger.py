@@ -9,9 +9,10 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from peewee import fn
+from peewee import SQL, fn
 
 from broker.base import Execution, OrderRequest, sec_type
+from storage import prepared
 from storage.models import (
     ACTIVE_STATES,
     Expiry,
@@ -31,6 +32,7 @@ from strategy.model import Lot as LotView
 from strategy.model import OptionContract
 
 ACTIVE = ACTIVE_STATES
+ACTIVE_VALUES = tuple(state.value for state in ACTIVE_STATES)  # as prepared queries take them
 ZERO = Decimal(0)
 
 
@@ -80,53 +82,62 @@ def create_order(
 ) -> Order:
     """Write an order before it is sent (status pending_submit)."""
     first = req.legs[0]
-    return Order.create(
-        order_ref=req.order_ref, purpose=purpose, session_day=session_day, lot=lot_id, roll=roll_id,
-        request=request_to_json(req), side=req.action, sec_type=sec_type(first.instrument),
+    return prepared.create(
+        Order, "create_order", order_ref=req.order_ref, purpose=purpose, session_day=session_day, lot=lot_id,
+        roll=roll_id, request=request_to_json(req), side=req.action, sec_type=sec_type(first.instrument),
         qty=req.qty, limit=req.limit, status=OrderState.PENDING_SUBMIT, created_at=now,
         context=json.dumps(context or {}, default=str),
     )
 
 
 def order_by_ref(order_ref: str) -> Order | None:
-    return Order.get_or_none(Order.order_ref == order_ref)
+    return prepared.first(Order, "order_by_ref", lambda: Order.select().where(Order.order_ref == order_ref),
+                          (order_ref,))
 
 
 def mark_sent(order_ref: str, broker_order_id: str, at: datetime) -> None:
-    Order.update(broker_order_id=broker_order_id, sent_at=at,
-                 status=fn.IIF(Order.status == OrderState.PENDING_SUBMIT, OrderState.SUBMITTED.value, Order.status)
-                 ).where(Order.order_ref == order_ref).execute()
+    pending, submitted = OrderState.PENDING_SUBMIT.value, OrderState.SUBMITTED.value
+    prepared.execute("mark_sent", lambda: Order.update(
+        broker_order_id=broker_order_id, sent_at=at,
+        status=fn.IIF(Order.status == pending, submitted, Order.status)).where(Order.order_ref == order_ref),
+        (broker_order_id, pending, submitted, Order.sent_at.db_value(at), order_ref))
 
 
 def set_limit(order_ref: str, limit: Decimal) -> None:
-    Order.update(limit=limit).where(Order.order_ref == order_ref).execute()
+    prepared.execute("set_limit", lambda: Order.update(limit=limit).where(Order.order_ref == order_ref),
+                     (Order.limit.db_value(limit), order_ref))
 
 
 def finish_order(order_ref: str, status: OrderState, at: datetime, message: str = "") -> bool:
     """Move an order to a final status once; returns False when it already was final."""
-    n = (Order.update(status=status, finished_at=at, message=message)
-         .where((Order.order_ref == order_ref) & (Order.status.in_(ACTIVE))).execute())
+    n = prepared.execute("finish_order", lambda: Order.update(status=status, finished_at=at, message=message).where(
+        (Order.order_ref == order_ref) & (Order.status.in_(ACTIVE))),
+        (OrderState(status).value, Order.finished_at.db_value(at), message, order_ref, *ACTIVE_VALUES))
     return bool(n)
 
 
 def unresolved_orders() -> list[Order]:
-    return list(Order.select().where(Order.status.in_(ACTIVE)).order_by(Order.id))
+    return prepared.rows(Order, "unresolved_orders",
+                         lambda: Order.select().where(Order.status.in_(ACTIVE)).order_by(Order.id), ACTIVE_VALUES)
 
 
 def orders_sent_on(day: date) -> int:
-    return Order.select().where((Order.session_day == day) & (Order.status != OrderState.ABANDONED)
-                                & (Order.status != OrderState.PENDING_SUBMIT)).count()
+    ((n,),) = prepared.values("orders_sent_on", lambda: Order.select(fn.COUNT(Order.id)).where(
+        (Order.session_day == day) & (Order.status != OrderState.ABANDONED)
+        & (Order.status != OrderState.PENDING_SUBMIT)),
+        (day, OrderState.ABANDONED.value, OrderState.PENDING_SUBMIT.value))
+    return int(n)
 
 
 def premium_bought_on(day: date) -> Decimal:
     """Option premium bought in a session: filled buys plus the working remainder at its limit."""
     total = ZERO
-    q = (Fill.select(Fill.price, Fill.qty).join(Order)
-         .where((Order.session_day == day) & (Fill.sec_type == "OPT") & (Fill.side == "BUY")))
-    for f in q:
+    for f in prepared.rows(Fill, "premium_fills", lambda: Fill.select(Fill.price, Fill.qty).join(Order).where(
+            (Order.session_day == day) & (Fill.sec_type == "OPT") & (Fill.side == "BUY")), (day, "OPT", "BUY")):
         total += f.price * f.qty * 100
-    for o in Order.select().where((Order.session_day == day) & Order.status.in_(ACTIVE)
-                                  & (Order.sec_type == "OPT") & (Order.side == "BUY")):
+    for o in prepared.rows(Order, "premium_working", lambda: Order.select().where(
+            (Order.session_day == day) & Order.status.in_(ACTIVE) & (Order.sec_type == "OPT") & (Order.side == "BUY")),
+            (day, *ACTIVE_VALUES, "OPT", "BUY")):
         total += o.limit * max(o.qty - o.filled_qty, 0) * 100
     return total
 
@@ -151,17 +162,33 @@ def _lot_for_buy(order: Order | None) -> Lot | None:
     if order is None:
         return None
     if order.roll_id is not None:
-        roll = Roll.get_by_id(order.roll_id)
-        return Lot.get_by_id(roll.new_lot_id) if roll.new_lot_id else None
-    return Lot.get_by_id(order.lot_id) if order.lot_id else None
+        roll = _roll_by_id(order.roll_id)
+        return _lot_by_id(roll.new_lot_id) if roll.new_lot_id else None
+    return _lot_by_id(order.lot_id) if order.lot_id else None
 
 
 def _lot_for_sell(order: Order | None) -> Lot | None:
     if order is None:
         return None
     if order.roll_id is not None:
-        return Lot.get_by_id(Roll.get_by_id(order.roll_id).old_lot_id)
-    return Lot.get_by_id(order.lot_id) if order.lot_id else None
+        return _lot_by_id(_roll_by_id(order.roll_id).old_lot_id)
+    return _lot_by_id(order.lot_id) if order.lot_id else None
+
+
+def _lot_by_id(lot_id: int) -> Lot:
+    """``Lot.get_by_id``: raises Lot.DoesNotExist when there is none."""
+    lot = lot_row(lot_id)
+    if lot is None:
+        raise Lot.DoesNotExist(f"no lot {lot_id}")  # type: ignore[attr-defined]
+    return lot
+
+
+def _roll_by_id(roll_id: int) -> Roll:
+    """``Roll.get_by_id``: raises Roll.DoesNotExist when there is none."""
+    roll = prepared.first(Roll, "roll_by_id", lambda: Roll.select().where(Roll.id == roll_id), (roll_id,))
+    if roll is None:
+        raise Roll.DoesNotExist(f"no roll {roll_id}")  # type: ignore[attr-defined]
+    return roll
 
 
 def record_execution(ex: Execution, recorded_at: datetime) -> Recorded:
@@ -170,7 +197,8 @@ def record_execution(ex: Execution, recorded_at: datetime) -> Recorded:
     A second call with the same exec_id changes nothing (``duplicate=True``)."""
     db = database_proxy
     with db.atomic():
-        if Fill.select().where(Fill.exec_id == ex.exec_id).exists():
+        if prepared.values("fill_exists", lambda: Fill.select(SQL("1")).where(Fill.exec_id == ex.exec_id).limit(1),
+                           (ex.exec_id, 1)):
             return Recorded(None, True, ex.order_ref, None)
         order = order_by_ref(ex.order_ref)
         ins = ex.instrument
@@ -182,8 +210,8 @@ def record_execution(ex: Execution, recorded_at: datetime) -> Recorded:
         if opt is not None and ex.side == "BUY":
             lot = _lot_for_buy(order)
             if lot is None:
-                lot = Lot.create(symbol=opt.symbol, expiry=opt.expiry, strike=opt.strike, right=opt.right,
-                                 multiplier=opt.multiplier, opened_at=ex.time)
+                lot = prepared.create(Lot, "new_lot", symbol=opt.symbol, expiry=opt.expiry, strike=opt.strike,
+                                      right=opt.right, multiplier=opt.multiplier, opened_at=ex.time)
                 if order is not None:
                     if order.roll_id is not None:
                         Roll.update(new_lot=lot.id).where(Roll.id == order.roll_id).execute()
@@ -193,7 +221,7 @@ def record_execution(ex: Execution, recorded_at: datetime) -> Recorded:
             lot.qty_opened += ex.qty
             lot.qty_open += ex.qty
             lot.commission += commission or ZERO
-            lot.save()
+            prepared.save(lot, "save_lot")
         elif opt is not None and ex.side == "SELL":
             lot = _lot_for_sell(order)
             if lot is not None:
@@ -207,9 +235,9 @@ def record_execution(ex: Execution, recorded_at: datetime) -> Recorded:
                     lot.closed_at = ex.time
                     lot.exit_reason = _exit_of(order)
                     closed = True
-                lot.save()
-        fill = Fill.create(
-            exec_id=ex.exec_id, order=order.id if order else None, lot=lot.id if lot else None,
+                prepared.save(lot, "save_lot")
+        fill = prepared.create(
+            Fill, "new_fill", exec_id=ex.exec_id, order=order.id if order else None, lot=lot.id if lot else None,
             symbol=ins.symbol, sec_type=sec_type(ins), expiry=opt.expiry if opt else None,
             strike=opt.strike if opt else None, right=opt.right if opt else None,
             side=ex.side, qty=ex.qty, price=ex.price, commission=commission, realized_pnl=realized,
@@ -236,15 +264,23 @@ def _update_filled(order: Order) -> None:
     req = request_from_json(order.request)
     first = req.legs[0]
     ins = first.instrument
-    q = Fill.select(fn.COALESCE(fn.SUM(Fill.qty), 0)).where(
-        (Fill.order == order.id) & (Fill.side == first.action) & (Fill.symbol == ins.symbol))
+    def leg_fills() -> Any:
+        return Fill.select(fn.COALESCE(fn.SUM(Fill.qty), 0)).where(
+            (Fill.order == order.id) & (Fill.side == first.action) & (Fill.symbol == ins.symbol))
+
     if isinstance(ins, OptionContract):
-        q = q.where((Fill.expiry == ins.expiry) & (Fill.strike == ins.strike))
-    filled = int(q.scalar() or 0) // max(first.ratio, 1)
+        opt = ins
+        ((total,),) = prepared.values("filled_option", lambda: leg_fills().where(
+            (Fill.expiry == opt.expiry) & (Fill.strike == opt.strike)),
+            (0, order.id, first.action, ins.symbol, opt.expiry, Fill.strike.db_value(opt.strike)))
+    else:
+        ((total,),) = prepared.values("filled_stock", leg_fills, (0, order.id, first.action, ins.symbol))
+    filled = int(total or 0) // max(first.ratio, 1)
     status = order.status
     if status in ACTIVE and filled > 0:
         status = OrderState.FILLED if filled >= order.qty else OrderState.PARTIALLY_FILLED
-    Order.update(filled_qty=filled, status=status).where(Order.id == order.id).execute()
+    prepared.execute("set_filled", lambda: Order.update(filled_qty=filled, status=status).where(Order.id == order.id),
+                     (OrderState(status).value, filled, order.id))
 
 
 def record_commission(exec_id: str, commission: Decimal) -> bool:
@@ -339,13 +375,20 @@ def lot_view(row: Lot) -> LotView:
 
 
 def open_lots() -> tuple[LotView, ...]:
-    rows = Lot.select().where(Lot.qty_open > 0).order_by(Lot.opened_at, Lot.id)
+    rows = prepared.rows(Lot, "open_lots", lambda: Lot.select().where(Lot.qty_open > 0).order_by(Lot.opened_at, Lot.id),
+                         (0,))
     return tuple(lot_view(r) for r in rows)
 
 
 def realized_option_pnl() -> Decimal:
-    """Realized option P&L: closing fills plus lots that expired unsold."""
-    return sum((e.pnl for e in realized_option_events()), ZERO)
+    """Realized option P&L: closing fills plus lots that expired unsold (the P&L of
+    ``realized_option_events``, read without their times: it is read at every ledger change)."""
+    fills = prepared.values("realized_fill_pnl", lambda: Fill.select(Fill.realized_pnl).where(
+        (Fill.sec_type == "OPT") & Fill.realized_pnl.is_null(False)), ("OPT",))
+    expiries = prepared.values("realized_expiry_pnl", lambda: Expiry.select(Expiry.realized_pnl), ())
+    pnl = [Fill.realized_pnl.python_value(v) for (v,) in fills]
+    pnl += [Expiry.realized_pnl.python_value(v) for (v,) in expiries]
+    return sum((p for p in pnl if p is not None), ZERO)
 
 
 def close_expired_lot(lot_id: int, underlying_close: Decimal | None, settlement: Decimal, at: datetime) -> Decimal:
@@ -413,9 +456,13 @@ def closed_lot_pnls() -> list[Decimal]:
 def qqqm_bought() -> tuple[int, Decimal]:
     """QQQM shares the bot bought and what they cost (fills + commissions)."""
     shares, deployed = 0, ZERO
-    for f in Fill.select().where((Fill.symbol == "QQQM") & (Fill.side == "BUY")):
-        shares += f.qty
-        deployed += f.price * f.qty + (f.commission or ZERO)
+    fills = prepared.values("qqqm_fills", lambda: Fill.select(Fill.qty, Fill.price, Fill.commission).where(
+        (Fill.symbol == "QQQM") & (Fill.side == "BUY")), ("QQQM", "BUY"))
+    for q, p, c in fills:
+        qty, price, commission = int(q), Fill.price.python_value(p), Fill.commission.python_value(c)
+        assert price is not None  # a NOT NULL column
+        shares += qty
+        deployed += price * qty + (commission or ZERO)
     return shares, deployed
 
 
@@ -434,14 +481,16 @@ def create_recycle(order: Order, pool_before: Decimal, shares: int, now: datetim
 
 def entered_on(day: date) -> bool:
     """An entry this session: one with a fill, or one still working."""
-    return Order.select().where(
+    return bool(prepared.values("entered_on", lambda: Order.select(SQL("1")).where(
         (Order.session_day == day) & (Order.purpose == OrderPurpose.ENTRY)
-        & ((Order.filled_qty > 0) | Order.status.in_(ACTIVE))).exists()
+        & ((Order.filled_qty > 0) | Order.status.in_(ACTIVE))).limit(1),
+        (day, OrderPurpose.ENTRY.value, 0, *ACTIVE_VALUES, 1)))
 
 
 def rolled_on(day: date) -> bool:
     """A roll this session: any roll started today that sold something or is still working."""
-    return Roll.select().where((Roll.session_day == day) & (Roll.status != RollStatus.FAILED)).exists()
+    return bool(prepared.values("rolled_on", lambda: Roll.select(SQL("1")).where(
+        (Roll.session_day == day) & (Roll.status != RollStatus.FAILED)).limit(1), (day, RollStatus.FAILED.value, 1)))
 
 
 def create_roll(day: date, old_lot_id: int, combo: bool, now: datetime, expiry: date, strike: Decimal) -> Roll:
@@ -454,7 +503,9 @@ def set_roll_status(roll_id: int, status: RollStatus) -> None:
 
 
 def rolls_with_pending_buy() -> list[Roll]:
-    return list(Roll.select().where(Roll.status == RollStatus.BUY_PENDING).order_by(Roll.id))
+    return prepared.rows(Roll, "rolls_pending",
+                         lambda: Roll.select().where(Roll.status == RollStatus.BUY_PENDING).order_by(Roll.id),
+                         (RollStatus.BUY_PENDING.value,))
 
 
 def working_rolls() -> list[Roll]:
@@ -469,4 +520,4 @@ def roll_leg_qty(roll_id: int, side: str) -> int:
 
 
 def lot_row(lot_id: int) -> Lot | None:
-    return Lot.get_or_none(Lot.id == lot_id)
+    return prepared.first(Lot, "lot_row", lambda: Lot.select().where(Lot.id == lot_id), (lot_id,))

@@ -81,6 +81,19 @@ def bs_price_delta(
     return K * disc_r * _norm_cdf(-d2) - S * disc_q * _norm_cdf(-d1), disc_q * (n1 - 1.0)
 
 
+def bs_time_bound(S: float, K: float, T_min: float, T_max: float, r: float, q: float, sigma: float) -> float:
+    """An upper bound of |∂V/∂T| for a call or a put over ``T_min ≤ T ≤ T_max`` (``T_min > 0``):
+    ∂V/∂T is a sum of ±q·S·e^(−qT)·N(·), ±r·K·e^(−rT)·N(·) and S·e^(−qT)·φ(d1)·σ / (2√T), each
+    bounded with N ≤ 1, φ ≤ 1/√(2π), e^(−xT) ≤ e^(|x|·T_max). So V moves by at most this times the
+    time elapsed, whatever the sign of theta."""
+    if not 0 < T_min <= T_max:
+        raise ValueError("bs_time_bound needs 0 < T_min <= T_max")
+    grow_q = math.exp(abs(q) * T_max)
+    grow_r = math.exp(abs(r) * T_max)
+    return (abs(q) * S * grow_q + abs(r) * K * grow_r
+            + S * grow_q * abs(sigma) / (2.0 * math.sqrt(2.0 * math.pi * T_min)))
+
+
 def bs_vega(S: float, K: float, T: float, r: float, q: float, sigma: float) -> float:
     """dV/dsigma, the same for calls and puts."""
     if T <= _MIN_T or sigma <= 0:

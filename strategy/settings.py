@@ -545,7 +545,8 @@ def _refusal(settings: StrategySettings, key: str, value: Any) -> SettingError |
                             f"{_span(key, Decimal(settings.reprice_s + 1), hi)}. To go lower, lower "
                             "Reprice after first.")
     if key == "check_interval_min" and not (lo <= value <= hi and 60 % value == 0):
-        return SettingError(f"{shown}: it must divide 60 so ticks align to the clock: {_divisors_text()} min.")
+        return SettingError(f"{shown}: it must be a divisor of 60 so ticks align to the clock: "
+                            f"{_divisors_text()} min.")
     if not lo <= value <= hi:
         return SettingError(f"{shown}: it must be {_span(key, lo, hi)}.")
     return None

@@ -112,7 +112,7 @@ def test_a_point_followed_by_three_digits_stays_decimal_where_three_decimals_mak
                        "To go higher, raise Order timeout first."),
     ("timeout", "10", "Order timeout = 10 s refused: it must be above Reprice after (15 s), so 16–3600 s. "
                       "To go lower, lower Reprice after first."),
-    ("interval", "7", "Tick interval = 7 min refused: it must divide 60 so ticks align to the clock: "
+    ("interval", "7", "Tick interval = 7 min refused: it must be a divisor of 60 so ticks align to the clock: "
                       "1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30 or 60 min."),
 ])
 def test_refusals_in_the_products_words(key: str, value: str, message: str) -> None:
