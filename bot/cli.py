@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="change a setting (repeatable; same names and checks as /set)")
     bt.add_argument("--chart", type=Path, help="write an equity/positions PNG here")
     bt.add_argument("--json", action="store_true", help="print the result as JSON on stdout, nothing else")
+    from bot.sweep import add_sweep_parser
+
+    add_sweep_parser(sub, _date, _money)
     return p
 
 
@@ -221,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "backtest":
         _setup_logging("WARNING")
         return cmd_backtest(args)
+    if args.command == "sweep":
+        from bot.sweep import cmd_sweep
+
+        _setup_logging("WARNING")
+        return cmd_sweep(args)
     if args.command == "health":
         return cmd_health(args)
     if args.command == "db":
