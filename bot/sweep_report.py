@@ -130,14 +130,16 @@ class Report:
         keys = [a.key for a in plan.axes]
         ctx = plan.context
         lines = [
-            f"Sweep of {len(plan.configs)} configurations over {' × '.join(keys)}"
-            + (f"; fixed: {' '.join(plan.fixed)}" if plan.fixed else ""),
-            f"data {ctx['data']} {self.period_text('summary')}, iv {ctx['iv']}, capital {ctx['capital']} USD, "
-            f"seed {ctx['seed']}",
-            f"{o.backend} backend, {o.workers} worker(s), {len(plan.configs) - o.skipped} run now"
-            + (f" ({o.skipped} from --out)" if o.skipped else "") + f", {o.wall_s:.1f} s",
+            f"Sweep: {len(plan.configs)} configurations of {' × '.join(keys)}",
+            *([f"  fixed: {' '.join(plan.fixed)}"] if plan.fixed else []),
+            f"  data: {ctx['data']}, {self.period_text('summary')}",
+            f"  iv: {ctx['iv']}; capital {float(ctx['capital']):,.0f} USD; seed {ctx['seed']}",
+            f"  run: {o.backend}, {o.workers} worker(s), {len(plan.configs) - o.skipped} run now"
+            + (f", {o.skipped} from --out" if o.skipped else "") + f", {o.wall_s:.1f} s",
             "",
         ]
+        lines = [wrapped for line in lines for wrapped in (textwrap.wrap(line, WIDTH, subsequent_indent="    ")
+                                                           or [""])]
         labels = [f"{key_label(k)} = {k}" for k in keys if key_label(k) != k]
         legend = ["(" + ", ".join(labels) + ")"] if labels else []
         if not self.ranked:
