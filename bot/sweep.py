@@ -434,17 +434,21 @@ class RayBackend:
         except ImportError:
             raise SweepError("--ray needs Ray, an optional extra: pip install 'qqq-leaps-bot[ray]'") from None
         self._ray = ray
-        if address == "local":
-            ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False, logging_level="WARNING")
+        if address == "local":  # always a new in-process instance, even beside a running cluster
+            ray.init(address="local", num_cpus=workers or os.cpu_count() or 1, include_dashboard=False,
+                     logging_level="WARNING")
         else:
             _ray_probe(address)
             ray.init(address=address, logging_level="WARNING")
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.workers = min(workers, cpus) if workers else cpus
         self._remote = ray.remote(num_cpus=1, max_retries=0)(job_fn)
+        self._submitted: set[Any] = set()
 
     def submit(self, job: Job) -> Any:
-        return self._remote.remote(job)
+        ref = self._remote.remote(job)
+        self._submitted.add(ref)
+        return ref
 
     def wait(self, handles: list[Any], timeout: float) -> list[Any]:
         ready, _ = self._ray.wait(handles, num_returns=1, timeout=timeout)
@@ -452,6 +456,7 @@ class RayBackend:
 
     def outcome(self, handle: Any) -> Outcome:
         exc = self._ray.exceptions
+        self._submitted.discard(handle)
         try:
             return Outcome(summary=self._ray.get(handle))
         except exc.RayTaskError as e:
@@ -466,6 +471,9 @@ class RayBackend:
         pass
 
     def close(self, now: bool = False) -> None:
+        if now:  # on a cluster that outlives the sweep, running tasks would otherwise go on
+            for ref in self._submitted:
+                self._ray.cancel(ref, force=True)
         self._ray.shutdown()
 
 
@@ -739,11 +747,10 @@ def run_sweep(plan: Plan, backend: Backend, out: ResultsFile | None, progress: P
                         interrupted)
 
 
-def make_backend(args: argparse.Namespace, jobs: int) -> Backend:
+def make_backend(args: argparse.Namespace) -> Backend:
     if args.ray:
         return RayBackend(args.ray, args.workers)
-    workers = args.workers or os.cpu_count() or 1
-    return ProcessBackend(max(1, min(workers, jobs)))
+    return ProcessBackend(args.workers or os.cpu_count() or 1)  # processes start as jobs need them
 
 
 # --------------------------------------------------------------------------------------------
@@ -781,7 +788,8 @@ def result_json(outcome: SweepOutcome, plan: Plan, rho: float | None) -> dict[st
     runs = [{"overrides": dict(t.split("=", 1) for t in plan.overrides(r.config)), "summary": r.summary,
              "in_sample": r.in_sample, "out_of_sample": r.out_of_sample}
             for r in outcome.results if r.error is None and r.summary is not None]
-    failed = [{"overrides": dict(r.config.grid), "error": r.error} for r in outcome.results if r.error is not None]
+    failed = [{"overrides": dict(t.split("=", 1) for t in plan.overrides(r.config)), "error": r.error}
+              for r in outcome.results if r.error is not None]
     return {"runs": runs, "workers": outcome.workers, "backend": outcome.backend, "wall_s": round(outcome.wall_s, 3),
             "rank_correlation": rho, "failed": failed}
 
@@ -797,7 +805,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         plan = build_plan(args)
         out = ResultsFile(args.out, plan) if args.out else None
         todo = len(plan.configs) - (len(out.read()) if out is not None else 0)
-        backend = make_backend(args, max(1, todo * len(plan.periods)))
+        backend = make_backend(args)
     except SweepError as e:
         return fail(str(e))
     if out is not None and todo < len(plan.configs):

@@ -255,9 +255,13 @@ def write_heatmap(report: Report, path: Path) -> None:
                 r = by_grid.get(((ya.key, yv), (xa.key, xv)))
                 if r is not None:
                     values[i, j] = metric(report._part(r, part), name)
+        bh = report.buy_hold(part)[name]
         finite = values[np.isfinite(values)]
-        shown = np.clip(values, finite.min(), finite.max()) if finite.size else values
-        im = ax.imshow(shown, cmap=cmap, aspect="auto")
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        if bh is not None:  # centred on buy-and-hold: green beat it, red did not, on one scale per panel
+            half = max(abs(hi - bh), abs(lo - bh), 1e-9)
+            lo, hi = bh - half, bh + half
+        im = ax.imshow(np.clip(values, lo, hi), cmap=cmap, vmin=lo, vmax=hi, aspect="auto")
         for i in range(len(ya.values)):
             for j in range(len(xa.values)):
                 v = values[i, j]
@@ -267,12 +271,11 @@ def write_heatmap(report: Report, path: Path) -> None:
         ax.set_yticks(range(len(ya.values)), labels=[value_label(ya.key, v) for v in ya.values])
         ax.set_xlabel(xa.key)
         ax.set_ylabel(ya.key)
-        bh = report.buy_hold(part)[name]
         bh_text = "–" if bh is None else _cell(bh, name)
         ax.set_title(f"{PART_TITLES[part]} {_period(report, part)}\nQQQ buy & hold: {bh_text}", fontsize=10)
         fig.colorbar(im, ax=ax, shrink=0.85)
-    fig.suptitle(f"{LABELS[name]} by {ya.key} and {xa.key}"
-                 + (" (lower is better)" if name == "max_drawdown" else ""), fontsize=11)
+    fig.suptitle(f"{LABELS[name]} by {ya.key} and {xa.key}" + (" (lower is better)" if name == "max_drawdown" else "")
+                 + "; green: better than QQQ buy & hold, red: worse", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
