@@ -21,7 +21,7 @@ import pytest
 
 from bot import sweep
 from bot.cli import build_parser, main
-from bot.sweep import Job, ProcessBackend, ResultsFile, build_plan, calmar, run_job, run_sweep
+from bot.sweep import Job, ProcessBackend, RayBackend, ResultsFile, build_plan, calmar, run_job, run_sweep
 from bot.sweep_report import rho_sentence
 from broker.sim_market import synthetic_bars
 from strategy.calendar import nyse
@@ -80,7 +80,7 @@ def test_real_history_configurations_are_the_backtest_command(capsys: pytest.Cap
 
 
 def test_walk_forward_sides_report_resume_and_heatmap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    data = write_synthetic_csv(tmp_path / "bars.csv", date(2024, 9, 1), date(2025, 4, 30), seed=5)
+    data = write_synthetic_csv(tmp_path / "bars.csv", date(2024, 10, 1), date(2025, 3, 31), seed=5)
     out, png = tmp_path / "results.csv", tmp_path / "heat.png"
     args = ["sweep", "--csv", str(data), "--split", "2025-01-01", "--grid", "delta=0.5,0.6,0.7",
             "--grid", "entry_drop=1,2", "--workers", "2", "--out", str(out), "--top", "3"]
@@ -106,6 +106,7 @@ def test_walk_forward_sides_report_resume_and_heatmap(tmp_path: Path, capsys: py
     # ranking by in-sample Calmar; the table's order is that ranking
     ranked = sorted(runs, key=lambda r: -calmar(r["in_sample"]))
     assert [f"{r['overrides']['target_delta']}" for r in ranked[:3]] == [r.split()[1] for r in rows]
+    assert isinstance(res["rank_correlation"], float)
     assert res["rank_correlation"] == pytest.approx(
         spearman([calmar(r["in_sample"]) for r in runs], [calmar(r["out_of_sample"]) for r in runs]))
 
@@ -159,11 +160,15 @@ def faulty_job(job: Job) -> dict[str, Any]:
     return run_job(job)
 
 
-def test_a_crashing_configuration_is_reported_and_the_sweep_goes_on(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["process", "ray"])
+def test_a_crashing_configuration_is_reported_and_the_sweep_goes_on(tmp_path: Path, backend: str) -> None:
     out = tmp_path / "results.csv"
     args = build_parser().parse_args(["sweep", *SHORT, "--grid", "delta=0.5,0.55,0.6,0.65,0.7", "--out", str(out)])
     plan = build_plan(args)
-    outcome = run_sweep(plan, ProcessBackend(2, faulty_job), ResultsFile(out, plan))
+    if backend == "ray":
+        pytest.importorskip("ray")
+    pool = ProcessBackend(2, faulty_job) if backend == "process" else RayBackend("local", 2, faulty_job)
+    outcome = run_sweep(plan, pool, ResultsFile(out, plan))
     by_delta = {r.config.grid[0][1]: r for r in outcome.results}
     assert by_delta["0.55"].error == "summary: ValueError: no option chain for this one"
     assert by_delta["0.65"].error is not None and "worker process died" in by_delta["0.65"].error
