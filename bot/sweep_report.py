@@ -134,7 +134,8 @@ class Report:
             *([f"  fixed: {' '.join(plan.fixed)}"] if plan.fixed else []),
             f"  data: {ctx['data']}, {self.period_text('summary')}",
             f"  iv: {ctx['iv']}; capital {float(ctx['capital']):,.0f} USD; seed {ctx['seed']}",
-            f"  run: {o.backend}, {o.workers} worker(s), {len(plan.configs) - o.skipped} run now"
+            f"  run: {o.backend}, {o.workers} worker(s), {len(plan.configs) - o.skipped} configurations run now "
+            f"({(len(plan.configs) - o.skipped) * len(plan.periods)} backtests)"
             + (f", {o.skipped} from --out" if o.skipped else "") + f", {o.wall_s:.1f} s",
             "",
         ]
