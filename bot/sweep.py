@@ -25,6 +25,7 @@ import itertools
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -416,9 +417,21 @@ def _ray_probe(address: str) -> None:
     except subprocess.TimeoutExpired:
         raise SweepError(f"--ray {address}: no Ray cluster answered within {RAY_CONNECT_TIMEOUT_S:g} s") from None
     if proc.returncode != 0 or "ok" not in proc.stdout:
-        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-        why = lines[-1].strip() if lines else f"exit code {proc.returncode}"
-        raise SweepError(f"--ray {address}: cannot join a Ray cluster: {why}")
+        raise SweepError(f"--ray {address}: cannot join a Ray cluster: {_probe_error(proc.stderr, proc.returncode)}")
+
+
+def _probe_error(stderr: str, returncode: int) -> str:
+    """The probe's exception, with the one just before it in the traceback (its cause: Ray's
+    ConnectionError hides an AuthenticationError, for one), each cut to a readable length."""
+    errors = [ln.strip() for ln in stderr.splitlines() if re.match(r"^[\w.]+(Error|Exception)\b[^:]*:", ln.strip())]
+    if not errors:
+        return f"exit code {returncode}"
+
+    def cut(text: str) -> str:
+        return text if len(text) <= 200 else text[:199] + "…"
+
+    last = cut(errors[-1])
+    return last if len(errors) == 1 else f"{last} (cause: {cut(errors[-2])})"
 
 
 class RayBackend:

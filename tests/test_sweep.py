@@ -255,6 +255,14 @@ def test_ray_problems_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Cap
         assert time.monotonic() - t0 < 20  # a bounded wait
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
+    # what Ray 2.60 prints when a cluster wants a token: the cause is named, not only the wrapper
+    chained = ("RuntimeError: Failed to connect to GCS. Last connection error: Traceback:\n"
+               "ray.exceptions.AuthenticationError: RPC error: InvalidAuthToken: Authentication token is missing\n"
+               "\nThe above exception was the direct cause of the following exception:\n"
+               "ConnectionError: Failed to connect to Ray cluster at 10.0.0.1:6379\n")
+    assert sweep._probe_error(chained, 1) == ("ConnectionError: Failed to connect to Ray cluster at 10.0.0.1:6379 "
+                                              "(cause: ray.exceptions.AuthenticationError: RPC error: "
+                                              "InvalidAuthToken: Authentication token is missing)")
     monkeypatch.setitem(sys.modules, "ray", None)  # the extra not installed
     assert main(["sweep", *SHORT, "--grid", "delta=0.5", "--ray", "local", "--out", str(out)]) == 2
     err = capsys.readouterr().err
