@@ -263,6 +263,10 @@ def build_plan(args: argparse.Namespace) -> Plan:
         raise SweepError("--top must be at least 1")
     if args.workers is not None and args.workers < 1:
         raise SweepError("--workers must be at least 1")
+    for flag, path in (("--out", args.out), ("--heatmap", args.heatmap)):
+        folder = path.resolve().parent if path is not None else None
+        if folder is not None and not (folder.is_dir() and os.access(folder, os.W_OK)):
+            raise SweepError(f"{flag} {path}: cannot write in {folder} (no such folder, or not writable)")
     configs = [Config(tuple(zip((a.key for a in axes), values, strict=True)))
                for values in itertools.product(*(a.values for a in axes))]
     check_configs(fixed, axes, configs)

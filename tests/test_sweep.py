@@ -110,6 +110,14 @@ def test_walk_forward_sides_report_resume_and_heatmap(tmp_path: Path, capsys: py
     assert res["rank_correlation"] == pytest.approx(
         spearman([calmar(r["in_sample"]) for r in runs], [calmar(r["out_of_sample"]) for r in runs]))
 
+    # --rank-by max_drawdown ranks the smallest in-sample drawdown first (the rerun reads the file)
+    assert main([*args, "--rank-by", "max_drawdown"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.lstrip().startswith("#"))
+    by_dd = sorted(runs, key=lambda r: r["in_sample"]["max_drawdown_pct"])[:3]
+    assert [f"{r['in_sample']['max_drawdown_pct']:.1f}%" for r in by_dd] == [
+        line.split()[4] for line in lines[head + 1: head + 4]]
+
     # which sessions belong to each side: in-sample ends before the split; out-of-sample starts from the
     # last in-sample session's close (its first session only gives the previous close), so the split day
     # is traded out of sample only
@@ -229,6 +237,7 @@ BAD = [
     (["--grid", "delta=0.5", "--set", "bogus=1"], "Unknown setting 'bogus'"),
     (["--grid", "reprice=200", "--set", "timeout=150"], "must be longer than reprice_s"),
     (["--grid", "delta=0.5,0.6", "--heatmap", "h.png"], "--heatmap needs exactly two --grid keys"),
+    (["--grid", "delta=0.5", "--grid", "drop=1", "--heatmap", "/nonexistent/h.png"], "cannot write in /nonexistent"),
 ]
 
 
