@@ -777,25 +777,27 @@ def make_backend(args: argparse.Namespace) -> Backend:
 def add_sweep_parser(sub: Any, date_type: Callable[[str], date], money_type: Callable[[str], Decimal]) -> None:
     sw = sub.add_parser("sweep", help="backtest every combination of a grid of settings, in parallel")
     src = sw.add_mutually_exclusive_group(required=True)
-    src.add_argument("--csv", type=Path, help="daily bars (Date,Open,High,Low,Close), as for backtest")
-    src.add_argument("--synthetic-years", type=int, help="years of a seeded synthetic path instead of --csv")
+    src.add_argument("--csv", type=Path, metavar="F", help="daily bars (Date,Open,High,Low,Close), as for backtest")
+    src.add_argument("--synthetic-years", type=int, metavar="N",
+                     help="years of a seeded synthetic path instead of --csv")
     sw.add_argument("--seed", type=int, default=1, help="seed of the synthetic and intraday paths (as backtest)")
-    sw.add_argument("--start", type=date_type)
-    sw.add_argument("--end", type=date_type)
+    sw.add_argument("--start", type=date_type, metavar="DATE")
+    sw.add_argument("--end", type=date_type, metavar="DATE")
     sw.add_argument("--capital", type=money_type, default=Decimal(100_000), help="starting cash in USD")
     sw.add_argument("--iv", default="0.25", help="implied volatility, as for backtest")
     sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                     help="values to sweep (repeatable; ';' separates values containing commas, e.g. tp_tiers)")
     sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="a setting fixed for every configuration (repeatable)")
-    sw.add_argument("--workers", type=int, default=None, help="parallel backtests (default: CPU count)")
+    sw.add_argument("--workers", type=int, default=None, metavar="N", help="parallel backtests (default: CPU count)")
     sw.add_argument("--ray", metavar="ADDRESS",
                     help="run on Ray: auto (a cluster started with `ray start`), local, or HOST:PORT")
     sw.add_argument("--split", type=date_type, metavar="DATE",
                     help="walk-forward: rank on sessions before DATE, report DATE onwards beside it")
     sw.add_argument("--rank-by", choices=RANK_METRICS, default="calmar")
-    sw.add_argument("--top", type=int, default=10, help="rows in the report (default 10)")
-    sw.add_argument("--out", type=Path, help="CSV of results, appended as runs finish; a rerun resumes it")
+    sw.add_argument("--top", type=int, default=10, metavar="N", help="rows in the report (default 10)")
+    sw.add_argument("--out", type=Path, metavar="CSV",
+                    help="CSV of results, appended as runs finish; a rerun resumes it")
     sw.add_argument("--json", action="store_true", help="print the results as JSON on stdout, nothing else")
     sw.add_argument("--heatmap", type=Path, metavar="PNG", help="for a two-key grid: the ranking metric as a PNG")
     sw.add_argument("--yes", action="store_true", help=f"run more than {MAX_CONFIGS:,} configurations")
