@@ -1,22 +1,36 @@
 """Turning a tick's plan into orders: exits, the roll (combo or legged), entry, recycling.
 
 Every buy is checked against max_premium, the account's available funds and the hard daily
-limits before it is written and sent; every skip is alerted."""
+limits before it is written and sent; every skip is alerted. Actions know only their ``Desk``: the
+broker, the clock, the order runner, the hard limits and where events go; never the engine."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from bot.alerts import EventKind
-from bot.orders import OrderOutcome, QuoteFn, new_order_ref
-from broker.base import BrokerError, OrderLeg, OrderRequest, StockContract
+from bot.alerts import Emit, EventKind, actor_id
+from bot.orders import OrderOutcome, OrderRunner, QuoteFn, new_order_ref
+from bot.report import TickReport
+from broker.base import Broker, BrokerError, OrderLeg, OrderRequest, StockContract
+from broker.clock import Clock
 from storage import kv, ledger
-from strategy.model import Lot, MarketSnapshot, OptionContract, OptionQuote, TickPlan
+from storage.models import OrderPurpose, RollStatus
+from strategy.model import (
+    Lot,
+    MarketSnapshot,
+    OptionContract,
+    OptionQuote,
+    RecycleDecision,
+    StrategyState,
+    TickPlan,
+)
 from strategy.rules import (
+    DailyLimits,
     can_afford,
     daily_limit_breach,
     is_fresh,
@@ -29,15 +43,13 @@ from strategy.selection import (
     Candidate,
     Rejection,
     best_at_window_edge,
+    quote_delta,
     select_expiry,
     select_strike,
     strike_window,
     years_to_expiry,
 )
 from strategy.settings import StrategySettings
-
-if TYPE_CHECKING:
-    from bot.engine import Engine, TickReport, _Book
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,45 +63,70 @@ def option_commission(qty: int) -> Decimal:
     return max(OPTION_FEE * qty, Decimal(1))
 
 
+@dataclass
+class Desk:
+    """What acting on a plan needs, and nothing more. ``last_chosen_iv`` is the desk's own memory:
+    the implied volatility of the last contract it chose, which centres the next strike window."""
+
+    broker: Broker
+    clock: Clock
+    runner: OrderRunner
+    limits: DailyLimits
+    emit: Emit
+    report_error: Callable[[str, BaseException], None]
+    note: Callable[[date, str, str, str], object] = lambda day, topic, key, text: None  # the decision journal
+    last_chosen_iv: float = 0.25
+
+
 async def execute_plan(
-    engine: Engine, plan: TickPlan, snap: MarketSnapshot, book: _Book, settings: StrategySettings,
+    desk: Desk, plan: TickPlan, snap: MarketSnapshot, state: StrategyState, settings: StrategySettings,
     report: TickReport,
-) -> None:
-    """Act on a plan in the spec's order; one failing action is alerted and the rest still run."""
+) -> bool:
+    """Act on a plan in the spec's order; one failing action is alerted and the rest still run.
+    Returns False when an action failed: whatever state its order is in, the caller must reconcile
+    with the broker before the next order."""
     day = snap.session
     if kv.get(f"halted:{day.isoformat()}") is not None:
         report.actions.append("automatic orders halted for this session (daily limit)")
-        return
-    lots = {lot.id: lot for lot in book.lots}
+        return True
+    ok = True
+    lots = {lot.id: lot for lot in state.open_lots}
     for decision in plan.exits:
         lot = lots.get(decision.lot_id)
         quote = snap.lot_quotes.get(decision.lot_id)
         if lot is None or quote is None:
             continue
-        ctx = _context(snap, delta=quote.delta, held_days=decision.held_days,
-                       pnl_pct=decision.pnl_pct, reason=decision.reason.value)
-        out = await _guarded(engine, f"exit of lot #{lot.id}",
-                             _sell_lot(engine, lot, quote, decision.reason.value, day, settings, ctx))
+        ctx = _context(snap, deltas={lot.contract.key: _delta(quote, snap, settings)},
+                       held_days=decision.held_days, pnl_pct=decision.pnl_pct, reason=decision.reason.value)
+        ok, out = await _guarded(desk, f"exit of lot #{lot.id}", _sell_lot(
+            desk, lot, quote, OrderPurpose.for_exit(decision.reason), day, settings, ctx), ok)
         if out is not None:
-            report.actions.append(f"exit lot #{lot.id} ({decision.reason.value}): {out.status} {out.filled}/{out.qty}")
+            report.actions.append(f"sold lot #{lot.id} ({decision.reason.label}): {out.status.label} "
+                                  f"{out.filled}/{out.qty}")
     if plan.retry_roll_buy is not None:
-        await _guarded(engine, "roll buy leg", _roll_buy(engine, plan.retry_roll_buy, snap, settings, report))
+        ok, _ = await _guarded(desk, "roll buy leg", _roll_buy(desk, plan.retry_roll_buy, snap, settings, report), ok)
     elif plan.roll is not None:
-        await _guarded(engine, "roll", _roll(engine, lots[plan.roll.lot_id], snap, settings, report))
+        ok, _ = await _guarded(desk, "roll", _roll(desk, lots[plan.roll.lot_id], snap, settings, report), ok)
     elif plan.entry is not None:
-        await _guarded(engine, "entry", _enter(engine, snap, settings, report))
+        ok, _ = await _guarded(desk, "entry", _enter(desk, snap, settings, report), ok)
     if plan.recycle is not None:
-        await _guarded(engine, "recycling", _recycle(engine, snap, settings, report))
+        ok, _ = await _guarded(desk, "recycling", _recycle(desk, plan.recycle, snap, settings, report), ok)
+    return ok
 
 
-async def _guarded(engine: Engine, what: str, action: Awaitable[T]) -> T | None:
-    """Run one action; a failure is logged and alerted and the tick goes on with the next."""
+async def _guarded(desk: Desk, what: str, action: Awaitable[T], ok: bool) -> tuple[bool, T | None]:
+    """Run one action; a failure is logged and alerted, and the tick goes on with the next."""
     try:
-        return await action
+        return ok, await action
     except Exception as e:
-        engine.report_error(f"{what} failed", e)
-        engine.ready = False  # whatever state the order is in, reconcile before the next one
-        return None
+        desk.report_error(f"{what} failed", e)
+        return False, None
+
+
+def _delta(q: OptionQuote, snap: MarketSnapshot, settings: StrategySettings) -> float | None:
+    """The option's delta as the rules judge it: the broker's, else Black–Scholes with the settings."""
+    spot = snap.qqq.price
+    return quote_delta(q, spot, snap.session, settings) if spot is not None else q.delta
 
 
 def _context(snap: MarketSnapshot, **extra: Any) -> dict[str, Any]:
@@ -101,9 +138,9 @@ def _context(snap: MarketSnapshot, **extra: Any) -> dict[str, Any]:
     return ctx
 
 
-def _option_quote_fn(engine: Engine, contract: OptionContract) -> QuoteFn:
+def _option_quote_fn(desk: Desk, contract: OptionContract) -> QuoteFn:
     async def quote() -> tuple[Decimal, Decimal, Decimal] | None:
-        qs = await engine.broker.option_quotes([contract])
+        qs = await desk.broker.option_quotes([contract])
         q = qs[0] if qs else None
         if q is None or q.bid is None or q.ask is None or q.bid <= 0:
             return None
@@ -112,52 +149,59 @@ def _option_quote_fn(engine: Engine, contract: OptionContract) -> QuoteFn:
     return quote
 
 
-def _limit_ok(engine: Engine, day: date, premium: Decimal, what: str) -> bool:
+def _limit_ok(desk: Desk, day: date, premium: Decimal, what: str, breach: str | None = None) -> bool:
     """The hard daily limits; a breach halts automatic orders for the rest of the session."""
-    breach = daily_limit_breach(ledger.orders_sent_on(day), ledger.premium_bought_on(day), premium, engine.limits)
+    if breach is None:
+        breach = daily_limit_breach(ledger.orders_sent_on(day), ledger.premium_bought_on(day), premium, desk.limits)
     if breach is None:
         return True
-    kv.put(f"halted:{day.isoformat()}", breach, engine.clock.now())
-    engine.emit(EventKind.LIMIT_REACHED,
+    kv.put(f"halted:{day.isoformat()}", breach, desk.clock.now())
+    desk.emit(EventKind.LIMIT_REACHED,
                 f"{breach}: {what} not sent; automatic orders stop for the rest of the session")
     return False
 
 
 async def _sell_lot(
-    engine: Engine, lot: Lot, quote: OptionQuote, purpose: str, day: date, settings: StrategySettings,
+    desk: Desk, lot: Lot, quote: OptionQuote, purpose: OrderPurpose, day: date, settings: StrategySettings,
     context: dict[str, Any], roll_id: int | None = None,
 ) -> OrderOutcome | None:
     if quote.bid is None or quote.ask is None:
         return None
-    if not _limit_ok(engine, day, Decimal(0), f"sell of lot #{lot.id}"):
+    if not _limit_ok(desk, day, Decimal(0), f"sell of lot #{lot.id}"):
         return None
     req = OrderRequest(new_order_ref(), (OrderLeg(lot.contract, "SELL"),), lot.qty,
                        limit_price(quote.bid, quote.ask, "SELL", 0, settings, quote.min_tick))
-    engine.emit(EventKind.ORDER_SENT, f"SELL {lot.qty} {lot.contract.key} @ {req.limit} ({purpose}, lot #{lot.id})")
-    return await engine.runner.run(req, purpose=purpose, session_day=day, settings=settings,
-                                   quote=_option_quote_fn(engine, lot.contract), tick=quote.min_tick,
-                                   lot_id=None if roll_id else lot.id, roll_id=roll_id, context=context)
+    desk.emit(EventKind.ORDER_SENT, f"SELL {lot.qty} {lot.contract.key} @ {req.limit} ({purpose.label}, lot #{lot.id})",
+              order_ref=req.order_ref)
+    return await desk.runner.run(req, purpose=purpose, session_day=day, settings=settings,
+                                 quote=_option_quote_fn(desk, lot.contract), tick=quote.min_tick,
+                                 lot_id=None if roll_id else lot.id, roll_id=roll_id, context=context)
 
 
-async def select_contract(engine: Engine, snap: MarketSnapshot, settings: StrategySettings) -> Candidate | Rejection:
+async def select_contract(desk: Desk, snap: MarketSnapshot, settings: StrategySettings) -> Candidate | Rejection:
     """The entry contract: the expiry per min_dte, then the strike per delta, from a narrow window
     of quoted strikes around the BSM estimate, widened only when the best sits at its edge."""
     spot = snap.qqq.price
     if spot is None:
         return Rejection("no QQQ price")
-    chain = await engine.broker.option_chain("QQQ")
+    chain = await desk.broker.option_chain("QQQ")
     expiry = select_expiry(chain.expiries, snap.session, settings.min_dte)
     if expiry is None:
         return Rejection(f"no listed expiry with at least {settings.min_dte} days to go")
     T = years_to_expiry(expiry, snap.session)
+    # The volatility that centres the strike window: the newest lot's, as quoted at this very tick,
+    # else the last chosen contract's. Only what this tick saw or chose, so the window never depends
+    # on which earlier ticks happened to be evaluated.
+    lot_ivs = [q.iv for q in snap.lot_quotes.values() if q.iv]
+    iv_guess = lot_ivs[-1] if lot_ivs else desk.last_chosen_iv
     quoted: dict[Decimal, OptionQuote] = {}
     width = 8
     result: Candidate | Rejection = Rejection("no strikes listed")
     for _ in range(4):
-        window = strike_window(chain.strikes, spot, T, engine.iv_guess, settings, width=width)
+        window = strike_window(chain.strikes, spot, T, iv_guess, settings, width=width)
         new = [k for k in window if k not in quoted]
         if new:
-            for q in await engine.broker.option_quotes([OptionContract("QQQ", expiry, k, "C") for k in new]):
+            for q in await desk.broker.option_quotes([OptionContract("QQQ", expiry, k, "C") for k in new]):
                 if is_fresh(q.time, snap.now, settings.max_quote_age_s):  # a stale quote never trades
                     quoted[q.contract.strike] = q
         result = select_strike([quoted[k] for k in window if k in quoted], spot, snap.session, settings)
@@ -165,97 +209,167 @@ async def select_contract(engine: Engine, snap: MarketSnapshot, settings: Strate
             break
         width *= 2
     if isinstance(result, Candidate) and result.quote.iv:
-        engine.iv_guess = result.quote.iv
+        desk.last_chosen_iv = result.quote.iv
     return result
 
 
-async def _checked_buy(
-    engine: Engine, snap: MarketSnapshot, settings: StrategySettings, what: str,
-) -> Candidate | None:
-    """Choose the contract and check premium, funds and daily limits; alert on every skip."""
-    day = snap.session
-    choice = await select_contract(engine, snap, settings)
+@dataclass(frozen=True, slots=True)
+class BuyPlan:
+    """A new lot that passed every check: the contract, how many, and the premium at the mid."""
+
+    choice: Candidate
+    qty: int
+    premium: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class BuyRefusal:
+    """Why no new lot is bought: ``kind`` is no_contract, premium, funds or limit."""
+
+    kind: str
+    text: str
+
+
+async def plan_buy(desk: Desk, snap: MarketSnapshot, settings: StrategySettings) -> BuyPlan | BuyRefusal:
+    """Choose the contract and check premium, funds and the hard daily limits. Nothing is sent,
+    stored or alerted: the tick and a manual /enter each decide what to do with a refusal."""
+    choice = await select_contract(desk, snap, settings)
     if isinstance(choice, Rejection):
-        if kv.put_once(f"no_contract:{day.isoformat()}", choice.reason, engine.clock.now()):
-            engine.emit(EventKind.NO_CONTRACT, f"{what}: signal, but no eligible contract ({choice.reason})")
-        return None
+        return BuyRefusal("no_contract", f"no eligible contract ({choice.reason})")
     mid = choice.quote.mid
     assert mid is not None
     qty = settings.order_quantity
     mult = choice.contract.multiplier
-    if not premium_within_limit(mid, qty, mult, settings):
-        if kv.put_once(f"premium_skip:{day.isoformat()}", "1", engine.clock.now()):
-            engine.emit(EventKind.SKIPPED, f"{what} skipped: {choice.contract.key} costs {mid * mult * qty:.2f} USD "
-                        f"for {qty}, above max_premium {settings.max_premium} USD")
-        return None
     premium = mid * mult * qty
-    account = await engine.broker.account_summary()
+    if not premium_within_limit(mid, qty, mult, settings):
+        return BuyRefusal("premium", f"{choice.contract.key} costs {premium:,.2f} USD for {qty}, above the max "
+                          f"premium of {settings.max_premium:,.0f} USD")
+    account = await desk.broker.account_summary()
     if not can_afford(account.available_funds_usd, premium, option_commission(qty)):
-        if kv.put_once(f"funds_skip:{day.isoformat()}", "1", engine.clock.now()):
-            engine.emit(EventKind.SKIPPED, f"{what} skipped: available funds {account.available_funds_usd:.2f} USD "
-                        f"< premium {premium:.2f} USD + commission")
-        return None
-    if not _limit_ok(engine, day, premium, what):
-        return None
-    return choice
+        return BuyRefusal("funds", f"available funds {account.available_funds_usd:,.2f} USD < premium "
+                          f"{premium:,.2f} USD + commission")
+    day = snap.session
+    breach = daily_limit_breach(ledger.orders_sent_on(day), ledger.premium_bought_on(day), premium, desk.limits)
+    if breach is not None:
+        return BuyRefusal("limit", breach)
+    return BuyPlan(choice, qty, premium)
+
+
+_SKIP_ALERTS = {"no_contract": EventKind.NO_CONTRACT, "premium": EventKind.SKIPPED, "funds": EventKind.SKIPPED}
+
+
+async def _checked_buy(desk: Desk, snap: MarketSnapshot, settings: StrategySettings, what: str) -> BuyPlan | None:
+    """A tick's buy: the plan, or None after the refusal was journaled and alerted (once per session
+    and kind; a daily limit halts automatic orders for the rest of the session)."""
+    plan = await plan_buy(desk, snap, settings)
+    if isinstance(plan, BuyPlan):
+        return plan
+    day = snap.session
+    desk.note(day, "entry", f"skipped:{plan.kind}", f"{what} signal; {plan.text}: skipped")
+    if plan.kind == "limit":
+        _limit_ok(desk, day, Decimal(0), what, breach=plan.text)
+    elif kv.put_once(f"{plan.kind}_skip:{day.isoformat()}", plan.text, desk.clock.now()):
+        desk.emit(_SKIP_ALERTS[plan.kind], f"{what} skipped: {plan.text}"
+                  if plan.kind != "no_contract" else f"{what}: signal, but {plan.text}")
+    return None
 
 
 async def _buy(
-    engine: Engine, choice: Candidate, snap: MarketSnapshot, settings: StrategySettings, purpose: str,
-    roll_id: int | None = None,
+    desk: Desk, plan: BuyPlan, snap: MarketSnapshot, settings: StrategySettings, purpose: OrderPurpose,
+    roll_id: int | None = None, extra: dict[str, Any] | None = None,
 ) -> OrderOutcome:
+    choice = plan.choice
     q = choice.quote
     assert q.bid is not None and q.ask is not None
-    qty = settings.order_quantity
+    qty = plan.qty
     req = OrderRequest(new_order_ref(), (OrderLeg(choice.contract, "BUY"),), qty,
                        limit_price(q.bid, q.ask, "BUY", 0, settings, q.min_tick))
-    engine.emit(EventKind.ORDER_SENT,
-                f"BUY {qty} {choice.contract.key} @ {req.limit} ({purpose}, delta {choice.delta:.2f})")
-    ctx = _context(snap, delta=choice.delta, reason="roll_in" if purpose == "roll" else "entry")
-    return await engine.runner.run(req, purpose=purpose, session_day=snap.session, settings=settings,
-                                   quote=_option_quote_fn(engine, choice.contract), tick=q.min_tick,
-                                   roll_id=roll_id, context=ctx,
-                                   max_buy_limit=worst_limit(q.bid, q.ask, "BUY", settings, q.min_tick))
+    who = (extra or {}).get("manual")
+    desk.emit(EventKind.ORDER_SENT,
+              f"BUY {qty} {choice.contract.key} @ {req.limit} ({purpose.label}, delta {choice.delta:.2f}): "
+              f"{req.limit * qty * choice.contract.multiplier:,.2f} USD", order_ref=req.order_ref,
+              actor=actor_id(who) if isinstance(who, str) else None)
+    ctx = _context(snap, deltas={choice.contract.key: choice.delta},
+                   reason="roll_in" if purpose == OrderPurpose.ROLL else "entry", **(extra or {}))
+    return await desk.runner.run(req, purpose=purpose, session_day=snap.session, settings=settings,
+                                 quote=_option_quote_fn(desk, choice.contract), tick=q.min_tick,
+                                 roll_id=roll_id, context=ctx,
+                                 max_buy_limit=worst_limit(q.bid, q.ask, "BUY", settings, q.min_tick))
 
 
-async def _enter(engine: Engine, snap: MarketSnapshot, settings: StrategySettings, report: TickReport) -> None:
-    choice = await _checked_buy(engine, snap, settings, "Entry")
-    if choice is None:
+def _bought_text(out: OrderOutcome, plan: BuyPlan, snap: MarketSnapshot) -> str:
+    spent = ledger.order_cash(out.order_ref)
+    return (f"Bought {out.filled} {plan.choice.contract.key} for {-spent:,.2f} USD with commissions (QQQ "
+            f"{snap.qqq.price}, delta {plan.choice.delta:.2f})")
+
+
+async def _enter(desk: Desk, snap: MarketSnapshot, settings: StrategySettings, report: TickReport) -> None:
+    plan = await _checked_buy(desk, snap, settings, "Entry")
+    if plan is None:
         return
-    out = await _buy(engine, choice, snap, settings, "entry")
-    report.actions.append(f"entry {choice.contract.key}: {out.status} {out.filled}/{out.qty}")
+    out = await _buy(desk, plan, snap, settings, OrderPurpose.ENTRY)
+    report.actions.append(f"entry {plan.choice.contract.key}: {out.status.label} {out.filled}/{out.qty}")
     if out.filled:
-        engine.emit(EventKind.ENTRY, f"Bought {out.filled} {choice.contract.key} (QQQ {snap.qqq.price}, "
-                    f"delta {choice.delta:.2f})")
+        desk.emit(EventKind.ENTRY, _bought_text(out, plan, snap), order_ref=out.order_ref)
 
 
-async def _roll(engine: Engine, old: Lot, snap: MarketSnapshot, settings: StrategySettings, report: TickReport) -> None:
+async def buy_now(desk: Desk, plan: BuyPlan, snap: MarketSnapshot, settings: StrategySettings,
+                  who: str) -> OrderOutcome:
+    """A manual /enter: the checked plan, bought through the same order runner as an entry (it is the
+    session's entry). Returns the outcome; the fill alerts come from the listener as for any order."""
+    out = await _buy(desk, plan, snap, settings, OrderPurpose.ENTRY, extra={"manual": who})
+    if out.filled:
+        desk.emit(EventKind.ENTRY, _bought_text(out, plan, snap) + f"; bought by hand ({who})",
+                  order_ref=out.order_ref, actor=actor_id(who))
+    return out
+
+
+async def sell_now(desk: Desk, lot: Lot, quote: OptionQuote, snap: MarketSnapshot, settings: StrategySettings,
+                   who: str) -> OrderOutcome | None:
+    """A manual /sell: the whole lot through the same order runner (limit at the mid, repriced),
+    reason manual. Not held back by the daily limits: selling reduces risk."""
+    if quote.bid is None or quote.ask is None:
+        return None
+    ctx = _context(snap, deltas={lot.contract.key: _delta(quote, snap, settings)},
+                   held_days=lot.held_days(snap.session), reason="manual", manual=who)
+    req = OrderRequest(new_order_ref(), (OrderLeg(lot.contract, "SELL"),), lot.qty,
+                       limit_price(quote.bid, quote.ask, "SELL", 0, settings, quote.min_tick))
+    desk.emit(EventKind.ORDER_SENT, f"SELL {lot.qty} {lot.contract.key} @ {req.limit} (manual sale of lot #{lot.id} "
+              f"by {who})", order_ref=req.order_ref, actor=actor_id(who))
+    return await desk.runner.run(req, purpose=OrderPurpose.MANUAL, session_day=snap.session, settings=settings,
+                                 quote=_option_quote_fn(desk, lot.contract), tick=quote.min_tick, lot_id=lot.id,
+                                 context=ctx)
+
+
+async def _roll(desk: Desk, old: Lot, snap: MarketSnapshot, settings: StrategySettings, report: TickReport) -> None:
     old_quote = snap.lot_quotes.get(old.id)
     if old_quote is None or old_quote.bid is None or old_quote.ask is None:
         report.actions.append(f"roll of lot #{old.id}: no quote for it")
         return
-    choice = await _checked_buy(engine, snap, settings, f"Roll of lot #{old.id}")
-    if choice is None:
+    plan = await _checked_buy(desk, snap, settings, f"Roll of lot #{old.id}")
+    if plan is None:
         return
+    choice = plan.choice
     day = snap.session
-    combo = engine.broker.supports_combo and old.qty == settings.order_quantity
-    roll = ledger.create_roll(day, old.id, combo, engine.clock.now(), choice.contract.expiry, choice.contract.strike)
-    engine._changed()
-    ctx_out = _context(snap, delta=old_quote.delta, held_days=old.held_days(day), reason="roll_out")
+    combo = desk.broker.supports_combo and old.qty == plan.qty
+    roll = ledger.create_roll(day, old.id, combo, desk.clock.now(), choice.contract.expiry, choice.contract.strike)
+    old_delta = _delta(old_quote, snap, settings)
     if combo:
-        await _roll_combo(engine, roll.id, old, old_quote, choice, snap, settings, report, ctx_out)
+        ctx = _context(snap, deltas={old.contract.key: old_delta, choice.contract.key: choice.delta},
+                       held_days=old.held_days(day), reason="roll")
+        await _roll_combo(desk, roll.id, old, old_quote, choice, snap, settings, report, ctx)
         return
-    sold = await _sell_lot(engine, old, old_quote, "roll", day, settings, ctx_out, roll_id=roll.id)
+    ctx_out = _context(snap, deltas={old.contract.key: old_delta}, held_days=old.held_days(day), reason="roll_out")
+    sold = await _sell_lot(desk, old, old_quote, OrderPurpose.ROLL, day, settings, ctx_out, roll_id=roll.id)
     if sold is None or sold.filled == 0:
-        ledger.set_roll_status(roll.id, "failed")
-        engine._changed()
-        engine.emit(EventKind.ROLL, f"Roll #{roll.id} of lot #{old.id}: the sell leg did not fill; nothing rolled")
+        ledger.set_roll_status(roll.id, RollStatus.FAILED)
+        desk.emit(EventKind.ROLL, f"Roll #{roll.id} of lot #{old.id}: the sell leg did not fill; nothing rolled")
         return
-    await _roll_buy(engine, roll.id, snap, settings, report, choice)
+    await _roll_buy(desk, roll.id, snap, settings, report, plan)
 
 
 async def _roll_combo(
-    engine: Engine, roll_id: int, old: Lot, old_quote: OptionQuote, choice: Candidate, snap: MarketSnapshot,
+    desk: Desk, roll_id: int, old: Lot, old_quote: OptionQuote, choice: Candidate, snap: MarketSnapshot,
     settings: StrategySettings, report: TickReport, ctx: dict[str, Any],
 ) -> None:
     new_q = choice.quote
@@ -265,90 +379,92 @@ async def _roll_combo(
                        old.qty, limit_price(net_bid, net_ask, "BUY", 0, settings, TICK))
 
     async def net_quote() -> tuple[Decimal, Decimal, Decimal] | None:
-        qs = {q.contract.key: q for q in await engine.broker.option_quotes([old.contract, choice.contract])}
+        qs = {q.contract.key: q for q in await desk.broker.option_quotes([old.contract, choice.contract])}
         o, n = qs.get(old.contract.key), qs.get(choice.contract.key)
         if o is None or n is None or None in (o.bid, o.ask, n.bid, n.ask):
             return None
         assert o.bid is not None and o.ask is not None and n.bid is not None and n.ask is not None
         return n.bid - o.ask, n.ask - o.bid, TICK
 
-    engine.emit(EventKind.ORDER_SENT, f"ROLL combo: SELL {old.qty} {old.contract.key} / BUY {old.qty} "
-                f"{choice.contract.key} @ net {req.limit}")
-    ctx = dict(ctx, delta_new=choice.delta)
-    out = await engine.runner.run(req, purpose="roll", session_day=snap.session, settings=settings, quote=net_quote,
-                                  tick=TICK, roll_id=roll_id, context=ctx)
-    status = "completed" if out.filled > 0 else "failed"
-    ledger.set_roll_status(roll_id, status)
-    engine._changed()
-    report.actions.append(f"roll #{roll_id} combo: {out.status} {out.filled}/{out.qty}")
+    net = req.limit * old.qty * 100
+    desk.emit(EventKind.ORDER_SENT, f"ROLL combo: SELL {old.qty} {old.contract.key} / BUY {old.qty} "
+              f"{choice.contract.key} @ net {req.limit} ({'pays' if net >= 0 else 'receives'} {abs(net):,.2f} USD)",
+              order_ref=req.order_ref)
+    out = await desk.runner.run(req, purpose=OrderPurpose.ROLL, session_day=snap.session, settings=settings,
+                                quote=net_quote, tick=TICK, roll_id=roll_id, context=ctx)
+    ledger.set_roll_status(roll_id, RollStatus.COMPLETED if out.filled > 0 else RollStatus.FAILED)
+    report.actions.append(f"roll #{roll_id} combo: {out.status.label} {out.filled}/{out.qty}")
     if out.filled:
-        engine.emit(EventKind.ROLL, f"Rolled lot #{old.id} {old.contract.key} → {choice.contract.key} "
-                    f"({out.filled}/{out.qty}, one combo order)", roll_id=roll_id)
+        cash = ledger.order_cash(out.order_ref)
+        desk.emit(EventKind.ROLL, f"Rolled lot #{old.id} {old.contract.key} → {choice.contract.key} "
+                  f"(delta {choice.delta:.2f}; {out.filled}/{out.qty}, one combo order; net "
+                  f"{'received' if cash >= 0 else 'paid'} {abs(cash):,.2f} USD with commissions)",
+                  roll_id=roll_id, order_ref=out.order_ref)
     else:
-        engine.emit(EventKind.ROLL, f"Roll #{roll_id} of lot #{old.id}: combo did not fill; nothing rolled")
+        desk.emit(EventKind.ROLL, f"Roll #{roll_id} of lot #{old.id}: combo did not fill; nothing rolled",
+                  order_ref=out.order_ref)
 
 
 async def _roll_buy(
-    engine: Engine, roll_id: int, snap: MarketSnapshot, settings: StrategySettings, report: TickReport,
-    choice: Candidate | None = None,
+    desk: Desk, roll_id: int, snap: MarketSnapshot, settings: StrategySettings, report: TickReport,
+    plan: BuyPlan | None = None,
 ) -> None:
     """The buy leg of a legged roll (first try, or a retry at a later tick of the session)."""
-    if choice is None:
-        choice = await _checked_buy(engine, snap, settings, f"Roll #{roll_id} buy leg")
-    out = await _buy(engine, choice, snap, settings, "roll", roll_id=roll_id) if choice is not None else None
-    if out is not None and out.filled > 0:
-        ledger.set_roll_status(roll_id, "completed")
-        bought = choice.contract.key if choice else ""
-        engine.emit(EventKind.ROLL, f"Roll #{roll_id} completed: bought {out.filled} {bought}",
-                    roll_id=roll_id)
+    if plan is None:
+        plan = await _checked_buy(desk, snap, settings, f"Roll #{roll_id} buy leg")
+    out = await _buy(desk, plan, snap, settings, OrderPurpose.ROLL, roll_id=roll_id) if plan is not None else None
+    if out is not None and out.filled > 0 and plan is not None:
+        ledger.set_roll_status(roll_id, RollStatus.COMPLETED)
+        desk.emit(EventKind.ROLL, f"Roll #{roll_id} completed. {_bought_text(out, plan, snap)}", roll_id=roll_id,
+                  order_ref=out.order_ref)
     else:
-        ledger.set_roll_status(roll_id, "buy_pending")
-        engine.emit(EventKind.ROLL, f"Roll #{roll_id}: sold, but the buy leg did not fill; retrying at the next ticks",
-                    roll_id=roll_id)
-    engine._changed()
-    report.actions.append(f"roll #{roll_id} buy leg: {out.status if out else 'not sent'}")
+        ledger.set_roll_status(roll_id, RollStatus.BUY_PENDING)
+        desk.emit(EventKind.ROLL, f"Roll #{roll_id}: sold, but the buy leg did not fill; retrying at the next ticks",
+                  roll_id=roll_id)
+    report.actions.append(f"roll #{roll_id} buy leg: {out.status.label if out else 'not sent'}")
 
 
-async def _recycle(engine: Engine, snap: MarketSnapshot, settings: StrategySettings, report: TickReport) -> None:
-    plan = snap.qqqm
-    decision_pool = ledger.recycling_pool()
-    if plan is None or plan.bid is None or plan.ask is None:
-        return
-    from strategy.rules import recycle_decision
-
-    decision = recycle_decision(decision_pool, plan, snap.now, settings)
-    if decision is None:
+async def _recycle(
+    desk: Desk, decision: RecycleDecision, snap: MarketSnapshot, settings: StrategySettings, report: TickReport,
+) -> None:
+    """Buy the QQQM shares ``recycle_decision`` decided at this tick (the pool it saw is the pool now:
+    recycling is only planned when nothing else traded in the tick)."""
+    quote_now = snap.qqqm
+    if quote_now is None or quote_now.bid is None or quote_now.ask is None:
         return
     day = snap.session
-    if not _limit_ok(engine, day, Decimal(0), "QQQM recycling buy"):
+    if not _limit_ok(desk, day, Decimal(0), "QQQM recycling buy"):
         return
     cost = decision.limit * decision.shares + stock_commission(decision.shares, decision.limit)
-    account = await engine.broker.account_summary()
+    account = await desk.broker.account_summary()
     if not can_afford(account.available_funds_usd, cost, Decimal(0)):
-        engine.emit(EventKind.SKIPPED,
-                    f"Recycling skipped: available funds {account.available_funds_usd:.2f} USD < {cost:.2f} USD")
+        desk.emit(EventKind.SKIPPED,
+                  f"Recycling skipped: available funds {account.available_funds_usd:.2f} USD < {cost:.2f} USD")
         return
     req = OrderRequest(new_order_ref(), (OrderLeg(StockContract("QQQM"), "BUY"),), decision.shares,
-                       limit_price(plan.bid, plan.ask, "BUY", 0, settings, TICK))
+                       limit_price(quote_now.bid, quote_now.ask, "BUY", 0, settings, TICK))
 
     async def quote() -> tuple[Decimal, Decimal, Decimal] | None:
-        q = await engine.broker.quote("QQQM")
+        q = await desk.broker.quote("QQQM")
         return (q.bid, q.ask, TICK) if q.bid is not None and q.ask is not None else None
 
-    engine.emit(EventKind.ORDER_SENT,
-                f"BUY {decision.shares} QQQM @ {req.limit} (recycling pool {decision_pool:.2f} USD)")
+    desk.emit(EventKind.ORDER_SENT,
+              f"BUY {decision.shares} QQQM @ {req.limit} (recycling into QQQM: up to {cost:,.2f} USD of the "
+              f"{decision.pool:,.2f} USD pool)", order_ref=req.order_ref)
     try:
-        out = await engine.runner.run(
-            req, purpose="recycle", session_day=day, settings=settings, quote=quote, tick=TICK,
-            context=_context(snap, reason="recycle", pool=decision_pool),
-            after_create=lambda order: ledger.create_recycle(order, decision_pool, decision.shares, engine.clock.now()),
+        out = await desk.runner.run(
+            req, purpose=OrderPurpose.RECYCLE, session_day=day, settings=settings, quote=quote, tick=TICK,
+            context=_context(snap, reason="recycle", pool=decision.pool),
+            after_create=lambda order: ledger.create_recycle(order, decision.pool, decision.shares, desk.clock.now()),
             max_buy_limit=decision.limit,
         )
     except BrokerError as e:  # pragma: no cover - run() turns broker errors into outcomes
-        engine.emit(EventKind.ERROR, f"Recycling order failed: {e}")
+        desk.emit(EventKind.ERROR, f"Recycling order failed: {e}")
         return
-    report.actions.append(f"recycle {decision.shares} QQQM: {out.status} {out.filled}/{out.qty}")
+    report.actions.append(f"recycling {decision.shares} QQQM: {out.status.label} {out.filled}/{out.qty}")
     if out.filled:
         shares, deployed = ledger.qqqm_bought()
-        engine.emit(EventKind.RECYCLE, f"Recycled profits into {out.filled} QQQM; the bot's core is now {shares} "
-                    f"shares ({deployed:.2f} USD deployed), pool {ledger.recycling_pool():.2f} USD")
+        spent = -ledger.order_cash(out.order_ref)
+        desk.emit(EventKind.RECYCLE, f"Recycled {spent:,.2f} USD of profits into {out.filled} QQQM; the bot's core is "
+                  f"now {shares} shares ({deployed:,.2f} USD deployed), pool {ledger.recycling_pool():,.2f} USD",
+                  order_ref=out.order_ref)

@@ -24,6 +24,8 @@ class EventKind(StrEnum):
     FORCE_EXIT = "force_exit"
     EXPIRY_GUARD = "expiry_guard"
     EXPIRED = "expired"
+    EXIT_HELD = "exit_held"
+    MANUAL = "manual"
     ENTRY = "entry"
     ROLL = "roll"
     RECYCLE = "recycle"
@@ -39,6 +41,7 @@ class EventKind(StrEnum):
     RESUMED = "resumed"
     UNAUTHORIZED = "unauthorized"
     DAILY_SUMMARY = "daily_summary"
+    STARTED = "started"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,12 @@ class Event:
 
 class AlertSink(Protocol):
     def emit(self, event: Event) -> None: ...
+
+
+class Emit(Protocol):
+    """Raise one event: its kind, its text for the user, and data for the sinks."""
+
+    def __call__(self, kind: EventKind, text: str, **data: object) -> None: ...
 
 
 class LogSink:
@@ -91,6 +100,13 @@ class FanoutSink:
                 sink.emit(event)
             except Exception:
                 log.exception("alert sink %r failed on %s", sink, event.kind)
+
+
+def actor_id(who: str) -> int | None:
+    """The Telegram user id in a ``telegram:123 (@name)`` actor, so the notifier can spare that admin
+    an alert about their own action (they have the reply); None for anyone else."""
+    head = who.removeprefix("telegram:").split(" ", 1)[0] if who.startswith("telegram:") else ""
+    return int(head) if head.isdigit() else None
 
 
 def mode_label(mode: str) -> str:

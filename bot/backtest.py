@@ -163,7 +163,7 @@ async def run_backtest(
             settings.update(change.key, text.partition("=")[2], "backtest")
         broker = SimBroker(clock, path, iv, calendar=cal, starting_cash=cfg.capital, mixed_account=False,
                            seed=cfg.seed)
-        engine = Engine(broker, clock, cal, settings, alerts, cfg.limits, persist_last_tick=False)
+        engine = Engine(broker, clock, cal, settings, alerts, cfg.limits, persist_last_tick=False, journal=False)
         await engine.start()
         equity: list[tuple[date, Decimal]] = []
         positions: list[tuple[date, int]] = []
@@ -181,13 +181,13 @@ async def run_backtest(
                 clock.advance_to(session.close)
             account = await broker.account_summary()
             equity.append((session.day, account.net_liquidation))
-            positions.append((session.day, len(engine.book(session.day).lots)))
+            positions.append((session.day, len(engine.state(session.day).open_lots)))
             alerts.events.clear()
             if progress is not None:
                 progress(i + 1, total)
         await engine.stop()
         closes = {b.day: b.close for b in bars}
-        result = build_result(bars[0].day, bars[-1].day, equity, closes, cfg.capital, settings.current)
+        result = build_result(equity, closes, cfg.capital, settings.current)
         first = closes[equity[0][0]]
         bh = [float(cfg.capital) * closes[d] / first for d, _ in equity]
         return BacktestRun(result, positions, bh, db_path)

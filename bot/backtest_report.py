@@ -10,21 +10,18 @@ from pathlib import Path
 from typing import Any
 
 from storage import ledger
-from storage.models import Fill, Lot, Order, Roll
+from storage.models import Fill, Lot, LotExit, Order, OrderPurpose, Roll, RollStatus
 from strategy import metrics
 from strategy.model import NY
 from strategy.settings import StrategySettings, effective_settings_json
-
-REASONS = {"entry": "entry", "take_profit": "take_profit", "force_exit": "force_exit",
-           "expiry_guard": "expiry_guard", "recycle": "recycle"}
 
 
 def _reason(order: Order | None, fill: Fill) -> str:
     if order is None:
         return "entry" if fill.side == "BUY" else "force_exit"
-    if order.purpose == "roll":
+    if order.purpose == OrderPurpose.ROLL:
         return "roll_in" if fill.side == "BUY" else "roll_out"
-    return REASONS.get(order.purpose, order.purpose)
+    return str(order.purpose.value)
 
 
 def trade_rows() -> list[dict[str, Any]]:
@@ -49,7 +46,7 @@ def trade_rows() -> list[dict[str, Any]]:
             "side": f.side, "qty": f.qty, "price": str(f.price), "commission": str(f.commission or Decimal(0)),
             "reason": _reason(order, f), "underlying_price": ctx.get("underlying_price"),
             "prev_close": ctx.get("prev_close"),
-            "delta": ctx.get("delta") if f.sec_type == "OPT" else None,
+            "delta": ledger.fill_delta(f, ctx) if f.sec_type == "OPT" else None,
             "held_days": held, "pnl_pct": pnl_pct,
         })
     for x in ledger.expiries():  # a lot that expired unsold closes at its settlement value
@@ -68,7 +65,7 @@ def trade_rows() -> list[dict[str, Any]]:
 
 
 def build_result(
-    bars_first: date, bars_last: date, equity: list[tuple[date, Decimal]], closes: dict[date, float],
+    equity: list[tuple[date, Decimal]], closes: dict[date, float],
     capital: Decimal, settings: StrategySettings,
 ) -> dict[str, Any]:
     trades = trade_rows()
@@ -76,10 +73,10 @@ def build_result(
     start, end = equity[0][0], equity[-1][0]
     closed = [float(lot.realized_pnl) for lot in Lot.select().where(Lot.closed_at.is_null(False))]
     shares, deployed = ledger.qqqm_bought()
-    entries = sum(1 for o in Order.select().where((Order.purpose == "entry") & (Order.filled_qty > 0)))
-    exits = sum(1 for lot in Lot.select().where(Lot.exit_reason.in_(["take_profit", "force_exit", "expiry_guard",
-                                                                    "expired"])))
-    rolls = Roll.select().where(Roll.status == "completed").count()
+    entries = Order.select().where((Order.purpose == OrderPurpose.ENTRY) & (Order.filled_qty > 0)).count()
+    exits = Lot.select().where(Lot.exit_reason.in_([LotExit.TAKE_PROFIT, LotExit.FORCE_EXIT, LotExit.EXPIRY_GUARD,
+                                                   LotExit.EXPIRED])).count()
+    rolls = Roll.select().where(Roll.status == RollStatus.COMPLETED).count()
     bh = [capital * Decimal(str(closes[d])) / Decimal(str(closes[start])) for d, _ in equity]
     bh_values = [float(v) for v in bh]
     final = equity[-1][1]

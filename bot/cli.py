@@ -6,10 +6,16 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bot.config import AppConfig
+
+RunBot = Callable[["AppConfig"], int]
 
 
 def _date(text: str) -> date:
@@ -117,7 +123,7 @@ def _ib_bars(args: argparse.Namespace) -> list[Any]:
     return asyncio.run(fetch_ib_bars(app.ib_host, app.ib_port, app.ib_client_id + 1, start, end))
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace, run_bot: RunBot | None) -> int:
     from bot.config import ConfigError, load_config
     from bot.runner import run_headless
 
@@ -137,8 +143,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"qqq-bot: configuration error: {problem}", file=sys.stderr)
         return 2
-    from bot.telegram_app import run_bot
-
+    if run_bot is None:  # `python -m bot.cli run`: the Telegram layer is wired by the qqq-bot entry point
+        print("qqq-bot: start the Telegram bot with `qqq-bot run` (or `python -m handlers.app run`)", file=sys.stderr)
+        return 2
     return run_bot(cfg)
 
 
@@ -219,7 +226,9 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, run_bot: RunBot | None = None) -> int:
+    """Every `qqq-bot` command. ``run_bot`` starts the Telegram bot (`qqq-bot run`); the entry point
+    (`handlers.app.main`) passes it in, so nothing in the shell imports the Telegram layer."""
     args = build_parser().parse_args(argv)
     if args.command == "backtest":
         _setup_logging("WARNING")
@@ -235,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_db(args)
     if args.command == "totp":
         return cmd_totp(args)
-    return cmd_run(args)
+    return cmd_run(args, run_bot)
 
 
 if __name__ == "__main__":

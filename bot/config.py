@@ -39,6 +39,15 @@ class AppConfig(BaseSettings):
     allow_live_trading: bool = Field(False, alias="ALLOW_LIVE_TRADING")
     ib_quiet_window: str = Field("23:45-00:30", alias="IB_QUIET_WINDOW")
 
+    @field_validator("database_url")
+    @classmethod
+    def _sqlite_only(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        if not v.startswith("sqlite:///") or v == "sqlite:///":
+            raise ValueError("only SQLite is supported: sqlite:///PATH (or leave it empty for DATA_DIR/bot.db)")
+        return v
+
     @field_validator("ib_quiet_window")
     @classmethod
     def _quiet(cls, v: str) -> str:
@@ -127,4 +136,4 @@ def load_config() -> AppConfig:
     except ValidationError as e:
         err = e.errors()[0]
         name = str(err["loc"][0]) if err.get("loc") else "configuration"
-        raise ConfigError(f"{name}: {err['msg']}") from None
+        raise ConfigError(f"{name}: {str(err['msg']).removeprefix('Value error, ')}") from None

@@ -5,14 +5,20 @@ recorded once by its id, whenever it arrives (after a cancel, after a restart)."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import date, datetime
 from decimal import Decimal
 
-from bot.alerts import AlertSink, Event, EventKind
+from bot.actions import Desk, execute_plan
+from bot.alerts import AlertSink, Event, EventKind, actor_id
+from bot.journal import Journal
 from bot.orders import ORDER_REF_PREFIX, OrderRunner
+from bot.reconcile import reconcile
+from bot.report import TickReport
 from bot.settings_service import SettingsService
 from broker.base import (
     Broker,
@@ -24,68 +30,22 @@ from broker.base import (
 )
 from broker.clock import Clock
 from storage import kv, ledger
+from storage.models import Order, OrderPurpose, OrderState, RollStatus
 from strategy.calendar import NY, SessionCalendar
-from strategy.model import Lot, MarketSnapshot, OptionQuote, StrategyState, TickPlan
-from strategy.rules import DailyLimits, decide_tick, expiry_settlement, has_expired
+from strategy.explain import Reason, explain_tick
+from strategy.model import MarketSnapshot, OptionContract, OptionQuote, StrategyState, TickPlan
+from strategy.rules import DailyLimits, allowed_under_pause, decide_tick, expiry_settlement, has_expired
+from strategy.settings import StrategySettings
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class TickReport:
-    """What one tick saw, decided and did (for /status, /check and the log)."""
-
-    time: datetime
-    session: date | None
-    change: Decimal | None = None
-    qqq: Decimal | None = None
-    prev_close: Decimal | None = None
-    plan: TickPlan | None = None
-    dry_run: bool = False
-    paused: bool = False
-    actions: list[str] = field(default_factory=list)
-    skipped: str = ""
-
-    def summary(self) -> str:
-        if self.skipped:
-            return self.skipped
-        parts = []
-        if self.change is not None:
-            parts.append(f"QQQ {self.qqq} ({self.change * 100:+.2f}% vs {self.prev_close})")
-        would = "would " if (self.dry_run or self.paused) else ""
-        plan = self.plan
-        if plan is not None:
-            for e in plan.exits:
-                parts.append(f"{would}sell lot #{e.lot_id} ({e.reason.value})")
-            if plan.retry_roll_buy is not None:
-                parts.append(f"{would}retry roll #{plan.retry_roll_buy} buy leg")
-            if plan.roll is not None:
-                parts.append(f"{would}roll lot #{plan.roll.lot_id}")
-            if plan.entry is not None:
-                parts.append(f"{would}enter a new LEAPS")
-            if plan.recycle is not None:
-                parts.append(f"{would}buy {plan.recycle.shares} QQQM")
-            parts.extend(plan.notes)
-            if plan.is_empty and not plan.notes:
-                parts.append("no action")
-        if self.paused:
-            parts.append("(paused)")
-        parts.extend(self.actions)
-        return "; ".join(parts)
-
-
-@dataclass
-class _Book:
-    """The ledger as the rules need it, cached until something changes."""
-
-    version: int
-    day: date
-    lots: tuple[Lot, ...]
-    entered: bool
-    rolled: bool
-    unresolved: bool
-    pool: Decimal
-    pending_roll: int | None
+# The alert a sale that closes a lot raises, by the purpose of its order (a roll's sale: ROLL).
+LOT_CLOSED_EVENT: dict[OrderPurpose, EventKind] = {
+    OrderPurpose.TAKE_PROFIT: EventKind.TAKE_PROFIT,
+    OrderPurpose.FORCE_EXIT: EventKind.FORCE_EXIT,
+    OrderPurpose.EXPIRY_GUARD: EventKind.EXPIRY_GUARD,
+    OrderPurpose.MANUAL: EventKind.MANUAL,
+}
 
 
 class Engine:
@@ -99,6 +59,7 @@ class Engine:
         limits: DailyLimits | None = None,
         *,
         persist_last_tick: bool = True,
+        journal: bool = True,
     ) -> None:
         self.broker = broker
         self.clock = clock
@@ -107,20 +68,20 @@ class Engine:
         self.alerts = alerts
         self.limits = limits or DailyLimits()
         self.persist_last_tick = persist_last_tick
-        self.runner = OrderRunner(broker, clock, self._changed)
+        self.runner = OrderRunner(broker, clock)
+        self.journal = Journal(clock.now, enabled=journal)
+        self.desk = Desk(broker, clock, self.runner, self.limits, self.emit, self.report_error, self.journal.note)
         self.ready = False
         self.last_report: TickReport | None = None
         self._lock = asyncio.Lock()
-        self._version = 0
-        self._book: _Book | None = None
+        self._state: tuple[tuple[int, int], date, StrategyState] | None = None
         self._prev_close: tuple[date, Decimal] | None = None
         self._last_day: date | None = None
         self._last_error = ""
         self._tick_errors = 0
-        self.iv_guess = 0.25
         self.last_snapshot: MarketSnapshot | None = None
         self.blocked = ""  # why this engine must not trade at all (e.g. a live account not allowed)
-        self._dry_run_holds_lock = False
+        self._holder = ""  # who holds the lock: "tick", "check" or "manual"
         self._starting = False
         self._no_quote_alerted: set[tuple[date, int]] = set()
 
@@ -147,9 +108,6 @@ class Engine:
         except Exception:
             log.exception("alert sink failed for %s", kind)
 
-    def _changed(self) -> None:
-        self._version += 1
-
     # --- the broker's listener -----------------------------------------------------------------
 
     def on_execution(self, execution: Execution) -> None:
@@ -160,7 +118,6 @@ class Engine:
             rec = ledger.record_execution(execution, self.clock.now())
             if rec.duplicate:
                 return
-            self._changed()
             order = ledger.order_by_ref(execution.order_ref)
             what = execution.instrument.key
             if order is None:
@@ -168,25 +125,48 @@ class Engine:
                           f"recorded: {execution.side} {execution.qty} {what} @ {execution.price}")
                 return
             kind = EventKind.ORDER_FILLED if order.filled_qty >= order.qty else EventKind.ORDER_PARTIAL
-            self.emit(kind, f"{execution.side} {execution.qty} {what} @ {execution.price} "
-                      f"({order.purpose}, {order.filled_qty}/{order.qty} filled)",
-                      order_ref=order.order_ref, purpose=order.purpose)
+            manual_by = json.loads(order.context or "{}").get("manual")
+            actor = actor_id(manual_by) if isinstance(manual_by, str) else None
+            ins = execution.instrument
+            amount = execution.price * execution.qty * (ins.multiplier if isinstance(ins, OptionContract) else 1)
+            fee = f" + {execution.commission:,.2f} commission" if execution.commission else ""
+            paid = "paid" if execution.side == "BUY" else "received"
+            self.emit(kind, f"{execution.side} {execution.qty} {what} @ {execution.price}: {paid} {amount:,.2f} USD"
+                      f"{fee} ({order.purpose.label}, {order.filled_qty}/{order.qty} filled)",
+                      order_ref=order.order_ref, purpose=order.purpose.value, actor=actor)
+            if rec.lot_id is not None:
+                self._journal_fill(execution, order, rec.lot_id, amount)
             if rec.closed_lot and rec.lot_id is not None:
                 lot = ledger.lot_row(rec.lot_id)
                 if lot is not None:
-                    self.emit(EventKind(order.purpose) if order.purpose in ("take_profit", "force_exit",
-                                                                           "expiry_guard") else EventKind.ROLL,
-                              f"Lot #{lot.id} {what} closed ({order.purpose}); realized {lot.realized_pnl:.2f} USD",
-                              lot_id=lot.id)
+                    cost = lot.avg_price * lot.qty_opened * lot.multiplier + lot.commission
+                    pct = f" ({lot.realized_pnl / cost * 100:+.1f} %)" if cost > 0 else ""
+                    held = (execution.time.astimezone(NY).date() - lot.opened_at.astimezone(NY).date()).days
+                    self.emit(LOT_CLOSED_EVENT.get(order.purpose, EventKind.ROLL),
+                              f"Lot #{lot.id} {what} closed by {order.purpose.label} after {held} days: realized "
+                              f"{lot.realized_pnl:+,.2f} USD{pct}, net of commissions",
+                              lot_id=lot.id, order_ref=order.order_ref, actor=actor)
         except Exception:
             log.exception("recording execution %s failed", execution.exec_id)
             self.emit(EventKind.ERROR, f"Could not record execution {execution.exec_id}; reconciliation will retry")
             self.ready = False
 
+    def _journal_fill(self, ex: Execution, order: Order, lot_id: int, amount: Decimal) -> None:
+        """A lot's story: every fill of it, in the journal under the lot."""
+        day = ex.time.astimezone(NY).date()
+        verb = "bought" if ex.side == "BUY" else "sold"
+        ctx = json.loads(order.context or "{}")
+        why = order.purpose.label + (f" by {ctx['manual']}" if ctx.get("manual") else "")
+        qqq = f"; QQQ {ctx['underlying_price']:.2f}" if isinstance(ctx.get("underlying_price"), float) else ""
+        delta = ctx.get("deltas", {}).get(ex.instrument.key) if isinstance(ctx.get("deltas"), dict) else None
+        d = f", delta {delta:.2f}" if isinstance(delta, float) else ""
+        self.journal.note(day, f"lot:{lot_id}", f"fill:{ex.exec_id}",
+                          f"{verb} {ex.qty} {ex.instrument.key} @ {ex.price} ({amount:,.2f} USD; {why}{d}{qqq})",
+                          lot_id)
+
     def on_commission(self, report: CommissionReport) -> None:
         try:
-            if ledger.record_commission(report.exec_id, report.commission):
-                self._changed()
+            ledger.record_commission(report.exec_id, report.commission)
         except Exception:
             log.exception("recording commission for %s failed", report.exec_id)
 
@@ -196,13 +176,13 @@ class Engine:
                 order = ledger.order_by_ref(update.order_ref)
                 if order is None:
                     return
-                if ledger.finish_order(update.order_ref, update.status.value, self.clock.now(), update.message):
+                final = OrderState.CANCELLED if update.status == OrderStatus.CANCELLED else OrderState.REJECTED
+                if ledger.finish_order(update.order_ref, final, self.clock.now(), update.message):
                     cancelled = update.status == OrderStatus.CANCELLED
                     kind = EventKind.ORDER_CANCELLED if cancelled else EventKind.ORDER_REJECTED
                     self.emit(kind, f"Order {order.purpose} {order.side} {order.qty} ({order.filled_qty} filled) "
                               f"{update.status.value}{': ' + update.message if update.message else ''}",
                               order_ref=update.order_ref)
-                self._changed()
                 self.runner.notify_final(update.order_ref)
             elif update.status == OrderStatus.FILLED:
                 self.runner.notify_final(update.order_ref)
@@ -225,34 +205,36 @@ class Engine:
     async def reconcile(self) -> list[str]:
         """Align the ledger with the broker: record missed executions, settle orders the bot was
         working when it stopped, and only then allow new orders."""
-        from bot.reconcile import reconcile
-
-        notes = await reconcile(self)
-        self._changed()
+        notes = await reconcile(self.broker, self.clock, self.on_execution, self.emit)
         self.ready = True
         return notes
 
     # --- the tick ------------------------------------------------------------------------------
 
-    def book(self, day: date) -> _Book:
-        b = self._book
-        if b is not None and b.version == self._version:
-            if b.day == day:
-                return b
-            if day > b.day:
-                # Nothing was recorded since the last look: the new session has no entry, roll or
-                # pending roll yet (session flags only come from orders, which bump the version).
-                b = _Book(b.version, day, b.lots, False, False, b.unresolved, b.pool, None)
-                self._book = b
-                return b
+    def state(self, day: date) -> StrategyState:
+        """The bot's own book as the rules see it at the start of a tick of session ``day``,
+        derived from the ledger. Cached under the database's write version, so any write anywhere
+        makes the next call read the ledger again: no caller has to remember to say so."""
+        version = ledger.write_version()
+        cached = self._state
+        if cached is not None and cached[0] == version:
+            cached_day, st = cached[1], cached[2]
+            if cached_day == day:
+                return st
+            if day > cached_day:
+                # Nothing was written since the last look: the new session has no entry, roll or
+                # pending roll yet (those only come from orders and rolls, which are writes).
+                st = replace(st, entered_this_session=False, rolled_this_session=False, pending_roll_buy=None)
+                self._state = (version, day, st)
+                return st
         pending = [r for r in ledger.rolls_with_pending_buy() if r.session_day == day]
-        b = _Book(
-            version=self._version, day=day, lots=ledger.open_lots(), entered=ledger.entered_on(day),
-            rolled=ledger.rolled_on(day), unresolved=bool(ledger.unresolved_orders()),
-            pool=ledger.recycling_pool(), pending_roll=pending[0].id if pending else None,
+        st = StrategyState(
+            open_lots=ledger.open_lots(), entered_this_session=ledger.entered_on(day),
+            rolled_this_session=ledger.rolled_on(day), unresolved_order=bool(ledger.unresolved_orders()),
+            pool=ledger.recycling_pool(), pending_roll_buy=pending[0].id if pending else None,
         )
-        self._book = b
-        return b
+        self._state = (version, day, st)
+        return st
 
     async def prev_close(self, day: date) -> Decimal:
         """QQQ's previous close for ``day`` (asked of the broker once per day)."""
@@ -263,21 +245,19 @@ class Engine:
             self._prev_close = (day, await self.broker.prev_close("QQQ"))
         return self._prev_close[1]
 
-    async def snapshot(self, day: date) -> tuple[MarketSnapshot, _Book]:
-        book = self.book(day)
+    async def snapshot(self, day: date) -> tuple[MarketSnapshot, StrategyState]:
+        book = self.state(day)
         now = self.clock.now()
         qqq = await self.broker.quote("QQQ")
         prev = await self._prev_close_for(day)
         lot_quotes: dict[int, OptionQuote] = {}
-        if book.lots:
-            quotes = await self.broker.option_quotes([lot.contract for lot in book.lots])
+        if book.open_lots:
+            quotes = await self.broker.option_quotes([lot.contract for lot in book.open_lots])
             by_contract = {q.contract: q for q in quotes}
-            for lot in book.lots:
+            for lot in book.open_lots:
                 q = by_contract.get(lot.contract)
                 if q is not None:
                     lot_quotes[lot.id] = q
-                    if q.iv:
-                        self.iv_guess = q.iv
                 elif (day, lot.id) not in self._no_quote_alerted:  # the DB is asked once per lot and day
                     self._no_quote_alerted.add((day, lot.id))
                     if kv.put_once(f"no_quote:{day.isoformat()}:{lot.id}", "1", now):  # once across restarts too
@@ -295,10 +275,10 @@ class Engine:
         """Evaluate one tick (exits, roll, entry, recycle) and act on it unless paused or dry_run.
         Never raises: errors are logged and alerted, and the next tick runs as usual."""
         now = self.clock.now()
-        if self._lock.locked() and (dry_run or not self._dry_run_holds_lock):
+        if self._lock.locked() and (dry_run or self._holder == "tick"):
             return TickReport(now, None, skipped="previous tick still running: skipped")
-        async with self._lock:  # a real tick waits for a /check in flight instead of being skipped
-            self._dry_run_holds_lock = dry_run
+        async with self._lock:  # a real tick waits for a /check or a manual order in flight, never skipped by it
+            self._holder = "check" if dry_run else "tick"
             now = self.clock.now()
             self._tick_errors = 0
             try:
@@ -317,6 +297,28 @@ class Engine:
             if self._tick_errors == 0:
                 self._last_error = ""  # the incident is over: the next error is a new one
         return report
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Hold the engine for a manual action: it waits for a tick in progress, and a tick that falls
+        due meanwhile waits for it (never two orders of the bot at once)."""
+        async with self._lock:
+            self._holder = "manual"
+            yield
+
+    def trading_problem(self, now: datetime) -> str | None:
+        """Why no order may be sent now, in the user's words, or None."""
+        if self.blocked:
+            return f"not trading: {self.blocked}"
+        if self._starting:
+            return "the bot is still connecting and reconciling with the broker; try again in a moment"
+        if self.broker.state == ConnectionState.DOWN:
+            return "the broker connection is down"
+        if self.calendar.open_session(now) is None:
+            nxt = self.calendar.next_session(now.astimezone(NY).date())
+            when = f" (next open {nxt.open.astimezone(NY):%a %Y-%m-%d %H:%M} ET)" if nxt is not None else ""
+            return f"the market is closed: orders are taken during a session only{when}"
+        return None
 
     def report_error(self, what: str, e: BaseException) -> None:
         """Log and alert an error once per incident (the same error at every tick is one incident)."""
@@ -348,18 +350,77 @@ class Engine:
             await self._settle_expired_lots(day)
             self._last_day = day
         settings = self.settings.current
-        snap, book = await self.snapshot(day)
-        state = StrategyState(
-            open_lots=book.lots, entered_this_session=book.entered, rolled_this_session=book.rolled,
-            unresolved_order=book.unresolved, pool=book.pool, pending_roll_buy=book.pending_roll,
-        )
+        snap, state = await self.snapshot(day)
         plan = decide_tick(state, snap, settings)
         report = TickReport(now, day, plan.change, snap.qqq.price, snap.prev_close, plan, dry_run, settings.paused)
-        if dry_run or settings.paused or plan.is_empty:
+        report.reasons = explain_tick(state, snap, settings, plan) + self._pause_reasons(plan, settings)
+        if not dry_run:
+            self.journal.record(day, report.reasons)
+        if dry_run or plan.is_empty:
             return report
-        from bot.actions import execute_plan
+        allowed = allowed_under_pause(plan, settings.paused)
+        if settings.paused:
+            self._alert_held_exits(plan, allowed, day)
+        if allowed.is_empty:
+            return report
+        if not await execute_plan(self.desk, allowed, snap, state, settings, report):
+            self.ready = False  # an action failed: reconcile with the broker before the next order
+        return report
 
-        await execute_plan(self, plan, snap, book, settings, report)
+    @staticmethod
+    def _pause_reasons(plan: TickPlan, settings: StrategySettings) -> tuple[Reason, ...]:
+        """What a pause held back at this tick, for /check and the journal."""
+        if not settings.paused:
+            return ()
+        held = allowed_under_pause(plan, settings.paused)
+        if held == plan or plan.is_empty:
+            return (Reason("pause", f"paused:{settings.paused.value}", f"paused ({settings.paused.value}): "
+                           "nothing due was held back"),)
+        return (Reason("pause", f"held:{settings.paused.value}", f"paused ({settings.paused.value}): the "
+                       "decisions above were not sent"),)
+
+    def _alert_held_exits(self, plan: TickPlan, allowed: TickPlan, day: date) -> None:
+        """While everything is paused, an exit that falls due is alerted once per lot and session."""
+        sent = {e.lot_id for e in allowed.exits}
+        for e in plan.exits:
+            if e.lot_id in sent or not kv.put_once(f"exit_held:{day.isoformat()}:{e.lot_id}", e.reason.value,
+                                                   self.clock.now()):
+                continue
+            why = {"take_profit": f"reached its take-profit target (+{e.pnl_pct:.1f} % ≥ +{e.target_pct:.0f} %)"
+                   if e.pnl_pct is not None and e.target_pct is not None else "reached its take-profit target",
+                   "force_exit": f"is due for its force exit (held {e.held_days} days)",
+                   "expiry_guard": f"is due for the expiry guard ({e.dte} days to expiry)"}[e.reason.value]
+            self.emit(EventKind.EXIT_HELD, f"Lot #{e.lot_id} {why}; paused, not sold. /resume (or /pause entries) "
+                      "lets exits run", lot_id=e.lot_id)
+
+    async def preview_next_open(self) -> TickReport:
+        """What the first tick of the next session would decide if prices stayed where they are now
+        (outside a session: the last prices, QQQ's as the previous close). Nothing is sent or stored."""
+        now = self.clock.now()
+        today = now.astimezone(NY).date()
+        upcoming = self.calendar.session(today)
+        if upcoming is None or upcoming.open <= now:
+            upcoming = self.calendar.next_session(today)
+        if upcoming is None:
+            return TickReport(now, None, dry_run=True, skipped="no next session in the calendar")
+        s = self.settings.current
+        ticks = self.calendar.tick_times(upcoming, s.check_interval_min, s.delay_after_open_min)
+        at = ticks[0] if ticks else upcoming.open
+        qqq = await self.broker.quote("QQQ")
+        last = qqq.price
+        if last is None:
+            return TickReport(now, upcoming.day, dry_run=True, skipped="no QQQ price to preview the next open with")
+        state = self.state(upcoming.day)
+        quotes = await self.broker.option_quotes([lot.contract for lot in state.open_lots]) if state.open_lots else []
+        by_contract = {q.contract: replace(q, time=at) for q in quotes}
+        lot_quotes = {lot.id: by_contract[lot.contract] for lot in state.open_lots if lot.contract in by_contract}
+        qqqm = None
+        if s.recycle_enabled and state.pool >= s.recycle_threshold and state.pool > 0:
+            qqqm = replace(await self.broker.quote("QQQM"), time=at)
+        snap = MarketSnapshot(at, upcoming.day, replace(qqq, time=at), last, lot_quotes, qqqm)
+        plan = decide_tick(state, snap, s)
+        report = TickReport(at, upcoming.day, plan.change, last, last, plan, True, s.paused)
+        report.reasons = explain_tick(state, snap, s, plan) + self._pause_reasons(plan, s)
         return report
 
     async def _settle_expired_lots(self, day: date) -> None:
@@ -375,7 +436,6 @@ class Engine:
                 close = await self.prev_close(day)
             settle = expiry_settlement(lot, close)
             realized = ledger.close_expired_lot(lot.id, close, settle, self.clock.now())
-            self._changed()
             text = (f"Lot #{lot.id} {lot.contract.key} x{lot.qty} expired unsold (no bid to sell into); recorded at "
                     f"{settle} per share, realized {realized:+.2f} USD")
             if close is None:
@@ -385,14 +445,13 @@ class Engine:
                          f"has probably exercised it into {lot.qty * lot.contract.multiplier} QQQ shares, which the "
                          "bot does not manage: check the account")
             self.emit(EventKind.EXPIRED, text, lot_id=lot.id)
+            self.journal.note(day, f"lot:{lot.id}", "expired", f"expired unsold: recorded at {settle} per share, "
+                              f"realized {realized:+,.2f} USD", lot.id)
 
     def _expire_old_roll_buys(self, day: date) -> None:
         for roll in ledger.rolls_with_pending_buy():
             if roll.session_day < day:
-                ledger.set_roll_status(roll.id, "buy_expired")
-                self._changed()
+                ledger.set_roll_status(roll.id, RollStatus.BUY_EXPIRED)
                 self.emit(EventKind.ROLL, f"Roll #{roll.id}: the buy leg was not bought during its session "
                           "and is dropped; the freed slot is open to a normal entry", roll_id=roll.id)
 
-    def today(self) -> date:
-        return self.clock.now().astimezone(NY).date()

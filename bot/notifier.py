@@ -72,7 +72,10 @@ class TelegramNotifier:
             level = outbox.alert_level(event.kind.value)
             quiet = event.kind in CONNECTION_KINDS and self.quiet_window is not None and in_window(
                 event.time.astimezone(NY).time(), *self.quiet_window)
-            outbox.add_alert(event.kind.value, self.render(event), event.time, level, silent=quiet)
+            actor, thread = event.data.get("actor"), event.data.get("order_ref")
+            outbox.add_alert(event.kind.value, self.render(event), event.time, level, silent=quiet,
+                             actor=actor if isinstance(actor, int) else None,
+                             thread=thread if isinstance(thread, str) else None)
         except Exception:
             log.exception("could not queue the %s alert: %s", event.kind.value, event.text)
             return

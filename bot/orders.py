@@ -16,7 +16,7 @@ from typing import Any
 from broker.base import Broker, BrokerError, OrderRequest
 from broker.clock import Clock
 from storage import ledger
-from storage.models import Order
+from storage.models import Order, OrderPurpose, OrderState
 from strategy.rules import limit_price
 from strategy.settings import StrategySettings
 
@@ -35,23 +35,18 @@ def new_order_ref() -> str:
 @dataclass(frozen=True, slots=True)
 class OrderOutcome:
     order_ref: str
-    status: str
+    status: OrderState
     filled: int
     qty: int
     message: str = ""
-
-    @property
-    def fully_filled(self) -> bool:
-        return self.filled >= self.qty
 
 
 class OrderRunner:
     """Runs orders to a final state; one at a time per engine."""
 
-    def __init__(self, broker: Broker, clock: Clock, on_change: Callable[[], None]) -> None:
+    def __init__(self, broker: Broker, clock: Clock) -> None:
         self.broker = broker
         self.clock = clock
-        self._on_change = on_change
         self._final_events: dict[str, asyncio.Event] = {}
 
     def notify_final(self, order_ref: str) -> None:
@@ -83,7 +78,7 @@ class OrderRunner:
         self,
         req: OrderRequest,
         *,
-        purpose: str,
+        purpose: OrderPurpose,
         session_day: date,
         settings: StrategySettings,
         quote: QuoteFn,
@@ -105,16 +100,13 @@ class OrderRunner:
                                         context=context)
             if after_create is not None:
                 after_create(order)
-        self._on_change()
         ref = req.order_ref
         try:
             broker_id = await self.broker.place_order(req)
         except BrokerError as e:
-            ledger.finish_order(ref, "rejected", self.clock.now(), str(e))
-            self._on_change()
-            return OrderOutcome(ref, "rejected", 0, req.qty, str(e))
+            ledger.finish_order(ref, OrderState.REJECTED, self.clock.now(), str(e))
+            return OrderOutcome(ref, OrderState.REJECTED, 0, req.qty, str(e))
         ledger.mark_sent(ref, broker_id, self.clock.now())
-        self._on_change()
         try:
             return await self._work(req, settings, quote, tick, max_buy_limit)
         finally:
@@ -170,6 +162,5 @@ class OrderRunner:
         # fills that still arrive for it are recorded by execution id.
         order = self._status(ref)
         if order.status in ledger.ACTIVE:
-            status = "filled" if order.filled_qty >= order.qty else "cancelled"
-            ledger.finish_order(ref, status, self.clock.now(), "timed out" if status == "cancelled" else "")
-        self._on_change()
+            status = OrderState.FILLED if order.filled_qty >= order.qty else OrderState.CANCELLED
+            ledger.finish_order(ref, status, self.clock.now(), "timed out" if status == OrderState.CANCELLED else "")

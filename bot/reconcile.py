@@ -10,23 +10,22 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-from bot.alerts import EventKind
+from bot.alerts import Emit, EventKind
 from bot.orders import ORDER_REF_PREFIX
-from broker.base import BrokerError
+from broker.base import Broker, BrokerError, Execution
+from broker.clock import Clock
 from storage import ledger
-from storage.models import Fill, Order, Roll
-
-if TYPE_CHECKING:
-    from bot.engine import Engine
+from storage.models import OrderState, RollStatus
 
 log = logging.getLogger(__name__)
 
 
-async def reconcile(engine: Engine) -> list[str]:
-    broker = engine.broker
-    now = engine.clock.now()
+async def reconcile(broker: Broker, clock: Clock, record: Callable[[Execution], None], emit: Emit) -> list[str]:
+    """Align the ledger with ``broker``; ``record`` files a missed execution as the live listener
+    would. Returns what was done, one note per thing."""
+    now = clock.now()
     notes: list[str] = []
     executions = await broker.executions()
     working = {o.order_ref: o for o in await broker.open_orders()}
@@ -36,7 +35,7 @@ async def reconcile(engine: Engine) -> list[str]:
             continue
         if not ex.order_ref.startswith(ORDER_REF_PREFIX) and ledger.order_by_ref(ex.order_ref) is None:
             continue
-        engine.on_execution(ex)
+        record(ex)
         notes.append(f"recorded missed execution {ex.exec_id} ({ex.side} {ex.qty} {ex.instrument.key})")
     executed_refs = {ex.order_ref for ex in executions}
     for order in ledger.unresolved_orders():
@@ -49,33 +48,30 @@ async def reconcile(engine: Engine) -> list[str]:
                 notes.append(f"could not cancel {ref}: {e}")
             fresh = ledger.order_by_ref(ref)
             if fresh is not None and fresh.status in ledger.ACTIVE:
-                ledger.finish_order(ref, "cancelled", now, "cancelled at reconciliation")
-        elif order.status == "pending_submit" and ref not in executed_refs:
-            ledger.finish_order(ref, "abandoned", now, "never reached the broker (the bot stopped before sending)")
+                ledger.finish_order(ref, OrderState.CANCELLED, now, "cancelled at reconciliation")
+        elif order.status == OrderState.PENDING_SUBMIT and ref not in executed_refs:
+            ledger.finish_order(ref, OrderState.ABANDONED, now,
+                                "never reached the broker (the bot stopped before sending)")
             notes.append(f"order {ref} ({order.purpose}) never reached the broker: abandoned, not resent")
         else:
             fresh = ledger.order_by_ref(ref)
             if fresh is not None and fresh.status in ledger.ACTIVE:
-                status = "filled" if fresh.filled_qty >= fresh.qty else "cancelled"
+                status = OrderState.FILLED if fresh.filled_qty >= fresh.qty else OrderState.CANCELLED
                 ledger.finish_order(ref, status, now, "settled at reconciliation")
                 notes.append(f"order {ref} ({order.purpose}) settled as {status}")
-    for roll in Roll.select().where(Roll.status == "working"):
-        sold = _qty(roll.id, "SELL")
-        bought = _qty(roll.id, "BUY")
+    for roll in ledger.working_rolls():
+        sold = ledger.roll_leg_qty(roll.id, "SELL")
+        bought = ledger.roll_leg_qty(roll.id, "BUY")
         if sold and not bought:
-            ledger.set_roll_status(roll.id, "buy_pending")
+            ledger.set_roll_status(roll.id, RollStatus.BUY_PENDING)
             notes.append(f"roll #{roll.id}: sold but not bought; the buy leg will be retried")
         elif bought:
-            ledger.set_roll_status(roll.id, "completed")
+            ledger.set_roll_status(roll.id, RollStatus.COMPLETED)
         else:
-            ledger.set_roll_status(roll.id, "failed")
+            ledger.set_roll_status(roll.id, RollStatus.FAILED)
     for note in notes:
         log.info("reconciliation: %s", note)
     if notes:
-        engine.emit(EventKind.RECONNECT, "Reconciled with the broker: " + "; ".join(notes))
+        emit(EventKind.RECONNECT, "Reconciled with the broker: " + "; ".join(notes))
     return notes
 
-
-def _qty(roll_id: int, side: str) -> int:
-    q = (Fill.select(Fill.qty).join(Order).where((Order.roll == roll_id) & (Fill.side == side)))
-    return sum(f.qty for f in q)

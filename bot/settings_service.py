@@ -7,9 +7,10 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-from bot.alerts import AlertSink, Event, EventKind
+from bot.alerts import AlertSink, Event, EventKind, actor_id
 from storage import settings_store
 from strategy.settings import (
+    PauseMode,
     SettingChange,
     SettingError,
     StrategySettings,
@@ -19,6 +20,15 @@ from strategy.settings import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def pause_text(mode: PauseMode) -> str:
+    """What a pause holds back, in the user's words."""
+    if mode is PauseMode.ALL:
+        return "Paused: every automatic order is held back, exits included"
+    if mode is PauseMode.ENTRIES:
+        return "Entries paused: no new entries, rolls or recycling buys; exits keep running"
+    return "Running: automatic orders on"
 
 
 class SettingsService:
@@ -48,19 +58,10 @@ class SettingsService:
         self._current = change.settings
         if change.key == "paused":
             kind = EventKind.PAUSED if change.new else EventKind.RESUMED
-            text = f"{'Paused' if change.new else 'Resumed'} by {who}"
+            text = f"{pause_text(change.new)} (by {who})" if change.new else f"Resumed: automatic orders on (by {who})"
         else:
             kind = EventKind.SETTINGS_CHANGED
             text = (f"{change.key}: {format_value(change.key, change.old)} → "
                     f"{format_value(change.key, change.new)} (by {who})")
-        self._alerts.emit(Event(kind, text, now, {"key": change.key, "who": who}))
+        self._alerts.emit(Event(kind, text, now, {"key": change.key, "who": who, "actor": actor_id(who)}))
         return change
-
-    def apply_overrides(self, assignments: list[tuple[str, str]], who: str) -> list[SettingError]:
-        """Apply several ``key=value`` changes; returns the refused ones (the rest are stored)."""
-        errors = []
-        for key, value in assignments:
-            result = self.update(key, value, who)
-            if isinstance(result, SettingError):
-                errors.append(result)
-        return errors

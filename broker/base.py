@@ -18,6 +18,7 @@ from typing import Literal, Protocol, runtime_checkable
 from strategy.model import OptionContract, OptionQuote, Quote, Side
 
 BrokerMode = Literal["sim", "paper", "live"]
+MarketDataKind = Literal["live", "delayed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +162,17 @@ class BrokerOrder:
 
 
 @dataclass(frozen=True, slots=True)
+class DailyBar:
+    """One session's open, high, low and close."""
+
+    day: date
+    open: float
+    high: float
+    low: float
+    close: float
+
+
+@dataclass(frozen=True, slots=True)
 class OptionChain:
     """Listed expiries and strikes of an underlying (strikes may be a superset for some expiries)."""
 
@@ -208,58 +220,187 @@ class LiveAccountRefused(BrokerError):
 
 @runtime_checkable
 class BrokerListener(Protocol):
-    def on_execution(self, execution: Execution) -> None: ...
+    """Where a broker sends its events; see `Broker` ("Events") for when they come.
 
-    def on_commission(self, report: CommissionReport) -> None: ...
+    Called synchronously on the event loop, from inside the broker: a method must return quickly,
+    must not block or await, and should not raise (a broker logs the exception and drops it)."""
 
-    def on_order_update(self, update: OrderUpdate) -> None: ...
+    def on_execution(self, execution: Execution) -> None:
+        """A fill of one leg, at most once per ``exec_id`` per broker object (a new process or
+        `Broker.executions` may show it again: record fills by ``exec_id``)."""
+        ...
 
-    def on_connection(self, state: ConnectionState, detail: str) -> None: ...
+    def on_commission(self, report: CommissionReport) -> None:
+        """The commission of an execution delivered without one; only after that execution, at
+        most once. An execution that carried its commission gets no report."""
+        ...
+
+    def on_order_update(self, update: OrderUpdate) -> None:
+        """A change of an order's status or filled quantity; nothing after its final status. Its
+        ``filled`` and the executions are not ordered against each other: count fills from the
+        executions."""
+        ...
+
+    def on_connection(self, state: ConnectionState, detail: str) -> None:
+        """The connection state changed (not sent when only the detail line changes; the sim never
+        sends it)."""
+        ...
 
 
 class Broker(Protocol):
-    """What the engine needs of a broker. Every method may raise ``BrokerError``."""
+    """What the engine needs of a broker (`broker.sim.SimBroker`, `broker.ib.IBBroker`).
+
+    **Calls.** ``name``, ``supports_combo``, ``mode``, ``state``, ``detail`` and ``market_data`` are
+    plain reads and ``set_listener`` is a plain call: none waits or raises. Every other method is a
+    coroutine. None blocks the event loop (no synchronous I/O, no sleeping); calls may overlap
+    (the chat asks beside a running tick). Failures the user should hear about raise
+    ``BrokerError``; nothing else is raised on purpose.
+
+    **Waiting.** Every coroutine returns or raises within a bound. The sim never waits for
+    anything: each call completes at once. IB bounds each wait for IB by its ``request_timeout``
+    (T, 10 s by default), so a method answers within a small multiple of T: ``modify_order`` at
+    once (it does not wait for IB's answer); T for ``sync``, ``cancel_order`` (the wait for the
+    cancel), ``executions``, ``positions`` and ``account_summary`` (when `ib_async` holds no account
+    values yet, else at once); T plus T per unknown combo leg for ``open_orders``; 2T for
+    ``option_chain`` and ``place_order`` (qualification, then the request or the acknowledgement);
+    3T + 1 s for ``quote`` and for ``option_quotes`` of up to 40 contracts (one retry after a pacing
+    or subscription error; 2T more per further 40); 4T + 10 s for ``prev_close`` (up to three
+    requests on pacing errors; at once when cached for the session); ``historical_daily_bars`` as
+    ``prev_close`` but with at least 60 s per request; ``connect`` 4 × ``connect_timeout`` + T.
+    Qualification costs nothing for contracts qualified before. A timeout raises ``BrokerError``,
+    except in ``place_order`` and ``cancel_order`` (see there).
+
+    **Disconnected.** ``state`` is DOWN before ``connect``, after ``close``, while the broker
+    reconnects, and (IB) while IB Gateway has lost IB's servers (errors 1100/2110). ``place_order``
+    raises ``BrokerError`` then, with one exception: IB's methods look at the socket, not at
+    ``state``, so while only IB's servers are lost (socket up) requests, orders included, are still
+    sent and may time out; check ``state`` before trading (the engine's tick does). With the socket down
+    every IB method that needs IB raises ``BrokerError`` at once ("not connected ..."), except
+    ``prev_close`` and ``option_chain`` answering from the same day's cache and
+    ``option_quotes([])``. The sim answers everything but ``place_order`` from its simulation
+    whatever the state.
+
+    **Threading.** Not thread-safe: call every method from the one asyncio loop the broker was
+    connected on. Listener callbacks run on that loop too, synchronously: IB's inside `ib_async`'s
+    handling of IB's messages, the sim's inside the call that caused them (``place_order``,
+    ``modify_order``, ``cancel_order``) or inside a step of its clock (a `SimClock` step, or once a
+    second on the wall clock).
+
+    **Events** go to the one listener of ``set_listener`` (none set: they are dropped; the
+    reconciliation through ``open_orders`` and ``executions`` recovers them) and may arrive at any
+    time: before ``place_order`` returns (the sim fills a marketable order inside the call; a
+    REJECTED update comes before the call raises), during any await, after ``cancel_order`` (a fill
+    that raced the cancel, a late commission report), and after a reconnect (IB replays the
+    executions this broker object has not delivered and settles the orders that ended meanwhile,
+    before the state becomes CONNECTED again).
+    """
 
     name: str
-    mode: BrokerMode
-    supports_combo: bool
+    supports_combo: bool  # rolls can go as one combo order (both brokers: True)
 
     @property
-    def state(self) -> ConnectionState: ...
-
-    def set_listener(self, listener: BrokerListener | None) -> None: ...
-
-    async def connect(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    async def quote(self, symbol: str) -> Quote: ...
-
-    async def prev_close(self, symbol: str) -> Decimal:
-        """The official close of the session before the current (or, outside hours, last) one."""
+    def mode(self) -> BrokerMode:
+        """"sim", "paper" or "live" (IB: known once connected)."""
         ...
 
-    async def option_chain(self, symbol: str) -> OptionChain: ...
+    @property
+    def state(self) -> ConnectionState:
+        """CONNECTED; DEGRADED (connected, but e.g. only delayed market data); DOWN."""
+        ...
+
+    @property
+    def detail(self) -> str:
+        """A human line about the connection, shown beside a state that is not CONNECTED (e.g.
+        "reconnecting (attempt 3 failed: ...)"); may be ""; may change without an event."""
+        ...
+
+    @property
+    def market_data(self) -> MarketDataKind | None:
+        """"live", or "delayed" while the broker only gets delayed data (its quotes are then dated
+        15 minutes back, so they never trade); None when the broker cannot tell."""
+        ...
+
+    def set_listener(self, listener: BrokerListener | None) -> None:
+        """Send the events to ``listener`` from now on (None: to nobody)."""
+        ...
+
+    async def connect(self) -> None:
+        """Connect and get ready to trade. IB: checks the account and resynchronises (contracts,
+        orders, missed executions) before the state becomes CONNECTED or DEGRADED, then reconnects
+        by itself after any loss until ``close``; raises ``BrokerError`` when IB Gateway cannot be
+        reached or the account is not managed, ``LiveAccountRefused`` for a live account without
+        ``ALLOW_LIVE_TRADING`` (found on a reconnect, it stops reconnecting and stays DOWN)."""
+        ...
+
+    async def close(self) -> None:
+        """Disconnect and stop reconnecting; state DOWN; closing twice is harmless. The sim keeps
+        its orders, executions and account."""
+        ...
+
+    async def quote(self, symbol: str) -> Quote:
+        """A stock's bid, ask and last (each None when the broker has none) and when they were
+        true; raises ``BrokerError`` when there is no market data for it."""
+        ...
+
+    async def prev_close(self, symbol: str) -> Decimal:
+        """The official close of the session before the current (or, outside hours, last) one;
+        raises ``BrokerError`` when there is none."""
+        ...
+
+    async def historical_daily_bars(self, symbol: str, start: date, end: date) -> list[DailyBar]:
+        """Daily bars of ``symbol`` from ``start`` to ``end`` inclusive, oldest first. IB may
+        include the current session's bar so far; the sim gives closed sessions only. Raises
+        ``BrokerError`` when ``end < start`` or the broker has no bars of the symbol at all."""
+        ...
+
+    async def option_chain(self, symbol: str) -> OptionChain:
+        """Listed expiries (none before today) and strikes, ascending; raises ``BrokerError`` when
+        the broker lists no options on ``symbol``."""
+        ...
 
     async def option_quotes(self, contracts: Sequence[OptionContract]) -> list[OptionQuote]:
-        """Quotes (with model greeks when the broker has them) for listed contracts; unlisted or
-        unquoted contracts are left out."""
+        """Quotes of these listed contracts, in their order; unlisted or unquoted (no ask)
+        contracts are left out. ``delta``/``iv`` are the broker's model greeks, None when it has
+        none: `strategy.selection.quote_delta` computes a missing delta."""
         ...
 
     async def place_order(self, request: OrderRequest) -> str:
-        """Send a new order; returns the broker's order id."""
+        """Send a new DAY limit order; returns the broker's order id (informational). Raises
+        ``BrokerError`` for a reference used before, a malformed request (`request_problem`), an
+        unknown contract, no connection, or a rejection (a REJECTED update is emitted first). IB
+        waits up to ``request_timeout`` for the acknowledgement and returns the id without it (the
+        reconciliation settles such an order); the sim refuses orders outside a session."""
         ...
 
-    async def modify_order(self, order_ref: str, limit: Decimal) -> None: ...
+    async def modify_order(self, order_ref: str, limit: Decimal) -> None:
+        """Move a working order's limit. Raises ``BrokerError`` for an unknown or finished order or
+        an invalid limit (`limit_problem`). The sim applies it at once (and may fill); IB sends it
+        without waiting, its answer comes as events (a refused modify changes nothing)."""
+        ...
 
-    async def cancel_order(self, order_ref: str) -> None: ...
+    async def cancel_order(self, order_ref: str) -> None:
+        """Cancel a working order. Raises ``BrokerError`` for an unknown or finished order. The
+        CANCELLED update is an event (the sim's inside the call); IB waits up to
+        ``request_timeout`` for the cancel to be done and returns without raising when it is not
+        (fills may still come)."""
+        ...
 
-    async def open_orders(self) -> list[BrokerOrder]: ...
+    async def open_orders(self) -> list[BrokerOrder]:
+        """The orders the broker still works that carry a bot reference, for reconciliation (IB
+        leaves out one whose contract it cannot map to an instrument)."""
+        ...
 
     async def executions(self, since: datetime | None = None) -> list[Execution]:
-        """Executions (with commissions where known) since ``since``, for reconciliation."""
+        """Executions (with commissions where known) since ``since``, oldest first, for
+        reconciliation: all of them for the sim, what IB still reports (the current day's) for IB."""
         ...
 
-    async def positions(self) -> list[Position]: ...
+    async def positions(self) -> list[Position]:
+        """Every holding of the account (stocks, options, bonds; the bot's or not), then cash by
+        currency."""
+        ...
 
-    async def account_summary(self) -> AccountSummary: ...
+    async def account_summary(self) -> AccountSummary:
+        """Net liquidation, cash by currency, buying power, available funds in USD; IB raises
+        ``BrokerError`` while the account has reported no net liquidation value yet."""
+        ...

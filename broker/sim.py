@@ -25,8 +25,10 @@ from broker.base import (
     BrokerMode,
     BrokerOrder,
     ConnectionState,
+    DailyBar,
     Execution,
     Instrument,
+    MarketDataKind,
     OptionChain,
     OrderLeg,
     OrderRequest,
@@ -70,6 +72,7 @@ class SimBroker:
     name = "sim"
     mode: BrokerMode = "sim"
     supports_combo = True
+    market_data: MarketDataKind = "live"  # simulated quotes are never delayed
 
     def __init__(
         self, clock: Clock, path: PricePath, iv: IvSource, *, calendar: SessionCalendar,
@@ -110,6 +113,10 @@ class SimBroker:
     @property
     def state(self) -> ConnectionState:
         return self._state
+
+    @property
+    def detail(self) -> str:
+        return "simulated market and account" if self._state == ConnectionState.CONNECTED else "not connected"
 
     def set_listener(self, listener: BrokerListener | None) -> None:
         self._listener = listener
@@ -161,6 +168,19 @@ class SimBroker:
         if close is None:
             raise BrokerError(f"sim: no close before {day} in the price history")
         return _cents(close * ratio)
+
+    async def historical_daily_bars(self, symbol: str, start: date, end: date) -> list[DailyBar]:
+        """The daily bars the price path was built from, ``start`` to ``end`` inclusive, of the
+        sessions closed by now (the simulator never shows the future); QQQM's are QQQ's × its ratio."""
+        ratio = STOCKS.get(symbol)
+        if ratio is None:
+            raise BrokerError(f"sim: no history for {symbol}")
+        if end < start:
+            raise BrokerError("sim: the end of a bar range is before its start")
+        now = self.clock.now()
+        return [b if ratio == 1.0 else DailyBar(b.day, b.open * ratio, b.high * ratio, b.low * ratio, b.close * ratio)
+                for s, b in zip(self.path.sessions, self.path.bars, strict=True)
+                if start <= s.day <= end and s.close <= now]
 
     async def option_chain(self, symbol: str) -> OptionChain:
         if symbol != "QQQ":

@@ -13,23 +13,13 @@ from datetime import date, datetime
 from itertools import pairwise
 from pathlib import Path
 
+from broker.base import DailyBar as DailyBar  # re-exported: its home was here
 from strategy.calendar import Session, SessionCalendar
 
 log = logging.getLogger(__name__)
 
 QQQM_RATIO = 0.4115  # QQQM is priced as QQQ × this
 _NULLS = ("", "null", "nan", "n/a", ".")
-
-
-@dataclass(frozen=True, slots=True)
-class DailyBar:
-    """One session's open, high, low and close."""
-
-    day: date
-    open: float
-    high: float
-    low: float
-    close: float
 
 
 class CsvError(ValueError):
@@ -211,11 +201,14 @@ def synthetic_bars(
 
 class PricePath:
     """QQQ's price at any instant: per session, a seeded intraday path through O, H, L, C at
-    ``step_min`` resolution, interpolated linearly; outside hours, the last close."""
+    ``step_min`` resolution, interpolated linearly; outside hours, the last close. ``bars`` are the
+    daily bars it was built from, one per session."""
 
-    def __init__(self, sessions: list[Session], points: list[list[float]], step_s: float, skipped: int = 0) -> None:
-        if not sessions or len(sessions) != len(points):
-            raise ValueError("a price path needs one point list per session")
+    def __init__(self, bars: list[DailyBar], sessions: list[Session], points: list[list[float]], step_s: float,
+                 skipped: int = 0) -> None:
+        if not sessions or not len(bars) == len(sessions) == len(points):
+            raise ValueError("a price path needs one bar and one point list per session")
+        self.bars = bars
         self.sessions = sessions
         self._points = points
         self._step_s = step_s
@@ -233,6 +226,7 @@ class PricePath:
         rng = random.Random(seed * 7919 + 17)
         sessions: list[Session] = []
         points: list[list[float]] = []
+        kept: list[DailyBar] = []
         skipped = 0
         for b in bars:
             s = calendar.session(b.day)
@@ -242,11 +236,12 @@ class PricePath:
             n = max(3, int((s.close - s.open).total_seconds() // (step_min * 60)))
             sessions.append(s)
             points.append(_intraday(b, n, rng))
+            kept.append(b)
         if not sessions:
             raise ValueError("no bar falls on a session of the calendar")
         if skipped:
             log.info("price path: skipped %d bar(s) on days that are not sessions", skipped)
-        return cls(sessions, points, step_min * 60.0, skipped)
+        return cls(kept, sessions, points, step_min * 60.0, skipped)
 
     @classmethod
     def wall_clock(cls, calendar: SessionCalendar, seed: int, start: date, end: date, s0: float = 480.0) -> PricePath:

@@ -7,52 +7,18 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from cryptography.fernet import Fernet
 from telegram import Update
-from telegram.ext import ContextTypes
 
-from bot.alerts import Event, EventKind
-from bot.notifier import TelegramNotifier
-from bot.service import BotService
+from bot.alerts import EventKind
+from handlers.context import BotContext, Deps
 from storage import auth, kv
 
 log = logging.getLogger(__name__)
 
 Need = Literal["admin", "read", "change"]
-Handler = Callable[[Update, ContextTypes.DEFAULT_TYPE], Coroutine[Any, Any, None]]
-
-
-@dataclass
-class Deps:
-    """What every handler needs, kept in ``application.bot_data["deps"]``."""
-
-    service: BotService
-    admins: frozenset[int]
-    fernet: Fernet
-    session_ttl: timedelta
-    label_fn: Callable[[], str]
-    now: Callable[[], datetime]
-    notifier: TelegramNotifier | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        """[SIM] / [PAPER] / nothing for live: the broker's mode is only known once connected."""
-        return self.label_fn()
-
-    def alert(self, kind: EventKind, text: str) -> None:
-        if self.notifier is not None:
-            self.notifier.emit(Event(kind, text, self.now()))
-
-
-def deps_of(context: ContextTypes.DEFAULT_TYPE) -> Deps:
-    deps = context.application.bot_data["deps"]
-    assert isinstance(deps, Deps)
-    return deps
+Handler = Callable[[Update, BotContext], Coroutine[Any, Any, None]]
 
 
 def who(update: Update) -> str:
@@ -83,8 +49,8 @@ def guarded(need: Need) -> Callable[[Handler], Handler]:
 
     def wrap(fn: Handler) -> Handler:
         @functools.wraps(fn)
-        async def handler(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-            deps = deps_of(context)
+        async def handler(update: Update, context: BotContext) -> None:
+            deps = context.deps
             user, chat = update.effective_user, update.effective_chat
             if user is None or user.id not in deps.admins:
                 note_unauthorized(deps, update)

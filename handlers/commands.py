@@ -1,27 +1,36 @@
 """The chat commands. Each is thin: access check (``guarded``) → parse → one service call →
-format → reply."""
+format → reply. ``COMMANDS`` at the end is the one table of them: it builds the handlers, the
+Telegram command menu and /help."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 from telegram import InputFile, Update
 from telegram.constants import ParseMode
 from telegram.error import TelegramError
-from telegram.ext import ContextTypes
 
 from bot.alerts import EventKind
 from bot.charts import pnl_chart_png
 from bot.logs import redactor
+from bot.reports import Period
+from bot.settings_service import pause_text
 from handlers import format as fmt
-from handlers.auth import deps_of, guarded, who
+from handlers import manual
+from handlers.auth import Handler, guarded, who
+from handlers.context import BotContext
+from handlers.settings_kb import settings_command
 from storage import auth, kv
-from strategy.settings import SettingError
+from strategy.settings import PauseMode, SettingError
 
 log = logging.getLogger(__name__)
 MAX_TRADES = 50
+MIN_CHART_POINTS = 3  # fewer points make a chart that says nothing the text does not
+MAX_LOG_LINES = 100
 
 
 async def reply(update: Update, text: str) -> None:
@@ -34,18 +43,18 @@ async def reply(update: Update, text: str) -> None:
 
 
 @guarded("admin")
-async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    deps = deps_of(context)
+async def start(update: Update, context: BotContext) -> None:
+    deps = context.deps
     user = update.effective_user
     chat = update.effective_chat
     assert user is not None and chat is not None
     status = auth.enrollment_status(user.id)
     if status == "active":
-        await reply(update, fmt.help_text(deps.label))
+        await reply(update, fmt.help_text(deps.label, help_lines()))
         return
     enrollment = auth.start_enrollment(user.id, deps.fernet, deps.now())
     if enrollment is None:  # activated meanwhile
-        await reply(update, fmt.help_text(deps.label))
+        await reply(update, fmt.help_text(deps.label, help_lines()))
         return
     redactor().add(enrollment.secret)  # whatever logs it later, the log shows ***
     caption = ("<b>Two-factor enrollment</b>\n"
@@ -61,7 +70,7 @@ async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     log.info("TOTP enrollment started for admin %s", user.id)
 
 
-async def _delete_enrollment_message(context: ContextTypes.DEFAULT_TYPE, user_id: int) -> None:
+async def _delete_enrollment_message(context: BotContext, user_id: int) -> None:
     """Delete the message holding a TOTP secret, best effort (Telegram refuses after 48 h)."""
     stored = kv.get(f"enroll_msg:{user_id}")
     if not stored:
@@ -69,17 +78,17 @@ async def _delete_enrollment_message(context: ContextTypes.DEFAULT_TYPE, user_id
     chat_id, _, msg_id = stored.partition(":")
     with contextlib.suppress(TelegramError, ValueError):
         await context.bot.delete_message(int(chat_id), int(msg_id))
-    kv.put(f"enroll_msg:{user_id}", "", deps_of(context).now())
+    kv.put(f"enroll_msg:{user_id}", "", context.deps.now())
 
 
 @guarded("admin")
-async def help_(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    await reply(update, fmt.help_text(deps_of(context).label))
+async def help_(update: Update, context: BotContext) -> None:
+    await reply(update, fmt.help_text(context.deps.label, help_lines()))
 
 
 @guarded("admin")
-async def login(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    deps = deps_of(context)
+async def login(update: Update, context: BotContext) -> None:
+    deps = context.deps
     user, message = update.effective_user, update.effective_message
     assert user is not None and message is not None
     code = "".join(context.args or [])
@@ -102,34 +111,39 @@ async def login(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 @guarded("admin")
-async def logout(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+async def logout(update: Update, context: BotContext) -> None:
     user = update.effective_user
     assert user is not None
-    had = auth.logout(user.id, deps_of(context).now())
+    had = auth.logout(user.id, context.deps.now())
     await reply(update, "Session closed." if had else "You had no open session.")
 
 
 @guarded("read")
-async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    deps = deps_of(context)
-    await reply(update, fmt.status_text(await deps.service.status(), deps.label))
+async def status(update: Update, context: BotContext) -> None:
+    deps = context.deps
+    user = update.effective_user
+    await reply(update, fmt.status_text(await deps.service.status(user.id if user else None), deps.label))
 
 
 @guarded("read")
-async def positions(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    deps = deps_of(context)
-    await reply(update, fmt.positions_text(await deps.service.positions(), deps.label))
+async def positions(update: Update, context: BotContext) -> None:
+    deps = context.deps
+    view = await deps.service.positions()
+    user = update.effective_user
+    assert user is not None
+    markup = manual.sell_buttons(deps, user.id, [lot.id for lot in view.lots])
+    await manual.reply_with(update, fmt.positions_text(view, deps.label), markup)
 
 
 @guarded("read")
-async def account(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    deps = deps_of(context)
+async def account(update: Update, context: BotContext) -> None:
+    deps = context.deps
     await reply(update, fmt.account_text(await deps.service.account(), deps.label))
 
 
 @guarded("read")
-async def trades(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    deps = deps_of(context)
+async def trades(update: Update, context: BotContext) -> None:
+    deps = context.deps
     args = context.args or []
     n = 10
     if args:
@@ -141,14 +155,16 @@ async def trades(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 @guarded("read")
-async def pnl(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    deps = deps_of(context)
+async def pnl(update: Update, context: BotContext) -> None:
+    deps = context.deps
     view = await deps.service.pnl()
     text = fmt.pnl_text(view, deps.label)
     chat = update.effective_chat
     assert chat is not None
-    if len(view.curve) < 1:
-        await reply(update, text + "\nNo realized P&amp;L yet, so no chart.")
+    if len(view.curve) < MIN_CHART_POINTS:
+        more = "No realized P&amp;L yet" if not view.curve else f"Only {len(view.curve)} realized result" + (
+            "" if len(view.curve) == 1 else "s")
+        await reply(update, text + f"\n{more}, so no chart yet (it needs {MIN_CHART_POINTS}).")
         return
     png = await pnl_chart_png(view.curve)
     if len(text) <= 1024:
@@ -160,8 +176,8 @@ async def pnl(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 @guarded("change")
-async def set_(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    deps = deps_of(context)
+async def set_(update: Update, context: BotContext) -> None:
+    deps = context.deps
     args = context.args or []
     if len(args) < 2:
         await reply(update, "Usage: <code>/set KEY VALUE</code>, e.g. <code>/set delta 0.6</code> or "
@@ -177,40 +193,169 @@ async def set_(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     await reply(update, f"✅ {fmt.change_text(result)}\nTakes effect at the next tick.")
 
 
-async def _pause(update: Update, context: ContextTypes.DEFAULT_TYPE, paused: bool) -> None:
-    deps = deps_of(context)
-    result = deps.service.set_paused(paused, who(update))
-    if isinstance(result, SettingError):  # pragma: no cover - on/off always parses
+@guarded("change")
+async def pause(update: Update, context: BotContext) -> None:
+    """/pause [entries|all]: hold back new positions, or every automatic order (the default)."""
+    args = [a.lower() for a in context.args or []]
+    if len(args) > 1 or (args and args[0] not in ("entries", "all")):
+        await reply(update, "Usage: <code>/pause</code> (everything, exits included) or <code>/pause entries</code> "
+                    "(no new entries, rolls or recycling buys; exits keep running).")
+        return
+    mode = PauseMode.ENTRIES if args == ["entries"] else PauseMode.ALL
+    await _set_pause(update, context, mode)
+
+
+@guarded("change")
+async def resume(update: Update, context: BotContext) -> None:
+    await _set_pause(update, context, PauseMode.OFF)
+
+
+async def _set_pause(update: Update, context: BotContext, mode: PauseMode) -> None:
+    deps = context.deps
+    result = deps.service.set_paused(mode, who(update))
+    if isinstance(result, SettingError):  # pragma: no cover - the modes always parse
         await reply(update, fmt.error_text(result))
         return
     if result.old == result.new:
-        await reply(update, "Already paused." if paused else "Already running.")
+        already = {PauseMode.OFF: "Already running.", PauseMode.ALL: "Already paused.",
+                   PauseMode.ENTRIES: "Entries are already paused; exits keep running."}
+        await reply(update, already[mode])
         return
-    await reply(update, "⏸ Paused: no automatic order will be sent until /resume. Ticks still report."
-                if paused else "▶️ Resumed: automatic orders are on again from the next tick.")
-
-
-@guarded("change")
-async def pause(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    await _pause(update, context, True)
-
-
-@guarded("change")
-async def resume(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    await _pause(update, context, False)
+    if mode:
+        await reply(update, f"⏸ {fmt.e(pause_text(mode))}, until /resume. Ticks still run and report what they "
+                    "would do.")
+    else:
+        await reply(update, "▶️ Resumed: automatic orders are on again from the next tick.")
 
 
 @guarded("read")
-async def check(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    deps = deps_of(context)
+async def check(update: Update, context: BotContext) -> None:
+    deps = context.deps
+    market_open = deps.service.market_open()
     try:
         report = await deps.service.check()
     except TimeoutError:
         await reply(update, "The check did not finish within a minute (the broker is slow); try again later.")
         return
-    await reply(update, fmt.check_text(report, deps.label))
+    await reply(update, fmt.check_text(report, deps.label, market_open=market_open))
+
+
+def _count(args: list[str], default: int, top: int) -> int | None:
+    """An optional count argument within 1..top (None when it is not one)."""
+    if not args:
+        return default
+    if len(args) == 1 and args[0].isdigit() and 1 <= int(args[0]) <= top:
+        return int(args[0])
+    return None
+
+
+@guarded("read")
+async def why(update: Update, context: BotContext) -> None:
+    """/why: today's decisions and non-decisions; /why N: lot N's story."""
+    deps = context.deps
+    args = context.args or []
+    if not args:
+        await reply(update, fmt.journal_text(deps.service.journal_day(), deps.label))
+        return
+    text = args[0].lstrip("#")
+    if len(args) != 1 or not text.isdigit():
+        await reply(update, "Usage: <code>/why</code> (today's decisions) or <code>/why N</code> (lot N's story).")
+        return
+    story = deps.service.lot_story(int(text))
+    if story is None:
+        await reply(update, f"There is no lot #{fmt.e(text)}. /positions lists the open ones.")
+        return
+    await reply(update, fmt.lot_story_text(story, deps.label))
+
+
+async def _period(update: Update, context: BotContext, period: Period, default: int, top: int) -> None:
+    deps = context.deps
+    n = _count(context.args or [], default, top)
+    if n is None:
+        await reply(update, f"Usage: <code>/{PERIOD_COMMANDS[period]} [N]</code> with N from 1 to {top} "
+                    f"(default {default}).")
+        return
+    await reply(update, fmt.period_text(period, deps.service.period_pnl(period, n), deps.label))
+
+
+PERIOD_COMMANDS: dict[Period, str] = {"day": "daily", "week": "weekly", "month": "monthly"}
+
+
+@guarded("read")
+async def daily(update: Update, context: BotContext) -> None:
+    await _period(update, context, "day", 7, 62)
+
+
+@guarded("read")
+async def weekly(update: Update, context: BotContext) -> None:
+    await _period(update, context, "week", 8, 52)
+
+
+@guarded("read")
+async def monthly(update: Update, context: BotContext) -> None:
+    await _period(update, context, "month", 6, 36)
+
+
+@guarded("read")
+async def logs(update: Update, context: BotContext) -> None:
+    n = _count(context.args or [], 20, MAX_LOG_LINES)
+    if n is None:
+        await reply(update, f"Usage: <code>/logs [N]</code> with N from 1 to {MAX_LOG_LINES} (default 20).")
+        return
+    await reply(update, fmt.logs_text(context.deps.service.recent_logs(n)))
+
+
+@guarded("read")
+async def version(update: Update, context: BotContext) -> None:
+    await reply(update, fmt.version_text(context.deps.service.version(), context.deps.label))
 
 
 @guarded("admin")
-async def unknown(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+async def unknown(update: Update, context: BotContext) -> None:
     await reply(update, "Unknown command. /help lists what I understand.")
+
+
+# --- the command table ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One chat command: its name, its handler and its line in the menu and in /help."""
+
+    name: str
+    handler: Handler
+    help: str
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("start", start, "enroll your authenticator (first time) and see this help"),
+    Command("help", help_, "the commands"),
+    Command("login", login, "/login CODE: open a session with your authenticator code"),
+    Command("logout", logout, "end your session"),
+    Command("status", status, "connection, mode, market, QQQ, next tick, last decision"),
+    Command("positions", positions, "the bot's lots and every other holding"),
+    Command("account", account, "net liquidation, cash, buying power, QQQM core, recycling pool"),
+    Command("trades", trades, "/trades [N]: the last N fills (default 10)"),
+    Command("pnl", pnl, "realized and unrealized P&L, with a chart"),
+    Command("settings", settings_command, "view and edit the strategy settings"),
+    Command("set", set_, "/set KEY VALUE, e.g. /set delta 0.6 (needs a session)"),
+    Command("pause", pause, "/pause [entries]: hold back every automatic order, or only new positions"),
+    Command("resume", resume, "resume automatic orders (needs a session)"),
+    Command("check", check, "evaluate a tick now and show what it would do, without trading"),
+    Command("why", why, "/why: today's decisions and why not; /why N: lot N's story"),
+    Command("daily", daily, "/daily [N]: realized P&L of the last N days"),
+    Command("weekly", weekly, "/weekly [N]: realized P&L of the last N weeks"),
+    Command("monthly", monthly, "/monthly [N]: realized P&L of the last N months"),
+    Command("orders", manual.orders_command, "working orders, with a Cancel button each"),
+    Command("sell", manual.sell_command, "/sell N: sell lot N now (needs a session; asks to confirm)"),
+    Command("enter", manual.enter_command, "buy a new lot now, without waiting for a dip (confirm)"),
+    Command("cancel", manual.cancel_command, "/cancel ID or /cancel all: cancel working orders (confirm)"),
+    Command("stop", manual.stop_command, "emergency: pause everything and cancel every order (confirm)"),
+    Command("logs", logs, "/logs [N]: the last N log lines (redacted)"),
+    Command("version", version, "the bot's version"),
+)
+
+
+def help_lines() -> Iterator[tuple[str, str]]:
+    """(name, description) of every command, in menu order."""
+    return ((c.name, c.help) for c in COMMANDS)

@@ -16,11 +16,11 @@ from datetime import datetime, timedelta
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.constants import ParseMode
 from telegram.error import BadRequest
-from telegram.ext import ContextTypes
 
 from bot.alerts import EventKind
 from handlers import format as fmt
-from handlers.auth import Deps, deps_of, guarded, who
+from handlers.auth import guarded, who
+from handlers.context import BotContext, Deps
 from storage import auth, outbox
 from strategy.settings import (
     GROUPS,
@@ -161,8 +161,8 @@ def alert_screen(deps: Deps, uid: int, kind: str) -> tuple[str, InlineKeyboardMa
 
 
 @guarded("read")
-async def settings_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    deps = deps_of(context)
+async def settings_command(update: Update, context: BotContext) -> None:
+    deps = context.deps
     user, message = update.effective_user, update.effective_message
     assert user is not None and message is not None
     text, markup = main_screen(deps, user.id)
@@ -180,8 +180,8 @@ async def _show(update: Update, text: str, markup: InlineKeyboardMarkup | None) 
 
 
 @guarded("read")
-async def settings_callback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    deps = deps_of(context)
+async def settings_callback(update: Update, context: BotContext) -> None:
+    deps = context.deps
     query, user = update.callback_query, update.effective_user
     assert query is not None and user is not None
     button = tokens_of(deps).resolve(query.data or "", user.id, deps.now())
@@ -237,9 +237,9 @@ async def _confirm(update: Update, deps: Deps, button: Button) -> None:
 
 
 @guarded("read")
-async def typed_value(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+async def typed_value(update: Update, context: BotContext) -> None:
     """A plain message: the value an admin was asked to type, or a hint."""
-    deps = deps_of(context)
+    deps = context.deps
     user, message = update.effective_user, update.effective_message
     assert user is not None and message is not None
     awaiting = (context.user_data or {}).get("awaiting")

@@ -1,4 +1,5 @@
-"""Opening the database: SQLite in WAL mode under DATA_DIR by default, or DATABASE_URL."""
+"""Opening the database: one SQLite file in WAL mode, under DATA_DIR by default or at DATABASE_URL
+(``sqlite:///PATH``). SQLite is the store for one bot on one VPS; nothing else is supported."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import logging
 from pathlib import Path
 
 from peewee import Database, SqliteDatabase
-from playhouse.db_url import connect
 
 from storage.models import ALL_MODELS, database_proxy
 
@@ -28,20 +28,19 @@ def database_url_for(data_dir: Path | str) -> str:
 def open_database(url: str) -> Database:
     """Open (creating if needed) the database at ``url``, bind the models and apply migrations.
 
-    ``sqlite:///path`` (WAL, foreign keys on), ``sqlite:///:memory:`` and
-    ``postgresql://user:pass@host/db`` are accepted."""
+    Only ``sqlite:///path`` (WAL, foreign keys on) and ``sqlite:///:memory:`` are accepted; any
+    other URL raises ValueError."""
     from storage.migrations import migrate
 
-    if url.startswith("sqlite:///"):
-        path = url.removeprefix("sqlite:///")
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        pragmas = dict(SQLITE_PRAGMAS)
-        if path == ":memory:":
-            pragmas.pop("journal_mode")
-        db: Database = SqliteDatabase(path, pragmas=pragmas, check_same_thread=False)
-    else:
-        db = connect(url)
+    if not url.startswith("sqlite:///") or url == "sqlite:///":
+        raise ValueError(f"only SQLite databases are supported (sqlite:///PATH), not {url.split(':', 1)[0]!r}")
+    path = url.removeprefix("sqlite:///")
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pragmas = dict(SQLITE_PRAGMAS)
+    if path == ":memory:":
+        pragmas.pop("journal_mode")
+    db = SqliteDatabase(path, pragmas=pragmas, check_same_thread=False)
     database_proxy.initialize(db)
     db.connect(reuse_if_open=True)
     migrate(db)

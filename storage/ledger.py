@@ -7,19 +7,40 @@ import json
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from peewee import fn
 
 from broker.base import Execution, OrderRequest, sec_type
-from storage.models import Expiry, Fill, Lot, Order, Recycle, Roll, database_proxy
+from storage.models import (
+    ACTIVE_STATES,
+    Expiry,
+    Fill,
+    Lot,
+    LotExit,
+    Order,
+    OrderPurpose,
+    OrderState,
+    Recycle,
+    Roll,
+    RollStatus,
+    database_proxy,
+)
 from strategy import accounting
 from strategy.model import Lot as LotView
 from strategy.model import OptionContract
 
-ACTIVE = ("pending_submit", "submitted", "partially_filled")
-FINAL = ("filled", "cancelled", "rejected", "abandoned")
+ACTIVE = ACTIVE_STATES
 ZERO = Decimal(0)
+
+
+def write_version() -> tuple[int, int]:
+    """A key that changes whenever anything is written to the database: rows changed through this
+    thread's connection (SQLite's ``total_changes``) and commits made by any other connection
+    (``PRAGMA data_version``). A cache keyed on it cannot miss a write, wherever the write came from."""
+    conn = database_proxy.connection()
+    (other,) = database_proxy.execute_sql("PRAGMA data_version").fetchone()
+    return conn.total_changes, int(other)
 
 
 # --- orders ------------------------------------------------------------------------------------
@@ -54,7 +75,7 @@ def request_from_json(text: str) -> OrderRequest:
 
 
 def create_order(
-    req: OrderRequest, purpose: str, session_day: date, now: datetime, *, lot_id: int | None = None,
+    req: OrderRequest, purpose: OrderPurpose, session_day: date, now: datetime, *, lot_id: int | None = None,
     roll_id: int | None = None, context: dict[str, Any] | None = None,
 ) -> Order:
     """Write an order before it is sent (status pending_submit)."""
@@ -62,7 +83,7 @@ def create_order(
     return Order.create(
         order_ref=req.order_ref, purpose=purpose, session_day=session_day, lot=lot_id, roll=roll_id,
         request=request_to_json(req), side=req.action, sec_type=sec_type(first.instrument),
-        qty=req.qty, limit=req.limit, status="pending_submit", created_at=now,
+        qty=req.qty, limit=req.limit, status=OrderState.PENDING_SUBMIT, created_at=now,
         context=json.dumps(context or {}, default=str),
     )
 
@@ -73,7 +94,7 @@ def order_by_ref(order_ref: str) -> Order | None:
 
 def mark_sent(order_ref: str, broker_order_id: str, at: datetime) -> None:
     Order.update(broker_order_id=broker_order_id, sent_at=at,
-                 status=fn.IIF(Order.status == "pending_submit", "submitted", Order.status)
+                 status=fn.IIF(Order.status == OrderState.PENDING_SUBMIT, OrderState.SUBMITTED.value, Order.status)
                  ).where(Order.order_ref == order_ref).execute()
 
 
@@ -81,16 +102,11 @@ def set_limit(order_ref: str, limit: Decimal) -> None:
     Order.update(limit=limit).where(Order.order_ref == order_ref).execute()
 
 
-def finish_order(order_ref: str, status: str, at: datetime, message: str = "") -> bool:
+def finish_order(order_ref: str, status: OrderState, at: datetime, message: str = "") -> bool:
     """Move an order to a final status once; returns False when it already was final."""
     n = (Order.update(status=status, finished_at=at, message=message)
          .where((Order.order_ref == order_ref) & (Order.status.in_(ACTIVE))).execute())
     return bool(n)
-
-
-def set_order_progress(order_ref: str, status: str) -> None:
-    """submitted → partially_filled (never moves a final order back)."""
-    Order.update(status=status).where((Order.order_ref == order_ref) & (Order.status.in_(ACTIVE))).execute()
 
 
 def unresolved_orders() -> list[Order]:
@@ -98,8 +114,8 @@ def unresolved_orders() -> list[Order]:
 
 
 def orders_sent_on(day: date) -> int:
-    return Order.select().where((Order.session_day == day) & (Order.status != "abandoned")
-                                & (Order.status != "pending_submit")).count()
+    return Order.select().where((Order.session_day == day) & (Order.status != OrderState.ABANDONED)
+                                & (Order.status != OrderState.PENDING_SUBMIT)).count()
 
 
 def premium_bought_on(day: date) -> Decimal:
@@ -113,10 +129,6 @@ def premium_bought_on(day: date) -> Decimal:
                                   & (Order.sec_type == "OPT") & (Order.side == "BUY")):
         total += o.limit * max(o.qty - o.filled_qty, 0) * 100
     return total
-
-
-def recent_orders(limit: int = 20) -> list[Order]:
-    return list(Order.select().order_by(Order.id.desc()).limit(limit))
 
 
 # --- fills -------------------------------------------------------------------------------------
@@ -134,7 +146,7 @@ class Recorded:
     realized_pnl: Decimal | None = None
 
 
-def _lot_for_buy(order: Order | None, ex: Execution) -> Lot | None:
+def _lot_for_buy(order: Order | None) -> Lot | None:
     """The lot an option buy adds to: the entry's lot, or a roll's new lot; None → create one."""
     if order is None:
         return None
@@ -144,7 +156,7 @@ def _lot_for_buy(order: Order | None, ex: Execution) -> Lot | None:
     return Lot.get_by_id(order.lot_id) if order.lot_id else None
 
 
-def _lot_for_sell(order: Order | None, ex: Execution) -> Lot | None:
+def _lot_for_sell(order: Order | None) -> Lot | None:
     if order is None:
         return None
     if order.roll_id is not None:
@@ -168,7 +180,7 @@ def record_execution(ex: Execution, recorded_at: datetime) -> Recorded:
         realized: Decimal | None = None
         closed = False
         if opt is not None and ex.side == "BUY":
-            lot = _lot_for_buy(order, ex)
+            lot = _lot_for_buy(order)
             if lot is None:
                 lot = Lot.create(symbol=opt.symbol, expiry=opt.expiry, strike=opt.strike, right=opt.right,
                                  multiplier=opt.multiplier, opened_at=ex.time)
@@ -183,7 +195,7 @@ def record_execution(ex: Execution, recorded_at: datetime) -> Recorded:
             lot.commission += commission or ZERO
             lot.save()
         elif opt is not None and ex.side == "SELL":
-            lot = _lot_for_sell(order, ex)
+            lot = _lot_for_sell(order)
             if lot is not None:
                 qty = min(ex.qty, lot.qty_open)
                 share = accounting.entry_commission_share(lot.commission, qty, lot.qty_opened)
@@ -193,8 +205,7 @@ def record_execution(ex: Execution, recorded_at: datetime) -> Recorded:
                 lot.realized_pnl += realized
                 if lot.qty_open == 0:
                     lot.closed_at = ex.time
-                    lot.exit_reason = "roll" if order is not None and order.roll_id else (
-                        order.purpose if order is not None else "unknown")
+                    lot.exit_reason = _exit_of(order)
                     closed = True
                 lot.save()
         fill = Fill.create(
@@ -209,6 +220,17 @@ def record_execution(ex: Execution, recorded_at: datetime) -> Recorded:
         return Recorded(fill.id, False, ex.order_ref, lot.id if lot else None, closed, realized)
 
 
+def _exit_of(order: Order | None) -> LotExit:
+    """How a lot closed by a sale of ``order`` is recorded."""
+    if order is None:
+        return LotExit.UNKNOWN
+    if order.roll_id is not None:
+        return LotExit.ROLL
+    if order.purpose == OrderPurpose.MANUAL:
+        return LotExit.MANUAL
+    return LotExit(order.purpose.value) if order.purpose.is_exit else LotExit.UNKNOWN
+
+
 def _update_filled(order: Order) -> None:
     """filled_qty of an order: units of its first leg filled (a combo counts in combo units)."""
     req = request_from_json(order.request)
@@ -221,7 +243,7 @@ def _update_filled(order: Order) -> None:
     filled = int(q.scalar() or 0) // max(first.ratio, 1)
     status = order.status
     if status in ACTIVE and filled > 0:
-        status = "filled" if filled >= order.qty else "partially_filled"
+        status = OrderState.FILLED if filled >= order.qty else OrderState.PARTIALLY_FILLED
     Order.update(filled_qty=filled, status=status).where(Order.id == order.id).execute()
 
 
@@ -243,6 +265,54 @@ def record_commission(exec_id: str, commission: Decimal) -> bool:
             lot.save()
         fill.save()
         return True
+
+
+def fill_delta(fill: Fill, context: dict[str, Any]) -> float | None:
+    """The delta an option fill was judged at, from its order's context: per contract (a combo's two
+    legs each have their own), or the one delta older orders recorded."""
+    if fill.sec_type != "OPT" or fill.expiry is None or fill.strike is None:
+        return None
+    key = OptionContract(fill.symbol, fill.expiry, fill.strike, "P" if fill.right == "P" else "C").key
+    deltas = context.get("deltas")
+    if isinstance(deltas, dict):
+        value = deltas.get(key)
+        return float(value) if isinstance(value, int | float) else None
+    value = context.get("delta")
+    return float(value) if isinstance(value, int | float) else None
+
+
+def cash_flow() -> Decimal:
+    """All the cash the bot's trades moved since the first: sales and lots settled at expiry in,
+    buys out, commissions out (what a broker that keeps no account of its own, the sim, must be
+    told after a restart)."""
+    total = ZERO
+    for f in Fill.select(Fill.side, Fill.price, Fill.qty, Fill.commission, Fill.sec_type):
+        amount = f.price * f.qty * (100 if f.sec_type == "OPT" else 1)
+        total += (amount if f.side == "SELL" else -amount) - (f.commission or ZERO)
+    for x in Expiry.select(Expiry.settlement, Expiry.qty):
+        total += x.settlement * x.qty * 100
+    return total
+
+
+def order_instruments(order_ref: str) -> list[Any]:
+    """The instruments an order trades (one, or a combo's two legs), from its stored request."""
+    order = order_by_ref(order_ref)
+    if order is None:
+        return []
+    return [leg.instrument for leg in request_from_json(order.request).legs]
+
+
+def order_cash(order_ref: str) -> Decimal:
+    """The cash an order's fills moved, commissions included: positive when it received money (a sale),
+    negative when it paid (a buy). Commissions not reported yet count as 0."""
+    order = order_by_ref(order_ref)
+    if order is None:
+        return ZERO
+    total = ZERO
+    for f in Fill.select().where(Fill.order == order.id):
+        amount = f.price * f.qty * (100 if f.sec_type == "OPT" else 1)
+        total += (amount if f.side == "SELL" else -amount) - (f.commission or ZERO)
+    return total
 
 
 def known_exec_ids() -> set[str]:
@@ -275,7 +345,7 @@ def open_lots() -> tuple[LotView, ...]:
 
 def realized_option_pnl() -> Decimal:
     """Realized option P&L: closing fills plus lots that expired unsold."""
-    return sum((pnl for _, pnl in realized_option_events()), ZERO)
+    return sum((e.pnl for e in realized_option_events()), ZERO)
 
 
 def close_expired_lot(lot_id: int, underlying_close: Decimal | None, settlement: Decimal, at: datetime) -> Decimal:
@@ -293,17 +363,41 @@ def close_expired_lot(lot_id: int, underlying_close: Decimal | None, settlement:
         lot.qty_open = 0
         lot.realized_pnl += realized
         lot.closed_at = at
-        lot.exit_reason = "expired"
+        lot.exit_reason = LotExit.EXPIRED
         lot.save()
         return realized
 
 
-def realized_option_events() -> list[tuple[datetime, Decimal]]:
-    """Every realized option P&L, in time order: closing fills and lots that expired unsold."""
-    events = [(f.time, f.realized_pnl) for f in Fill.select(Fill.time, Fill.realized_pnl).where(
-        (Fill.sec_type == "OPT") & Fill.realized_pnl.is_null(False))]
-    events += [(x.recorded_at, x.realized_pnl) for x in Expiry.select(Expiry.recorded_at, Expiry.realized_pnl)]
-    return sorted(events, key=lambda e: e[0])
+class RealizedEvent(NamedTuple):
+    """One realized option P&L: a closing sale (``lot_id`` when the bot's) or a lot that expired unsold."""
+
+    time: datetime
+    pnl: Decimal
+    kind: str  # "sale" or "expiry"
+    lot_id: int | None
+
+
+def realized_option_events(start: datetime | None = None, end: datetime | None = None) -> list[RealizedEvent]:
+    """Every realized option P&L in ``[start, end)`` (all when not given), in time order: closing
+    fills and lots that expired unsold. The one source of realized P&L for /pnl, the daily summary
+    and the period reports."""
+    fills = Fill.select(Fill.time, Fill.realized_pnl, Fill.lot).where(
+        (Fill.sec_type == "OPT") & Fill.realized_pnl.is_null(False))
+    expired = Expiry.select(Expiry.recorded_at, Expiry.realized_pnl, Expiry.lot)
+    if start is not None:
+        fills = fills.where(Fill.time >= start)
+        expired = expired.where(Expiry.recorded_at >= start)
+    if end is not None:
+        fills = fills.where(Fill.time < end)
+        expired = expired.where(Expiry.recorded_at < end)
+    events = [RealizedEvent(f.time, f.realized_pnl, "sale", f.lot_id) for f in fills]
+    events += [RealizedEvent(x.recorded_at, x.realized_pnl, "expiry", x.lot_id) for x in expired]
+    return sorted(events, key=lambda e: e.time)
+
+
+def fills_between(start: datetime, end: datetime) -> list[Fill]:
+    """Fills with ``start <= time < end``, in time order."""
+    return list(Fill.select().where((Fill.time >= start) & (Fill.time < end)).order_by(Fill.time, Fill.id))
 
 
 def expiries() -> list[Expiry]:
@@ -341,33 +435,37 @@ def create_recycle(order: Order, pool_before: Decimal, shares: int, now: datetim
 def entered_on(day: date) -> bool:
     """An entry this session: one with a fill, or one still working."""
     return Order.select().where(
-        (Order.session_day == day) & (Order.purpose == "entry")
+        (Order.session_day == day) & (Order.purpose == OrderPurpose.ENTRY)
         & ((Order.filled_qty > 0) | Order.status.in_(ACTIVE))).exists()
 
 
 def rolled_on(day: date) -> bool:
     """A roll this session: any roll started today that sold something or is still working."""
-    for roll in Roll.select().where(Roll.session_day == day):
-        if roll.status != "failed":
-            return True
-    return False
+    return Roll.select().where((Roll.session_day == day) & (Roll.status != RollStatus.FAILED)).exists()
 
 
 def create_roll(day: date, old_lot_id: int, combo: bool, now: datetime, expiry: date, strike: Decimal) -> Roll:
-    return Roll.create(session_day=day, old_lot=old_lot_id, status="working", combo=combo, created_at=now,
+    return Roll.create(session_day=day, old_lot=old_lot_id, status=RollStatus.WORKING, combo=combo, created_at=now,
                        new_expiry=expiry, new_strike=strike)
 
 
-def set_roll_status(roll_id: int, status: str) -> None:
+def set_roll_status(roll_id: int, status: RollStatus) -> None:
     Roll.update(status=status).where(Roll.id == roll_id).execute()
 
 
 def rolls_with_pending_buy() -> list[Roll]:
-    return list(Roll.select().where(Roll.status == "buy_pending").order_by(Roll.id))
+    return list(Roll.select().where(Roll.status == RollStatus.BUY_PENDING).order_by(Roll.id))
 
 
-def roll_by_id(roll_id: int) -> Roll | None:
-    return Roll.get_or_none(Roll.id == roll_id)
+def working_rolls() -> list[Roll]:
+    """Rolls whose legs were being sent when the bot stopped (for reconciliation)."""
+    return list(Roll.select().where(Roll.status == RollStatus.WORKING).order_by(Roll.id))
+
+
+def roll_leg_qty(roll_id: int, side: str) -> int:
+    """Contracts filled on one side (BUY or SELL) of a roll's orders."""
+    q = Fill.select(fn.COALESCE(fn.SUM(Fill.qty), 0)).join(Order).where((Order.roll == roll_id) & (Fill.side == side))
+    return int(q.scalar() or 0)
 
 
 def lot_row(lot_id: int) -> Lot | None:

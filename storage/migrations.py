@@ -37,7 +37,27 @@ def _v3_expiry(db: Database) -> None:
     db.create_tables([Expiry], safe=True)
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial, _v2_alert_silent, _v3_expiry]
+def _v4_journal_audit_alert_threads(db: Database) -> None:
+    """journal (the decision journal), audit (manual actions from the chat), and alert.actor /
+    alert.thread (who raised an alert by their own action; the order an alert belongs to)."""
+    from peewee import BigIntegerField, CharField
+    from playhouse.migrate import SchemaMigrator
+    from playhouse.migrate import migrate as apply
+
+    from storage.models import AuditEntry, JournalEntry
+
+    db.create_tables([JournalEntry, AuditEntry], safe=True)
+    columns = {c.name for c in db.get_columns("alert")}
+    migrator = SchemaMigrator.from_database(db)
+    if "actor" not in columns:
+        apply(migrator.add_column("alert", "actor", BigIntegerField(null=True)))
+    if "thread" not in columns:
+        apply(migrator.add_column("alert", "thread", CharField(max_length=64, null=True)))
+        apply(migrator.add_index("alert", ("thread",)))
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial, _v2_alert_silent, _v3_expiry,
+                                                _v4_journal_audit_alert_threads]
 
 
 def current_version(db: Database) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from peewee import (
@@ -21,7 +22,113 @@ from peewee import (
     TextField,
 )
 
+from strategy.model import ExitReason
+
 database_proxy = DatabaseProxy()
+
+
+# --- the words the ledger stores, shared by storage and the shell ---------------------------------
+
+
+class OrderPurpose(StrEnum):
+    """Why an order was sent."""
+
+    ENTRY = "entry"
+    TAKE_PROFIT = "take_profit"
+    FORCE_EXIT = "force_exit"
+    EXPIRY_GUARD = "expiry_guard"
+    ROLL = "roll"
+    RECYCLE = "recycle"
+    MANUAL = "manual"  # a sale an admin asked for (/sell)
+
+    @property
+    def label(self) -> str:
+        """The purpose in the user's words."""
+        return _PURPOSE_LABELS[self]
+
+    @classmethod
+    def for_exit(cls, reason: ExitReason) -> OrderPurpose:
+        """The purpose of the sale an exit rule decided."""
+        return cls(reason.value)
+
+    @property
+    def is_exit(self) -> bool:
+        return self in (OrderPurpose.TAKE_PROFIT, OrderPurpose.FORCE_EXIT, OrderPurpose.EXPIRY_GUARD)
+
+
+_PURPOSE_LABELS = {
+    OrderPurpose.ENTRY: "entry", OrderPurpose.TAKE_PROFIT: "take profit", OrderPurpose.FORCE_EXIT: "force exit",
+    OrderPurpose.EXPIRY_GUARD: "expiry guard", OrderPurpose.ROLL: "roll", OrderPurpose.RECYCLE: "recycling into QQQM",
+    OrderPurpose.MANUAL: "manual sale",
+}
+
+
+class OrderState(StrEnum):
+    """Where an order stands. The first three are active: the bot still works it or waits for it."""
+
+    PENDING_SUBMIT = "pending_submit"  # written, not yet acknowledged as sent
+    SUBMITTED = "submitted"
+    PARTIALLY_FILLED = "partially_filled"
+    FILLED = "filled"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+    ABANDONED = "abandoned"  # never reached the broker (the bot stopped before sending)
+
+    @property
+    def is_active(self) -> bool:
+        return self in ACTIVE_STATES
+
+    @property
+    def label(self) -> str:
+        """The state in the user's words."""
+        return "not sent (the bot stopped first)" if self is OrderState.ABANDONED else self.value.replace("_", " ")
+
+
+ACTIVE_STATES = (OrderState.PENDING_SUBMIT, OrderState.SUBMITTED, OrderState.PARTIALLY_FILLED)
+
+
+class RollStatus(StrEnum):
+    WORKING = "working"  # legs being sent
+    BUY_PENDING = "buy_pending"  # sold; the buy leg is retried at the next ticks of its session
+    COMPLETED = "completed"
+    FAILED = "failed"  # nothing was sold: nothing rolled
+    BUY_EXPIRED = "buy_expired"  # sold, but no buy during its session: the slot is free again
+
+
+class LotExit(StrEnum):
+    """How a lot was closed."""
+
+    TAKE_PROFIT = "take_profit"
+    FORCE_EXIT = "force_exit"
+    EXPIRY_GUARD = "expiry_guard"
+    ROLL = "roll"
+    EXPIRED = "expired"  # reached its expiry unsold
+    MANUAL = "manual"  # sold because an admin asked (/sell)
+    UNKNOWN = "unknown"  # a sale the bot cannot attribute to one of its orders
+
+    @property
+    def label(self) -> str:
+        """How the lot ended, in the user's words."""
+        return {LotExit.TAKE_PROFIT: "take profit", LotExit.FORCE_EXIT: "force exit",
+                LotExit.EXPIRY_GUARD: "expiry guard", LotExit.ROLL: "rolled", LotExit.EXPIRED: "expired unsold",
+                LotExit.MANUAL: "sold by hand", LotExit.UNKNOWN: "sold outside the bot"}[self]
+
+
+class EnumField(CharField):
+    """A ``StrEnum`` stored as its value: only members can be written, members come back."""
+
+    def __init__(self, enum: type[StrEnum], **kwargs: Any) -> None:
+        self.enum = enum
+        kwargs.setdefault("max_length", 20)
+        super().__init__(**kwargs)
+
+    def db_value(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        return str(self.enum(value).value)  # ValueError for anything that is not a member
+
+    def python_value(self, value: Any) -> StrEnum | None:
+        return None if value is None else self.enum(value)
 
 
 class MoneyField(Field):
@@ -122,7 +229,7 @@ class Lot(BaseModel):
     realized_pnl = MoneyField(default=Decimal(0))
     opened_at = UtcDateTimeField()
     closed_at = UtcDateTimeField(null=True)
-    exit_reason = CharField(max_length=20, null=True)
+    exit_reason = EnumField(LotExit, null=True)
 
 
 class Roll(BaseModel):
@@ -133,7 +240,7 @@ class Roll(BaseModel):
     if TYPE_CHECKING:  # peewee's id accessors of the foreign keys
         old_lot_id: int
         new_lot_id: int | None
-    status = CharField(max_length=20)  # working | buy_pending | completed | failed | buy_expired
+    status = EnumField(RollStatus)
     combo = BooleanField()
     created_at = UtcDateTimeField()
     new_expiry = DateField(null=True)
@@ -144,7 +251,7 @@ class Order(BaseModel):
     id = AutoField()
     order_ref = CharField(unique=True, max_length=64)
     broker_order_id = CharField(null=True, max_length=64)
-    purpose = CharField(max_length=20)  # entry, take_profit, force_exit, expiry_guard, roll, recycle
+    purpose = EnumField(OrderPurpose)
     session_day = DateField(index=True)
     lot = ForeignKeyField(Lot, null=True, backref="orders")
     roll = ForeignKeyField(Roll, null=True, backref="orders")
@@ -156,7 +263,7 @@ class Order(BaseModel):
     sec_type = CharField(max_length=4)
     qty = IntegerField()
     limit = MoneyField()
-    status = CharField(max_length=20, index=True)
+    status = EnumField(OrderState, index=True)
     filled_qty = IntegerField(default=0)
     created_at = UtcDateTimeField()
     sent_at = UtcDateTimeField(null=True)
@@ -225,6 +332,41 @@ class AlertRecord(BaseModel):
     attempts = IntegerField(default=0)
     sent_at = UtcDateTimeField(null=True)
     silent = BooleanField(default=False)  # sent without sound whatever the kind's level (schema v2)
+    actor = BigIntegerField(null=True)  # the admin whose own action raised it: they already have the reply (v4)
+    thread = CharField(max_length=64, null=True, index=True)  # the order it belongs to, if any (v4)
+
+
+class JournalEntry(BaseModel):
+    """The decision journal: what the rules decided, or why they did not, one row each time a topic's
+    decision or its reason changes (not one per tick). Topics: ``entry``, ``roll``, ``recycle``,
+    ``quote`` (QQQ data), and ``lot:N`` for one lot's exit rules."""
+
+    class Meta:
+        table_name = "journal"
+
+    id = AutoField()
+    session_day = DateField(index=True)
+    at = UtcDateTimeField()
+    topic = CharField(max_length=32, index=True)
+    lot = ForeignKeyField(Lot, null=True, backref="journal")
+    if TYPE_CHECKING:
+        lot_id: int | None
+    key = CharField(max_length=64)  # what the decision was, in a stable form: equal keys = same decision
+    text = TextField()  # the same, for the user
+
+
+class AuditEntry(BaseModel):
+    """Who did what from the chat, and when: manual orders, cancels, stops (settings changes and alert
+    levels are in the settings change log)."""
+
+    class Meta:
+        table_name = "audit"
+
+    id = AutoField()
+    at = UtcDateTimeField(index=True)
+    who = CharField(max_length=100)
+    action = CharField(max_length=32)
+    detail = TextField()
 
 
 ALL_MODELS: list[type[BaseModel]] = [
@@ -241,6 +383,8 @@ ALL_MODELS: list[type[BaseModel]] = [
     Recycle,
     AlertRecord,
     Expiry,
+    JournalEntry,
+    AuditEntry,
 ]
 
 _ = date  # re-exported for type users

@@ -15,9 +15,13 @@ LEVELS: tuple[AlertLevel, ...] = ("on", "silent", "off")
 _PREF = "alert_level:"
 
 
-def add_alert(kind: str, text: str, now: datetime, level: AlertLevel, silent: bool = False) -> int:
+def add_alert(kind: str, text: str, now: datetime, level: AlertLevel, silent: bool = False, *,
+              actor: int | None = None, thread: str | None = None) -> int:
+    """Queue an alert. ``actor``: the admin whose own action raised it (they already have the reply);
+    ``thread``: the order it belongs to, so the sender can keep one order's story in one message."""
     status = "off" if level == "off" else "pending"
-    return int(AlertRecord.create(kind=kind, text=text, created_at=now, status=status, silent=silent).id)
+    return int(AlertRecord.create(kind=kind, text=text, created_at=now, status=status, silent=silent, actor=actor,
+                                  thread=thread).id)
 
 
 def pending_alerts(limit: int = 50) -> list[AlertRecord]:

@@ -21,10 +21,6 @@ def save_change(key: str, old_text: str | None, new_text: str, who: str, now: da
         SettingChange.create(key=key, old_value=old_text, new_value=new_text, who=who, at=now)
 
 
-def change_log(limit: int = 50) -> list[SettingChange]:
-    return list(SettingChange.select().order_by(SettingChange.id.desc()).limit(limit))
-
-
 def log_change(key: str, old_text: str | None, new_text: str, who: str, now: datetime) -> None:
     """A change-log row for something stored elsewhere (e.g. an alert level)."""
     SettingChange.create(key=key, old_value=old_text, new_value=new_text, who=who, at=now)

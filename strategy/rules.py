@@ -25,7 +25,7 @@ from strategy.model import (
     StrategyState,
     TickPlan,
 )
-from strategy.settings import StrategySettings, Tier
+from strategy.settings import PauseMode, StrategySettings, Tier
 
 HUNDRED = Decimal(100)
 
@@ -42,11 +42,6 @@ def is_fresh(quote_time: datetime, now: datetime, max_age_s: int) -> bool:
     """A quote older than max_quote_age_s is stale: a stale quote never triggers an order."""
     age = (now - quote_time).total_seconds()
     return -max_age_s <= age <= max_age_s
-
-
-def held_days(lot: Lot, now: datetime) -> int:
-    """Calendar days from the lot's first fill to today (America/New_York)."""
-    return lot.held_days(now.astimezone(NY).date())
 
 
 # --- Exit: the shield --------------------------------------------------------------------------
@@ -66,11 +61,6 @@ def take_profit_target(held: int, tiers: tuple[Tier, ...]) -> Decimal:
 def lot_pnl_pct(mid: Decimal, avg_entry_price: Decimal) -> Decimal:
     """pnl_pct = mid / avg_entry_price − 1, in percent (premium per share)."""
     return (mid / avg_entry_price - 1) * HUNDRED
-
-
-def should_take_profit(pnl_pct: Decimal, held: int, tiers: tuple[Tier, ...]) -> bool:
-    """Sell the whole lot when pnl_pct ≥ the current tier's target."""
-    return pnl_pct >= take_profit_target(held, tiers)
 
 
 def should_force_exit(lot: Lot, today: date, settings: StrategySettings) -> bool:
@@ -258,11 +248,6 @@ def worst_limit(bid: Decimal, ask: Decimal, side: Side, settings: StrategySettin
     return limit_price(bid, ask, side, 10_000, settings, tick)
 
 
-def reprice_steps(settings: StrategySettings) -> int:
-    """How many reprices fit before the order times out."""
-    return max(0, (settings.order_timeout_s - 1) // settings.reprice_s)
-
-
 def can_afford(available_usd: Decimal, premium: Decimal, commission: Decimal) -> bool:
     """Before a buy: available funds in USD ≥ the order's premium plus commissions."""
     return available_usd >= premium + commission
@@ -290,6 +275,19 @@ def daily_limit_breach(
     return None
 
 
+# --- Pause --------------------------------------------------------------------------------------
+
+
+def allowed_under_pause(plan: TickPlan, mode: PauseMode) -> TickPlan:
+    """What a pause lets through: pause entries halts entries, rolls (and a roll's pending buy leg)
+    and recycling buys while exits keep running; pause all halts every automatic order."""
+    if mode is PauseMode.OFF:
+        return plan
+    if mode is PauseMode.ALL:
+        return TickPlan(change=plan.change, notes=plan.notes)
+    return TickPlan(change=plan.change, exits=plan.exits, notes=plan.notes)
+
+
 # --- The tick ----------------------------------------------------------------------------------
 
 
@@ -299,7 +297,7 @@ def decide_tick(state: StrategyState, snap: MarketSnapshot, settings: StrategySe
     Exits come first; while an order is unresolved (exits just decided included) nothing new is
     opened. A roll excludes an entry in the same session; the roll's buy leg still pending from an
     earlier tick of this session is retried before anything else is opened. Pause is not a rule
-    here: the plan says what the bot would do, and the engine sends nothing while paused."""
+    here: the plan says what the bot would do, and ``allowed_under_pause`` says what may be sent."""
     notes: list[str] = []
     price = snap.qqq.price
     fresh = price is not None and is_fresh(snap.qqq.time, snap.now, settings.max_quote_age_s)

@@ -9,13 +9,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from enum import StrEnum
 from itertools import pairwise
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Tier = tuple[int, Decimal]
-Kind = Literal["decimal", "int", "bool", "tiers"]
+Kind = Literal["decimal", "int", "bool", "tiers", "choice"]
+
+
+class PauseMode(StrEnum):
+    """What a pause holds back: nothing, new positions (entries, rolls and recycling buys, while
+    exits keep running), or every automatic order."""
+
+    OFF = "off"
+    ENTRIES = "entries"
+    ALL = "all"
+
+    def __bool__(self) -> bool:
+        """Paused at all (``if settings.paused:``)."""
+        return self is not PauseMode.OFF
+
+    @property
+    def holds_exits(self) -> bool:
+        return self is PauseMode.ALL
 
 DEFAULT_TIERS: tuple[Tier, ...] = ((0, Decimal(50)), (121, Decimal(30)), (181, Decimal(10)))
 
@@ -48,7 +66,14 @@ class StrategySettings(BaseModel):
     max_quote_age_s: int = Field(60, ge=1, le=3600)
     risk_free_rate: Decimal = Field(Decimal("4.0"), ge=Decimal(0), le=Decimal(20))
     dividend_yield: Decimal = Field(Decimal("0.6"), ge=Decimal(0), le=Decimal(10))
-    paused: bool = False
+    paused: PauseMode = PauseMode.OFF
+
+    @field_validator("paused", mode="before")
+    @classmethod
+    def _pause_mode(cls, v: Any) -> Any:
+        if isinstance(v, bool):  # a plain pause is a pause of everything, as before the two modes
+            return PauseMode.ALL if v else PauseMode.OFF
+        return v
 
     @field_validator("tp_tiers")
     @classmethod
@@ -154,7 +179,9 @@ _SPECS: tuple[SettingSpec, ...] = (
                 ("rate", "r"), ("3", "4", "5")),
     SettingSpec("dividend_yield", "decimal", "%", "orders", "QQQ dividend yield for Black–Scholes",
                 ("yield", "q"), ("0.5", "0.6", "0.8")),
-    SettingSpec("paused", "bool", "", "orders", "halt every automatic order", ("pause",), ("on", "off")),
+    SettingSpec("paused", "choice", "", "orders",
+                "hold back automatic orders: entries (entries, rolls, recycling; exits go on) or all",
+                ("pause",), ("off", "entries", "all")),
 )
 
 SETTING_SPECS: dict[str, SettingSpec] = {s.key: s for s in _SPECS}
@@ -193,6 +220,8 @@ def range_text(key: str) -> str:
     spec = SETTING_SPECS[key]
     if spec.kind == "bool":
         return "on or off"
+    if spec.kind == "choice":
+        return " or ".join(spec.presets)
     if spec.kind == "tiers":
         return "day:percent pairs, first day 0, days increasing, e.g. 0:50,121:30,181:10"
     field = StrategySettings.model_fields[key]
@@ -211,6 +240,8 @@ def format_value(key: str, value: Any) -> str:
     spec = SETTING_SPECS[key]
     if spec.kind == "bool":
         return "on" if value else "off"
+    if spec.kind == "choice":
+        return str(value.value if isinstance(value, StrEnum) else value)
     if spec.kind == "tiers":
         return ",".join(f"{d}:{_plain(p)}" for d, p in value)
     if isinstance(value, Decimal):
@@ -238,6 +269,8 @@ def _parse_raw(key: str, text: str) -> Any | SettingError:
         if low in _FALSE:
             return False
         return SettingError(f"'{raw}' is not on/off: {where}.")
+    if spec.kind == "choice":
+        return _parse_choice(key, raw, where)
     if spec.kind == "tiers":
         return _parse_tiers(raw, where)
     unit_given = ""
@@ -273,6 +306,19 @@ def _parse_raw(key: str, text: str) -> Any | SettingError:
             return SettingError(f"'{raw}' is not a whole number: {where}.")
         return int(number)
     return number
+
+
+_PAUSE_WORDS = {"on": PauseMode.ALL, "true": PauseMode.ALL, "yes": PauseMode.ALL, "all": PauseMode.ALL,
+                "everything": PauseMode.ALL, "off": PauseMode.OFF, "false": PauseMode.OFF, "no": PauseMode.OFF,
+                "none": PauseMode.OFF, "entries": PauseMode.ENTRIES, "entry": PauseMode.ENTRIES,
+                "new": PauseMode.ENTRIES}
+
+
+def _parse_choice(key: str, raw: str, where: str) -> PauseMode | SettingError:
+    value = _PAUSE_WORDS.get(raw.strip().lower()) if key == "paused" else None
+    if value is None:
+        return SettingError(f"'{raw}' is not one of the choices: {where}.")
+    return value
 
 
 def _parse_tiers(raw: str, where: str) -> tuple[Tier, ...] | SettingError:

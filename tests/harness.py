@@ -8,7 +8,8 @@ from datetime import date, timedelta
 from decimal import Decimal
 
 from bot.alerts import EventKind, MemorySink
-from bot.engine import Engine, TickReport
+from bot.engine import Engine
+from bot.report import TickReport
 from bot.settings_service import SettingsService
 from broker.base import CommissionReport, ConnectionState, Execution, OrderUpdate
 from broker.clock import SimClock

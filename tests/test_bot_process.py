@@ -124,7 +124,7 @@ def _env(tmp_path: Path, port: int, key: str) -> dict[str, str]:
 def test_the_bot_process_answers_and_stops_cleanly(tmp_path: Path, bot_api: BotApi) -> None:
     key = keygen()
     bot_api.commands = ["/start", "/status"]  # enrollment first: its secret must not reach the log
-    proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "handlers.app", "run"], cwd=ROOT,
                             env=_env(tmp_path, bot_api.server_address[1], key),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -160,7 +160,7 @@ def test_the_bot_process_answers_and_stops_cleanly(tmp_path: Path, bot_api: BotA
 
 def test_network_drops_during_long_polling_are_survived(tmp_path: Path, bot_api: BotApi) -> None:
     bot_api.drop_polls = 3
-    proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "handlers.app", "run"], cwd=ROOT,
                             env=_env(tmp_path, bot_api.server_address[1], keygen()),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -180,7 +180,7 @@ def test_a_token_telegram_rejects_stops_with_one_line_and_never_prints_it(tmp_pa
     wrong = "999999:AAWrongTokenForThisServer_0123456789"
     env = _env(tmp_path, bot_api.server_address[1], keygen())
     env["TELEGRAM_BOT_TOKEN"] = wrong  # the local Bot API answers 401 Unauthorized to it
-    r = subprocess.run([sys.executable, "-m", "bot.cli", "run"], cwd=ROOT, env=env, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "handlers.app", "run"], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == ["qqq-bot: configuration error: TELEGRAM_BOT_TOKEN: rejected by Telegram"]
@@ -190,16 +190,16 @@ def test_a_token_telegram_rejects_stops_with_one_line_and_never_prints_it(tmp_pa
 def test_run_without_telegram_settings_says_which_is_missing(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TELEGRAM_", "ADMIN_", "TOTP_"))}
     env["DATA_DIR"] = str(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "bot.cli", "run"], cwd=ROOT, env=env, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "handlers.app", "run"], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and "TELEGRAM_BOT_TOKEN" in r.stderr and "--headless" in r.stderr
     env.update({"TELEGRAM_BOT_TOKEN": TOKEN, "ADMIN_USER_IDS": "12,abc"})
-    r = subprocess.run([sys.executable, "-m", "bot.cli", "run"], cwd=ROOT, env=env, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "handlers.app", "run"], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and "ADMIN_USER_IDS" in r.stderr and "abc" in r.stderr
     assert TOKEN not in r.stderr + r.stdout
     env.update({"ADMIN_USER_IDS": "12", "TOTP_ENCRYPTION_KEY": "not-a-key"})
-    r = subprocess.run([sys.executable, "-m", "bot.cli", "run"], cwd=ROOT, env=env, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "handlers.app", "run"], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and "TOTP_ENCRYPTION_KEY" in r.stderr and "not-a-key" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
@@ -237,7 +237,7 @@ def test_broker_ib_runs_the_bot_against_the_fake_gateway(tmp_path: Path, bot_api
     gw, port = _start_gateway(*(["--live-account"] if live else []))
     env = _env(tmp_path, bot_api.server_address[1], keygen())
     env.update({"BROKER": "ib", "IB_HOST": "127.0.0.1", "IB_PORT": str(port), "IB_CLIENT_ID": "7"})
-    proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "handlers.app", "run"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         text = _wait_for_status(bot_api, proc, "NOT TRADING" if live else "connected")

@@ -21,6 +21,8 @@ from broker.base import (
 )
 from strategy.calendar import NY
 from strategy.model import OptionContract
+from strategy.selection import quote_delta
+from strategy.settings import StrategySettings
 from tests.fake_gateway import FillMode
 from tests.fake_gateway.testing import DAY, IbErrorGuard, Rig, RigFactory, ib_errors, rig_factory
 
@@ -136,18 +138,20 @@ async def test_option_quotes_use_model_greeks(rig_factory: RigFactory, ib_errors
     assert rig.gw.open_subscriptions() == 0
 
 
-async def test_option_quotes_without_greeks_get_a_bsm_delta(rig_factory: RigFactory) -> None:
+async def test_option_quotes_without_greeks_leave_the_delta_to_the_strategy(rig_factory: RigFactory) -> None:
     rig = await rig_factory()
     contracts = await leaps(rig)
     rig.gw.greeks = False
     quotes = await rig.broker.option_quotes(contracts)
     now = rig.clock.now()
+    spot = Decimal(str(rig.market.spot_at(now)))
     assert len(quotes) == 3
     for q in quotes:
         ref = rig.market.option_quote(q.contract, now)
         assert ref is not None and ref.delta is not None
-        assert q.delta is not None and abs(q.delta - ref.delta) < 0.02
-        assert q.iv is not None and abs(q.iv - (ref.iv or 0)) < 0.02
+        assert q.delta is None and q.iv is None  # no model greeks: no delta from the adapter
+        delta = quote_delta(q, spot, DAY, StrategySettings())  # the one place that computes it
+        assert delta is not None and abs(delta - ref.delta) < 0.02
 
 
 async def test_a_snapshot_that_never_ends_does_not_hang(rig_factory: RigFactory) -> None:

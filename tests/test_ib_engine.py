@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -17,7 +18,8 @@ import pytest
 from peewee import Database
 
 from bot.alerts import EventKind, MemorySink
-from bot.engine import Engine, TickReport
+from bot.engine import Engine
+from bot.report import TickReport
 from bot.settings_service import SettingsService
 from broker.base import BrokerError, ConnectionState
 from broker.clock import SimClock
@@ -383,3 +385,38 @@ async def test_reconnect_mid_order_then_fill(ib_world: WorldFactory, ib_errors: 
     assert len(entries) >= 1 and all(o.status not in ledger.ACTIVE for o in entries)
     assert not w.gw.working_orders()
     assert reports
+
+
+async def test_the_rate_setting_moves_the_fallback_delta_on_ib(ib_world: WorldFactory) -> None:
+    """Without IB's model greeks, the delta a strike is judged by is Black–Scholes with the settings
+    in force: /set risk_free_rate changes it (it used to be a fixed 4 % inside the adapter)."""
+    from strategy.selection import quote_delta
+    from strategy.settings import StrategySettings
+
+    bars = bars_oc([(500, 500), (490, 489)])
+    w = await ib_world(bars)
+    w.gw.greeks = False
+    await w.run_session(bars[1].day, max_ticks=1)
+    order = Order.get(Order.purpose == "entry")
+    (recorded,) = json.loads(order.context)["deltas"].values()
+    lot = ledger.open_lots()[0]
+    quotes = await w.broker.option_quotes([lot.contract])
+    assert quotes and quotes[0].delta is None  # IB sent no greeks: the adapter leaves the delta alone
+    spot = (await w.broker.quote("QQQ")).price
+    assert spot is not None
+    low = quote_delta(quotes[0], spot, bars[1].day, StrategySettings(risk_free_rate=Decimal(0)))
+    high = quote_delta(quotes[0], spot, bars[1].day, StrategySettings(risk_free_rate=Decimal(10)))
+    assert low is not None and high is not None and abs(high - low) > 0.01
+    # the engine judged the strike with the setting in force (the default 4 %), between the two
+    assert min(low, high) < recorded < max(low, high)
+    w.settings.update("risk_free_rate", "10", "test")
+    w.settings.update("dividend_yield", "0", "test")
+    from bot.actions import select_contract
+    from strategy.selection import Candidate
+
+    snap, _ = await w.engine.snapshot(bars[1].day)
+    choice = await select_contract(w.engine.desk, snap, w.settings.current)
+    assert isinstance(choice, Candidate)
+    assert choice.delta == quote_delta(choice.quote, spot, bars[1].day, w.settings.current)
+    default = quote_delta(choice.quote, spot, bars[1].day, StrategySettings())
+    assert default is not None and abs(choice.delta - default) > 0.005

@@ -134,3 +134,15 @@ def test_totp_cli_keygen_enroll_reset(tmp_path: Path, monkeypatch: pytest.Monkey
     assert key not in out
     assert main(["totp", "reset", "4242"]) == 0
     assert "secret removed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("url", ["postgresql://user:pass@host/db", "mysql://h/db", "sqlite://", "sqlite:///"])
+def test_only_sqlite_database_urls_start(url: str, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A DATABASE_URL that is not a SQLite file stops start-up with one line naming the variable."""
+    monkeypatch.setenv("DATABASE_URL", url)
+    assert main(["run", "--headless", "--max-ticks", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("qqq-bot: configuration error: DATABASE_URL: only SQLite")
+    with pytest.raises(ValueError, match="only SQLite"):
+        open_database(url)

@@ -37,7 +37,7 @@ class NeverFills:
 async def run_buy(db: Database, max_buy_limit: Decimal | None) -> tuple[NeverFills, str]:
     broker = NeverFills()
     clock = SimClock(datetime(2025, 3, 3, 10, 0, tzinfo=NY))
-    runner = OrderRunner(broker, clock, lambda: None)  # type: ignore[arg-type]
+    runner = OrderRunner(broker, clock)  # type: ignore[arg-type]
     asks = iter([Decimal(40 + i) for i in range(1, 100)])
 
     async def rising() -> tuple[Decimal, Decimal, Decimal]:
@@ -70,7 +70,7 @@ async def test_a_refused_reprice_keeps_the_order_working(db: Database) -> None:
 
     broker = Refuses()
     clock = SimClock(datetime(2025, 3, 3, 10, 0, tzinfo=NY))
-    runner = OrderRunner(broker, clock, lambda: None)  # type: ignore[arg-type]
+    runner = OrderRunner(broker, clock)  # type: ignore[arg-type]
 
     async def quote() -> tuple[Decimal, Decimal, Decimal]:
         return Decimal("40.00"), Decimal("41.00"), Decimal("0.01")

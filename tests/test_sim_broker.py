@@ -129,6 +129,29 @@ async def test_prev_close_is_the_previous_sessions_close() -> None:
         await first.broker.prev_close("QQQ")
 
 
+async def test_historical_daily_bars_are_the_bars_of_closed_sessions() -> None:
+    w = await world(day=3, at=dtime(12, 0))  # Thursday 2024-03-07, during the session
+    bars = bars_for(START, CLOSES)
+    assert await w.broker.historical_daily_bars("QQQ", START, bars[-1].day) == bars[:3]  # not today's
+    assert await w.broker.historical_daily_bars("QQQ", bars[1].day, bars[1].day) == [bars[1]]
+    (qqqm,) = await w.broker.historical_daily_bars("QQQM", START, START)
+    assert qqqm.day == START and qqqm.close == pytest.approx(bars[0].close * QQQM_RATIO)
+    w.clock.advance_to(datetime.combine(bars[3].day, dtime(16, 0), NY))
+    assert (await w.broker.historical_daily_bars("QQQ", START, bars[-1].day))[-1] == bars[3]
+    with pytest.raises(BrokerError):
+        await w.broker.historical_daily_bars("TSLA", START, bars[-1].day)
+    with pytest.raises(BrokerError):
+        await w.broker.historical_daily_bars("QQQ", bars[2].day, bars[1].day)
+
+
+async def test_connection_detail_and_market_data() -> None:
+    w = await world(connect=False)
+    assert w.broker.state == ConnectionState.DOWN and w.broker.detail == "not connected"
+    await w.broker.connect()
+    assert w.broker.state == ConnectionState.CONNECTED and w.broker.detail
+    assert w.broker.market_data == "live"
+
+
 async def test_chain_lists_third_fridays_moved_for_holidays_and_leaps() -> None:
     w = await world(start=date(2024, 5, 6))
     today = w.clock.now().astimezone(NY).date()

@@ -19,7 +19,7 @@ from storage.db import close_database, open_database
 from storage.migrations import MIGRATIONS, current_version
 from storage.models import Fill, Lot, Order, Setting, SettingChange
 from strategy.model import OptionContract
-from strategy.settings import SettingError
+from strategy.settings import PauseMode, SettingError
 
 NOW = datetime(2025, 1, 6, 15, 0, tzinfo=UTC)
 C = OptionContract("QQQ", date(2026, 1, 16), Decimal("450"))
@@ -116,7 +116,11 @@ def test_pause_survives_restart_and_is_alerted(db: Database) -> None:
     alerts = MemorySink()
     SettingsService(alerts, lambda: NOW).update("paused", "on", "admin:1")
     assert alerts.kinds() == [EventKind.PAUSED]
-    assert SettingsService(MemorySink(), lambda: NOW).current.paused is True
+    # a plain pause is "pause all" (two modes since the entries-only pause)
+    assert SettingsService(MemorySink(), lambda: NOW).current.paused is PauseMode.ALL
+    SettingsService(alerts, lambda: NOW).update("pause", "entries", "admin:1")
+    assert SettingsService(MemorySink(), lambda: NOW).current.paused is PauseMode.ENTRIES
+    assert "exits keep running" in alerts.events[-1].text
 
 
 def test_schema_v1_database_is_migrated_to_the_latest(tmp_path: Path) -> None:
@@ -127,7 +131,12 @@ def test_schema_v1_database_is_migrated_to_the_latest(tmp_path: Path) -> None:
     close_database(open_database(url))
     con = sqlite3.connect(tmp_path / "old.db")  # make it look like a v1 database
     con.execute("ALTER TABLE alert DROP COLUMN silent")
+    con.execute("DROP INDEX alert_thread")
+    con.execute("ALTER TABLE alert DROP COLUMN thread")
+    con.execute("ALTER TABLE alert DROP COLUMN actor")
     con.execute("DROP TABLE expiry")
+    con.execute("DROP TABLE journal")
+    con.execute("DROP TABLE audit")
     con.execute("DELETE FROM schema_version WHERE version >= 2")
     con.execute("INSERT INTO alert (kind, text, created_at, status, attempts) VALUES ('error', 'old', "
                 "'2024-01-01T00:00:00+00:00', 'sent', 1)")
@@ -140,5 +149,9 @@ def test_schema_v1_database_is_migrated_to_the_latest(tmp_path: Path) -> None:
         from storage.models import Expiry
 
         assert Expiry.select().count() == 0  # v3's table exists
+        from storage.models import AuditEntry, JournalEntry
+
+        assert old.actor is None and old.thread is None  # v4's columns
+        assert JournalEntry.select().count() == 0 and AuditEntry.select().count() == 0  # and tables
     finally:
         close_database(db)

@@ -188,13 +188,13 @@ async def test_read_only_commands(tmp_path: Path) -> None:
         assert "Usage" in tg.api.last(ADMIN).text
         await tg.send(ADMIN, "/trades lots")
         assert "Usage" in tg.api.last(ADMIN).text
-        # a profit is taken and recycled; /pnl then sends a chart as a photo
+        # a profit is taken and recycled; with one realized result /pnl says so instead of a chart
         await tg.world.run_days([b.day for b in bars[2:]])
         tg.api.clear()
         await tg.send(ADMIN, "/pnl")
-        photo = tg.api.of("sendPhoto", ADMIN)[-1]
-        assert photo.files["photo"].startswith(b"\x89PNG")
-        assert "Realized" in photo.text and "+" in photo.text
+        assert not tg.api.of("sendPhoto", ADMIN)
+        text = tg.api.last(ADMIN).text
+        assert "Realized" in text and "+" in text and "Only 1 realized result, so no chart yet" in text
         tg.api.clear()
         await tg.send(ADMIN, "/check")
         text = tg.api.last(ADMIN).text
@@ -333,6 +333,18 @@ async def test_alert_levels_from_the_keyboard(tg: Tg) -> None:
     assert SettingChange.get(SettingChange.key == "alert.settings_changed").new_value == "off"
 
 
+async def test_pnl_chart_once_there_are_three_results(tmp_path: Path) -> None:
+    """Three lots bought on dips and sold at a +5 % target: /pnl sends the chart of realized P&L."""
+    pairs = [(500, 500), (490, 489), (500, 501), (490, 489), (500, 501), (490, 489), (500, 501)]
+    async for tg in open_tg(tmp_path, bars_oc(pairs), settings={"tp_tiers": "0:5", "recycle_enabled": "off"}):
+        await tg.world.run_days([s.day for s in tg.world.path.sessions])
+        tg.api.clear()
+        await tg.send(ADMIN, "/pnl")
+        photo = tg.api.of("sendPhoto", ADMIN)[-1]
+        assert photo.files["photo"].startswith(b"\x89PNG")
+        assert "Realized" in photo.text and "3/3 lots won" in photo.text
+
+
 # --- push alerts ------------------------------------------------------------------------------------
 
 
@@ -411,8 +423,19 @@ async def test_commands_are_registered_and_settings_keyboard_json(tg: Tg) -> Non
     calls = tg.api.of("setMyCommands")
     assert calls
     names = [c["command"] for c in json.loads(calls[-1].params["commands"])]
-    assert names == ["start", "help", "login", "logout", "status", "positions", "account", "trades", "pnl",
-                     "settings", "set", "pause", "resume", "check"]
+    # one table builds the menu, /help and the handlers: every command in it is in all three
+    from handlers.commands import COMMANDS
+
+    assert names == [c.name for c in COMMANDS]
+    assert {"start", "help", "login", "logout", "status", "positions", "account", "trades", "pnl", "settings",
+            "set", "pause", "resume", "check"} <= set(names)
+    await tg.send(ADMIN, "/help")
+    help_text = tg.api.last(ADMIN).text
+    assert all(f"/{n} " in help_text for n in names)
+    for name in names:
+        tg.api.clear()
+        await tg.send(ADMIN, f"/{name}")
+        assert "Unknown command" not in "\n".join(c.text for c in tg.api.of("sendMessage", ADMIN)), name
 
 
 async def test_connection_alerts_are_quiet_in_the_gateways_restart_window(tg: Tg) -> None:

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.telegram_app import due_tick, summary_job, tick_job
+from bot.jobs import due_tick
+from handlers.app import summary_job, tick_job
 from handlers.format import e, split_message
 from storage.models import AlertRecord
 from strategy.calendar import NY, nyse

@@ -22,11 +22,12 @@ import respx
 from telegram import Update
 
 from bot.config import AppConfig
-from bot.telegram_app import BotParts, build, startup
 from bot.totp import keygen
 from broker.clock import SimClock
 from broker.sim import SimBroker, SimFillModel
 from broker.sim_market import DailyBar, IvSource, PricePath
+from handlers.app import build, startup
+from handlers.context import BotParts
 from storage.db import close_database
 from strategy.calendar import nyse
 from tests.harness import World
@@ -236,15 +237,29 @@ def make_cfg(tmp: Path, **extra: str) -> AppConfig:
 async def open_tg(tmp: Path, bars: list[DailyBar] | None = None, *, fill: SimFillModel | None = None,
                   settings: dict[str, str] | None = None,
                   hook: Callable[[Any], None] | None = None,
-                  handler_errors: list[BaseException] | None = None) -> AsyncIterator[Tg]:
+                  handler_errors: list[BaseException] | None = None, ib: bool = False) -> AsyncIterator[Tg]:
     bars = bars or bars_oc([(500, 500), (500, 501), (501, 502)])
     cal = nyse()
     path = PricePath.from_bars(bars, cal, seed=3)
     first = cal.session(bars[0].day)
     assert first is not None
-    clock = SimClock(first.open - timedelta(minutes=1))
-    broker = SimBroker(clock, path, IvSource.constant(0.22), calendar=cal, starting_cash=Decimal(100_000),
-                       mixed_account=True, seed=3, fill=fill)
+    gateway = None
+    broker: Any
+    if ib:  # the real ib_async client over a socket to the fake IB Gateway, on simulated time
+        from tests.fake_gateway import FakeGateway, FakeMarket
+        from tests.fake_gateway.testing import fast_broker
+        from tests.test_ib_engine import NetClock
+
+        clock: SimClock = NetClock(first.open - timedelta(minutes=1))
+        gateway = await FakeGateway(FakeMarket(bars, calendar=cal, iv=0.22, seed=3), now=clock.now,
+                                    cash=Decimal(100_000), mixed_account=False).start()
+        clock.add_listener(gateway.on_time)
+        broker = fast_broker(gateway.port, clock, max_requests_per_s=0, calendar=cal)
+        clock.broker = broker  # type: ignore[attr-defined]
+    else:
+        clock = SimClock(first.open - timedelta(minutes=1))
+        broker = SimBroker(clock, path, IvSource.constant(0.22), calendar=cal, starting_cash=Decimal(100_000),
+                           mixed_account=True, seed=3, fill=fill)
     cfg = make_cfg(tmp)
     api = FakeBotApi()
     with respx.mock(assert_all_called=False) as router:
@@ -259,7 +274,7 @@ async def open_tg(tmp: Path, bars: list[DailyBar] | None = None, *, fill: SimFil
         for key, value in (settings or {}).items():
             assert not hasattr(parts.engine.settings.update(key, value, "test"), "message")
         await parts.app.initialize()
-        await startup(parts.app, cfg, sender=False, jobs=False, connect_in_background=False)
+        await startup(parts.app, sender=False, jobs_on=False, connect_in_background=False)
         world = World(parts.engine, broker, clock, cal, parts.engine.alerts, parts.engine.settings,  # type: ignore[arg-type]
                       path)
         tg = Tg(parts, api, world, cfg)
@@ -270,5 +285,7 @@ async def open_tg(tmp: Path, bars: list[DailyBar] | None = None, *, fill: SimFil
             await parts.deps.service.cache.close()
             await parts.engine.stop()
             close_database(parts.db)
+            if gateway is not None:
+                await gateway.stop()
         if handler_errors is None:
             assert errors == [], f"handler errors: {errors!r}"

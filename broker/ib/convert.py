@@ -1,5 +1,5 @@
-"""Pure conversions between `ib_async` objects and the broker interface's plain types, for
-`broker.ib`. No I/O here."""
+"""Pure conversions between `ib_async` objects and the broker interface's plain types, for the
+modules of `broker.ib`. No I/O here."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import math
 from datetime import date, datetime
 from decimal import Decimal
 
-from ib_async import ComboLeg, Contract, Fill, Option, Stock, Trade
+from ib_async import ComboLeg, Contract, Fill, Option, OptionComputation, Stock, Ticker, Trade
 
 from broker.base import Execution, Instrument, OrderStatus, PositionCategory, StockContract
+from strategy.calendar import NY
 from strategy.model import OptionContract
 
 CENT = Decimal("0.01")
@@ -34,6 +35,15 @@ def dec(x: float | str | Decimal | None) -> Decimal | None:
     return d.normalize()
 
 
+def parse_decimal(text: str) -> Decimal | None:
+    """An account value IB sends as text; None when it is not a finite number."""
+    try:
+        d = Decimal(text)
+    except (ArithmeticError, ValueError):
+        return None
+    return d if d.is_finite() else None
+
+
 def price(x: float | None) -> Decimal | None:
     """A quoted price: NaN, unset (−1) and non-positive values are 'no price'."""
     if x is None or not math.isfinite(x) or x <= 0:
@@ -41,8 +51,27 @@ def price(x: float | None) -> Decimal | None:
     return dec(x)
 
 
+def has_data(t: Ticker) -> bool:
+    """Whether a snapshot brought any price at all."""
+    return any(price(x) is not None for x in (t.bid, t.ask, t.last, t.close))
+
+
+def model_delta_iv(greeks: OptionComputation | None) -> tuple[float | None, float | None]:
+    """Delta and implied volatility from IB's model greeks; (None, None) when IB sent no usable
+    delta (the strategy then computes one from the mid with the user's rate and dividend yield)."""
+    if greeks is None or greeks.delta is None or not math.isfinite(greeks.delta):
+        return None, None
+    iv = greeks.impliedVol
+    return greeks.delta, iv if iv is not None and math.isfinite(iv) else None
+
+
 def ib_date(text: str) -> date:
     return datetime.strptime(text[:8], "%Y%m%d").date()
+
+
+def bar_day(d: date | datetime) -> date:
+    """A bar's day in New York (ib_async dates daily bars; a bar with a time is converted)."""
+    return d.astimezone(NY).date() if isinstance(d, datetime) else d
 
 
 def to_ib(ins: Instrument, exchange: str = "SMART") -> Contract:

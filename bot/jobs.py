@@ -1,0 +1,178 @@
+"""What the scheduled jobs do, without the scheduler: which aligned tick is due, the heartbeat with
+the daily backup, and the after-close summary. `handlers/app.py` runs them as APScheduler jobs in
+python-telegram-bot's loop; `bot/runner.py` (headless) calls the same functions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+
+from bot.alerts import EventKind
+from bot.config import AppConfig
+from bot.engine import Engine
+from bot.health import write_heartbeat
+from bot.settings_service import pause_text
+from broker.clock import Clock
+from storage import kv, ledger
+from strategy.calendar import NY, SessionCalendar
+
+log = logging.getLogger(__name__)
+TICK_GRACE = timedelta(seconds=90)
+SUMMARY_TIME = (16, 10)  # America/New_York, after the close
+
+
+def due_tick(calendar: SessionCalendar, now: datetime, interval_min: int, delay_min: int,
+             last_done: datetime | None) -> datetime | None:
+    """The aligned tick to run now: the latest one at or before ``now``, not older than the grace
+    period (a stalled loop runs the missed tick once, not every missed one) and not yet run."""
+    session = calendar.open_session(now)
+    if session is None:
+        return None
+    due = [t for t in calendar.tick_times(session, interval_min, delay_min) if t <= now]
+    if not due:
+        return None
+    t = due[-1]
+    if now - t > TICK_GRACE or (last_done is not None and t <= last_done):
+        return None
+    return t
+
+
+async def run_due_tick(engine: Engine, now: datetime, last_done: datetime | None) -> datetime | None:
+    """Run the tick that is due at ``now``, if any; returns its time (the new ``last_done``)."""
+    s = engine.settings.current
+    due = due_tick(engine.calendar, now, s.check_interval_min, s.delay_after_open_min, last_done)
+    if due is None:
+        return None
+    report = await engine.tick()
+    log.info("tick %s: %s", report.time.isoformat(timespec="seconds"), report.summary())
+    return due
+
+
+def new_york_day(t: datetime) -> date:
+    """The calendar day in New York: the day every daily job of the bot counts in."""
+    return t.astimezone(NY).date()
+
+
+async def heartbeat(engine: Engine, clock: Clock, cfg: AppConfig, backed_up: date | None) -> date:
+    """Write the heartbeat `qqq-bot health` reads; once per New York day, the daily backup (in a
+    thread). Returns the day of the last backup."""
+    now = clock.now()
+    try:
+        write_heartbeat(now, engine.broker.state.value)
+    except Exception:
+        log.exception("could not write the heartbeat")
+    today = new_york_day(now)
+    if backed_up != today:
+        await asyncio.to_thread(daily_backup, cfg, today)
+    return today
+
+
+def daily_backup(cfg: AppConfig, today: date) -> None:
+    """Today's SQLite backup under DATA_DIR/backups, keeping BACKUP_KEEP_DAYS days."""
+    from storage.backup import BackupError, daily_backup, sqlite_path
+
+    try:
+        path = sqlite_path(cfg.db_url)
+        daily_backup(path, path.parent / "backups", today, cfg.backup_keep_days)
+    except BackupError as e:
+        log.warning("daily backup skipped: %s", e)
+    except Exception:
+        log.exception("daily backup failed")
+
+
+@dataclass(frozen=True, slots=True)
+class DayFigures:
+    """A session's realized P&L (fills and lots that expired unsold) and its fills."""
+
+    realized: Decimal
+    realized_events: int
+    fills: int
+
+
+def day_figures(day: date) -> DayFigures:
+    start = datetime(day.year, day.month, day.day, tzinfo=NY)
+    end = start + timedelta(days=1)
+    events = ledger.realized_option_events(start, end)
+    return DayFigures(sum((e.pnl for e in events), ledger.ZERO), len(events), len(ledger.fills_between(start, end)))
+
+
+@dataclass(frozen=True, slots=True)
+class Marks:
+    """What the broker says at the close, for the daily summary (None where it did not answer)."""
+
+    net_liquidation: Decimal | None = None
+    unrealized: Decimal | None = None
+    qqq_close: Decimal | None = None
+
+
+async def closing_marks(engine: Engine, timeout_s: float = 10.0) -> Marks:
+    """Net liquidation, the bot's lots' unrealized P&L at the mid and QQQ's last price, each bounded
+    (a slow broker leaves a figure out, it never holds the summary back)."""
+    async def ask() -> Marks:
+        account = await engine.broker.account_summary()
+        quote = await engine.broker.quote("QQQ")
+        lots = ledger.open_lots()
+        unrealized: Decimal | None = Decimal(0)
+        if lots:
+            quotes = {q.contract: q for q in await engine.broker.option_quotes([lot.contract for lot in lots])}
+            for lot in lots:
+                q = quotes.get(lot.contract)
+                if q is None or q.mid is None or unrealized is None:
+                    unrealized = None
+                    continue
+                unrealized += (q.mid - lot.avg_price) * lot.qty * lot.contract.multiplier
+        return Marks(account.net_liquidation, unrealized, quote.price)
+
+    try:
+        return await asyncio.wait_for(ask(), timeout_s)
+    except Exception as e:
+        log.warning("daily summary: the broker's figures are missing (%s: %s)", type(e).__name__, e)
+        return Marks()
+
+
+def _usd(x: Decimal | None, signed: bool = False) -> str:
+    if x is None:
+        return "unknown"
+    return f"{x:+,.2f} USD" if signed else f"{x:,.2f} USD"
+
+
+def daily_summary_text(engine: Engine, day: date, marks: Marks | None = None) -> str:
+    from bot.service import last_tick
+
+    f = day_figures(day)
+    lots = ledger.open_lots()
+    s = engine.settings.current
+    m = marks or Marks()
+    at, last = last_tick(engine)
+    when = f" ({datetime.fromisoformat(at).astimezone(NY):%H:%M} ET)" if at else ""
+    close = f"QQQ closed at {m.qqq_close}; " if m.qqq_close is not None else ""
+    return (f"{day.isoformat()}: {close}{f.fills} fills, realized {f.realized:+.2f} USD today; "
+            f"{len(lots)}/{s.max_positions} lots open, unrealized {_usd(m.unrealized, signed=True)}; "
+            f"net liquidation {_usd(m.net_liquidation)}; recycling pool {ledger.recycling_pool():,.2f} USD; "
+            f"{pause_text(s.paused).split(':')[0].lower()}. Last tick{when}: {last or 'none yet'}")
+
+
+async def send_daily_summary(engine: Engine, now: datetime) -> bool:
+    """The after-close summary, once per session (across restarts); False when not due."""
+    day = new_york_day(now)
+    if engine.calendar.session(day) is None:
+        return False
+    if kv.get(f"daily_summary:{day.isoformat()}") is not None:
+        return False
+    marks = await closing_marks(engine)
+    if not kv.put_once(f"daily_summary:{day.isoformat()}", "1", now):
+        return False
+    engine.emit(EventKind.DAILY_SUMMARY, daily_summary_text(engine, day, marks))
+    return True
+
+
+def announce_start(engine: Engine, version: str) -> None:
+    """The "started" message of every start, sent at once (before the broker answers): the version,
+    the broker, what a pause holds back, the lots held. Connection alerts follow on their own."""
+    s = engine.settings.current
+    broker = "the simulated broker" if engine.broker.name == "sim" else "Interactive Brokers"
+    engine.emit(EventKind.STARTED, f"Bot started (version {version}) on {broker}; {pause_text(s.paused)}. "
+                f"{len(ledger.open_lots())}/{s.max_positions} lots open.")
