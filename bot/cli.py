@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="change a setting (repeatable; same names and checks as /set)")
     bt.add_argument("--chart", type=Path, help="write an equity/positions PNG here")
     bt.add_argument("--json", action="store_true", help="print the result as JSON on stdout, nothing else")
-    from bot.sweep import add_sweep_parser
+    from bot.sweep_cli import add_sweep_parser
 
     add_sweep_parser(sub, _date, _money)
     return p
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None, run_bot: RunBot | None = None) -> int:
         _setup_logging("WARNING")
         return cmd_backtest(args)
     if args.command == "sweep":
-        from bot.sweep import cmd_sweep
+        from bot.sweep_cli import cmd_sweep
 
         _setup_logging("WARNING")
         return cmd_sweep(args)
