@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--every-tick", action="store_true",
                     help="evaluate every 5-minute tick through the engine (slow; the default skips only the ticks "
                          "at which nothing can happen, with identical trades)")
+    from bot.sweep_cli import add_sweep_parser
+
+    add_sweep_parser(sub, _date, _money)
     return p
 
 
@@ -235,6 +238,11 @@ def main(argv: list[str] | None = None, run_bot: RunBot | None = None) -> int:
     if args.command == "backtest":
         _setup_logging("WARNING")
         return cmd_backtest(args)
+    if args.command == "sweep":
+        from bot.sweep_cli import cmd_sweep
+
+        _setup_logging("WARNING")
+        return cmd_sweep(args)
     if args.command == "health":
         return cmd_health(args)
     if args.command == "db":

@@ -1,0 +1,770 @@
+"""`qqq-bot sweep`: many backtests over a grid of settings, on a process pool or a Ray cluster.
+
+Every configuration is exactly `qqq-bot backtest` with its `--set` values: each job builds its
+`BacktestConfig` in one place (`make_config`) and calls `run_backtest`. Only the summary comes
+back from a worker. With `--split`, every configuration also gets an in-sample and an
+out-of-sample backtest, each starting flat with the starting capital:
+
+- in-sample: the sessions before the split day (`--end SPLIT-1day`);
+- out-of-sample: from the last session before the split, whose close is only the previous close
+  (a backtest never trades its first session), so trading starts on the first session on or after
+  the split day. The split day itself is therefore traded out of sample only.
+
+Results are appended to `--out` one whole line per finished configuration; a rerun with the same
+`--out` skips the configurations already there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import hashlib
+import io
+import itertools
+import json
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from datetime import date, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
+
+if TYPE_CHECKING:  # the heavy modules load only when a sweep runs, not for every `qqq-bot` command
+    from bot.backtest import BacktestConfig
+    from broker.sim_market import DailyBar
+
+MAX_CONFIGS = 10_000
+RANK_METRICS = ("calmar", "cagr", "sharpe", "max_drawdown")
+PARTS = ("summary", "in_sample", "out_of_sample")
+RAY_CONNECT_TIMEOUT_S = 30.0  # how long a Ray address may take to answer before the sweep gives up
+WORKER_DIED = ("the worker process died while running it (a crash, or killed from outside, "
+               "e.g. by the out-of-memory killer)")
+
+
+class SweepError(Exception):
+    """Bad input to a sweep: one line for the user, exit code 2."""
+
+
+# --------------------------------------------------------------------------------------------
+# What to run
+
+
+@dataclass(frozen=True)
+class Data:
+    """What every backtest of a sweep shares. Picklable and hashable (the workers' cache key)."""
+
+    csv: Path | None
+    synthetic_years: int
+    seed: int
+    start: date | None
+    end: date | None
+    capital: Decimal
+    iv: str
+
+
+@dataclass(frozen=True)
+class Job:
+    """One backtest: a configuration's whole period, or one side of its split."""
+
+    config: int
+    part: str  # one of PARTS
+    data: Data
+    overrides: tuple[str, ...]  # key=value, applied in this order (fixed --set first, then the grid)
+    start: date | None
+    end: date | None
+    sessions: int  # for the ETA
+
+
+@dataclass(frozen=True)
+class Axis:
+    key: str  # canonical setting name
+    values: tuple[str, ...]  # canonical text of each value, as /set would take it back
+
+
+@dataclass(frozen=True)
+class Config:
+    grid: tuple[tuple[str, str], ...]  # (key, value) in axis order
+
+    def label(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.grid)
+
+
+@dataclass
+class Period:
+    part: str
+    start: date | None
+    end: date | None
+    first: date  # first session (previous close only)
+    last: date
+    sessions: int
+
+
+@dataclass
+class Plan:
+    data: Data
+    fixed: tuple[str, ...]
+    axes: list[Axis]
+    configs: list[Config]
+    split: date | None
+    periods: list[Period]
+    context: dict[str, str]
+    bars: list[DailyBar]  # every session bar of the whole period
+
+    def overrides(self, config: Config) -> tuple[str, ...]:
+        return self.fixed + tuple(f"{k}={v}" for k, v in config.grid)
+
+    def jobs(self, indexes: Iterable[int]) -> list[Job]:
+        return [Job(i, p.part, self.data, self.overrides(self.configs[i]), p.start, p.end, p.sessions)
+                for i in indexes for p in self.periods]
+
+
+def make_config(data: Data, start: date | None, end: date | None, overrides: Iterable[str],
+                bars: list[DailyBar] | None) -> BacktestConfig:
+    """The one place a sweep builds a `BacktestConfig`: `qqq-bot backtest` with these values.
+    Fields it does not name keep the backtest command's defaults."""
+    from bot.backtest import BacktestConfig
+
+    return BacktestConfig(csv=data.csv, synthetic_years=data.synthetic_years, seed=data.seed, start=start,
+                          end=end, capital=data.capital, iv=data.iv, overrides=list(overrides), bars=bars)
+
+
+def parse_grid(texts: list[str]) -> list[Axis]:
+    """``KEY=V1,V2,...`` per --grid (``;`` separates values that contain commas, e.g. tp_tiers)."""
+    from strategy.settings import (
+        SETTING_SPECS,
+        SettingError,
+        StrategySettings,
+        format_value,
+        parse_setting,
+        resolve_key,
+    )
+
+    if not texts:
+        raise SweepError("empty grid: give at least one --grid KEY=V1,V2,...")
+    axes: list[Axis] = []
+    for text in texts:
+        key_text, sep, values_text = text.partition("=")
+        key = resolve_key(key_text)
+        if not sep:
+            raise SweepError(f"--grid {text}: not KEY=V1,V2,...")
+        if key is None:
+            raise SweepError(f"--grid {text}: unknown setting '{key_text.strip()}'. Known: {', '.join(SETTING_SPECS)}.")
+        if any(a.key == key for a in axes):
+            raise SweepError(f"--grid {text}: {key} is already swept by another --grid")
+        parts = values_text.split(";") if ";" in values_text else values_text.split(",")
+        raw = [p.strip() for p in parts]
+        if not any(raw):
+            raise SweepError(f"--grid {text}: empty grid: no values for {key}")
+        if not all(raw):
+            raise SweepError(f"--grid {text}: an empty value between separators")
+        values: list[str] = []
+        for v in raw:
+            change = parse_setting(StrategySettings(), key, v)
+            if isinstance(change, SettingError):
+                hint = " (separate tp_tiers values with ';')" if SETTING_SPECS[key].kind == "tiers" else ""
+                raise SweepError(f"--grid {text}: {change.message}{hint}")
+            canonical = format_value(key, change.new)
+            if canonical in values:
+                raise SweepError(f"--grid {text}: {key}={canonical} is listed twice")
+            values.append(canonical)
+        axes.append(Axis(key, tuple(values)))
+    return axes
+
+
+def parse_fixed(texts: list[str], axes: list[Axis]) -> tuple[str, ...]:
+    from strategy.settings import SettingError, StrategySettings, format_value, parse_assignment
+
+    out: list[str] = []
+    settings = StrategySettings()
+    for text in texts:
+        change = parse_assignment(settings, text)
+        if isinstance(change, SettingError):
+            raise SweepError(f"--set {text}: {change.message}")
+        if any(a.key == change.key for a in axes):
+            raise SweepError(f"--set {text}: {change.key} is also swept by --grid; give it in one place")
+        settings = change.settings
+        out.append(f"{change.key}={format_value(change.key, change.new)}")
+    return tuple(out)
+
+
+def check_configs(fixed: tuple[str, ...], axes: list[Axis], configs: list[Config]) -> None:
+    """Every configuration passes the chat's validation, applied in the backtest's order (one
+    setting at a time, so e.g. reprice_s must stay below order_timeout_s at every step)."""
+    from strategy.settings import SettingError, StrategySettings, parse_assignment
+
+    for config in configs:
+        settings = StrategySettings()
+        for text in fixed + tuple(f"{k}={v}" for k, v in config.grid):
+            change = parse_assignment(settings, text)
+            if isinstance(change, SettingError):
+                raise SweepError(f"configuration {config.label()}: {change.message}")
+            settings = change.settings
+
+
+def _absolute_iv(text: str) -> str:
+    """``--iv PATH:COLUMN`` with an absolute path, so workers with another working folder read the
+    same file; constants and column names unchanged."""
+    t = text.strip()
+    try:
+        float(t.rstrip("%"))
+        return t
+    except ValueError:
+        pass
+    path, sep, column = t.rpartition(":")
+    return f"{Path(path).resolve()}:{column}" if sep and path else t
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _context(data: Data, fixed: tuple[str, ...], split: date | None, first: date, last: date) -> dict[str, str]:
+    """What a results file's rows must share with this sweep to be reused on a rerun."""
+    if data.csv is not None:
+        source = f"{data.csv.name} sha256:{_digest(data.csv)}"
+    else:
+        source = f"synthetic ({data.synthetic_years} y)"
+    iv = data.iv
+    path, sep, column = iv.rpartition(":")
+    if sep and path:
+        iv = f"{Path(path).name}:{column} sha256:{_digest(Path(path))}"
+    return {"data": source, "start": first.isoformat(), "end": last.isoformat(), "iv": iv,
+            "capital": str(data.capital), "seed": str(data.seed), "set": " ".join(fixed),
+            "split": split.isoformat() if split else ""}
+
+
+def build_plan(args: argparse.Namespace) -> Plan:
+    """Check everything the sweep needs before anything runs or is written (SweepError if not)."""
+    from bot.backtest import BacktestError, load_bars, load_iv
+    from strategy.calendar import nyse
+
+    axes = parse_grid(args.grid)
+    fixed = parse_fixed(args.overrides, axes)
+    count = math.prod(len(a.values) for a in axes)
+    if count > MAX_CONFIGS and not args.yes:
+        raise SweepError(f"the grid has {count:,} configurations (more than {MAX_CONFIGS:,}): "
+                         "add --yes to run them all")
+    if args.heatmap is not None and len(axes) != 2:
+        raise SweepError(f"--heatmap needs exactly two --grid keys; this grid has {len(axes)}")
+    if args.top < 1:
+        raise SweepError("--top must be at least 1")
+    if args.workers is not None and args.workers < 1:
+        raise SweepError("--workers must be at least 1")
+    for flag, path in (("--out", args.out), ("--heatmap", args.heatmap)):
+        folder = path.resolve().parent if path is not None else None
+        if folder is not None and not (folder.is_dir() and os.access(folder, os.W_OK)):
+            raise SweepError(f"{flag} {path}: cannot write in {folder} (no such folder, or not writable)")
+    configs = [Config(tuple(zip((a.key for a in axes), values, strict=True)))
+               for values in itertools.product(*(a.values for a in axes))]
+    check_configs(fixed, axes, configs)
+    data = Data(csv=args.csv.resolve() if args.csv else None, synthetic_years=args.synthetic_years or 0,
+                seed=args.seed, start=args.start, end=args.end, capital=args.capital, iv=_absolute_iv(args.iv))
+    try:
+        base = make_config(data, data.start, data.end, (), None)
+        bars = load_bars(base)
+        load_iv(base)
+    except BacktestError as e:
+        raise SweepError(str(e)) from None
+    cal = nyse()
+    bars = [b for b in bars if cal.session(b.day) is not None]
+    if len(bars) < 2:
+        raise SweepError("fewer than two sessions in the chosen period")
+    days = [b.day for b in bars]
+    periods = [Period("summary", data.start, data.end, days[0], days[-1], len(days))]
+    split: date | None = args.split
+    if split is not None:
+        before = [d for d in days if d < split]
+        after = [d for d in days if d >= split]
+        if len(before) < 2 or not after:
+            raise SweepError(f"--split {split}: outside the data, whose sessions run {days[0]} → {days[-1]}; "
+                             "a split needs at least two sessions before it and one on or after it")
+        periods.append(Period("in_sample", data.start, split - timedelta(days=1), before[0], before[-1], len(before)))
+        periods.append(Period("out_of_sample", before[-1], data.end, before[-1], days[-1], len(after) + 1))
+    return Plan(data, fixed, axes, configs, split, periods, _context(data, fixed, split, days[0], days[-1]), bars)
+
+
+# --------------------------------------------------------------------------------------------
+# The worker side
+
+_BARS: dict[Data, list[DailyBar]] = {}
+
+
+def _data_bars(data: Data) -> list[DailyBar]:
+    """The whole period's bars, read once per worker process (not once per backtest)."""
+    from bot.backtest import load_bars
+
+    bars = _BARS.get(data)
+    if bars is None:
+        _BARS.clear()
+        bars = _BARS[data] = load_bars(make_config(data, data.start, data.end, (), None))
+    return bars
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """One backtest in a worker: the summary of `qqq-bot backtest` with the job's values."""
+    from bot.backtest import run_backtest
+
+    cfg = make_config(job.data, job.start, job.end, job.overrides, _data_bars(job.data))
+    with tempfile.TemporaryDirectory(prefix="qqq-sweep-") as tmp:
+        run = asyncio.run(run_backtest(cfg, workdir=Path(tmp)))
+    summary: dict[str, Any] = run.result["summary"]
+    return summary
+
+
+def _worker_init() -> None:
+    # Ctrl-C goes to the whole process group: the sweep (the parent) decides what stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from bot.logs import setup_logging
+
+    setup_logging("WARNING")
+
+
+# --------------------------------------------------------------------------------------------
+# Backends
+
+
+@dataclass
+class Outcome:
+    summary: dict[str, Any] | None = None
+    error: str | None = None
+    broken: bool = False  # the pool died under this job: it may or may not be the one to blame
+
+
+class Backend(Protocol):
+    name: str
+    workers: int
+
+    def submit(self, job: Job) -> Any: ...
+    def wait(self, handles: list[Any], timeout: float) -> list[Any]: ...
+    def outcome(self, handle: Any) -> Outcome: ...
+    def restart(self) -> None: ...
+    def close(self, now: bool = False) -> None: ...
+
+
+def _error_text(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+class ProcessBackend:
+    """A pool of worker processes (spawned, so nothing of the parent's state is shared)."""
+
+    name = "process"
+
+    def __init__(self, workers: int, job_fn: Callable[[Job], dict[str, Any]] = run_job) -> None:
+        import multiprocessing
+
+        self.workers = workers
+        self._fn = job_fn
+        self._ctx = multiprocessing.get_context("spawn")
+        self._pool = self._new()
+
+    def _new(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=self._ctx, initializer=_worker_init)
+
+    def submit(self, job: Job) -> Future[dict[str, Any]]:
+        return self._pool.submit(self._fn, job)
+
+    def wait(self, handles: list[Any], timeout: float) -> list[Any]:
+        done, _ = wait(handles, timeout=timeout, return_when=FIRST_COMPLETED)
+        return list(done)
+
+    def outcome(self, handle: Any) -> Outcome:
+        try:
+            return Outcome(summary=handle.result())
+        except BrokenProcessPool:
+            return Outcome(broken=True)
+        except Exception as e:
+            return Outcome(error=_error_text(e))
+
+    def restart(self) -> None:
+        self.close(now=True)
+        self._pool = self._new()
+
+    def close(self, now: bool = False) -> None:
+        if now:
+            for p in list(getattr(self._pool, "_processes", {}).values()):
+                p.terminate()  # a worker mid-backtest would otherwise run to the end of it
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ray_probe(address: str) -> None:
+    """Connect to ``address`` in a child process first: `ray.init` on an address where nothing
+    answers retries for minutes, and a child can be stopped after `RAY_CONNECT_TIMEOUT_S`."""
+    if address != "auto" and "://" not in address:
+        host, _, port = address.rpartition(":")
+        try:
+            with socket.create_connection((host or "127.0.0.1", int(port)), timeout=min(5.0, RAY_CONNECT_TIMEOUT_S)):
+                pass
+        except ValueError:
+            raise SweepError(f"--ray {address}: not an address (auto, local, HOST:PORT or ray://HOST:PORT)") from None
+        except OSError as e:
+            raise SweepError(f"--ray {address}: no Ray cluster answers there ({e.strerror or e})") from None
+    code = ("import sys, ray; ray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False); "
+            "print('ok')")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True,
+                              timeout=RAY_CONNECT_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise SweepError(f"--ray {address}: no Ray cluster answered within {RAY_CONNECT_TIMEOUT_S:g} s") from None
+    if proc.returncode != 0 or "ok" not in proc.stdout:
+        raise SweepError(f"--ray {address}: cannot join a Ray cluster: {_probe_error(proc.stderr, proc.returncode)}")
+
+
+def _probe_error(stderr: str, returncode: int) -> str:
+    """The probe's exception, with the one just before it in the traceback (its cause: Ray's
+    ConnectionError hides an AuthenticationError, for one), each cut to a readable length."""
+    errors = [ln.strip() for ln in stderr.splitlines() if re.match(r"^[\w.]+(Error|Exception)\b[^:]*:", ln.strip())]
+    if not errors:
+        return f"exit code {returncode}"
+
+    def cut(text: str) -> str:
+        return text if len(text) <= 200 else text[:199] + "…"
+
+    last = cut(errors[-1])
+    return last if len(errors) == 1 else f"{last} (cause: {cut(errors[-2])})"
+
+
+class RayBackend:
+    """The same jobs as Ray tasks (one CPU each): Ray places them; a crash fails only its task."""
+
+    name = "ray"
+
+    def __init__(self, address: str, workers: int | None, job_fn: Callable[[Job], dict[str, Any]] = run_job) -> None:
+        import importlib
+
+        try:  # an optional extra, typed as Any here so the core never depends on its stubs
+            ray: Any = importlib.import_module("ray")
+        except ImportError:
+            raise SweepError("--ray needs Ray, an optional extra: pip install 'qqq-leaps-bot[ray]'") from None
+        self._ray = ray
+        if address == "local":  # always a new in-process instance, even beside a running cluster
+            ray.init(address="local", num_cpus=workers or os.cpu_count() or 1, include_dashboard=False,
+                     logging_level="WARNING")
+        else:
+            _ray_probe(address)
+            ray.init(address=address, logging_level="WARNING")
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.workers = min(workers, cpus) if workers else cpus
+        self._remote = ray.remote(num_cpus=1, max_retries=0)(job_fn)
+        self._submitted: set[Any] = set()
+
+    def submit(self, job: Job) -> Any:
+        ref = self._remote.remote(job)
+        self._submitted.add(ref)
+        return ref
+
+    def wait(self, handles: list[Any], timeout: float) -> list[Any]:
+        ready, _ = self._ray.wait(handles, num_returns=1, timeout=timeout)
+        return list(ready)
+
+    def outcome(self, handle: Any) -> Outcome:
+        exc = self._ray.exceptions
+        self._submitted.discard(handle)
+        try:
+            return Outcome(summary=self._ray.get(handle))
+        except exc.RayTaskError as e:
+            cause = e.cause if isinstance(getattr(e, "cause", None), BaseException) else e
+            return Outcome(error=_error_text(cause))
+        except (exc.WorkerCrashedError, exc.NodeDiedError, exc.OutOfMemoryError):
+            return Outcome(error=WORKER_DIED)
+        except exc.RayError as e:
+            return Outcome(error=_error_text(e))
+
+    def restart(self) -> None:  # a Ray task never breaks the others
+        pass
+
+    def close(self, now: bool = False) -> None:
+        if now:  # on a cluster that outlives the sweep, running tasks would otherwise go on
+            for ref in self._submitted:
+                self._ray.cancel(ref, force=True)
+        self._ray.shutdown()
+
+
+def execute(jobs: list[Job], backend: Backend, on_done: Callable[[Job, Outcome], None],
+            on_idle: Callable[[], None] = lambda: None) -> None:
+    """Run every job, at most ``backend.workers`` at a time; report each exactly once.
+
+    When a worker process dies, the pool fails every job it held. Those jobs are then rerun one at
+    a time, so only the one that kills its worker again is reported as failed."""
+    pending = deque(jobs)
+    suspects: deque[Job] = deque()
+    inflight: dict[Any, Job] = {}
+    alone = False
+    while pending or suspects or inflight:
+        if not inflight:
+            alone = bool(suspects)
+        source, limit = (suspects, 1) if alone else (pending, backend.workers)
+        while source and len(inflight) < limit:
+            job = source.popleft()
+            inflight[backend.submit(job)] = job
+        done = backend.wait(list(inflight), timeout=0.5)
+        on_idle()
+        broken = False
+        for handle in done:
+            out = backend.outcome(handle)
+            if out.broken:
+                broken = True
+            else:
+                on_done(inflight.pop(handle), out)
+        if broken:
+            lost = []
+            for handle, job in inflight.items():
+                out = backend.outcome(handle) if handle.done() else Outcome(broken=True)
+                if out.broken:
+                    lost.append(job)
+                else:
+                    on_done(job, out)
+            inflight.clear()
+            backend.restart()
+            if alone:
+                for job in lost:
+                    on_done(job, Outcome(error=WORKER_DIED))
+            else:
+                suspects.extend(lost)
+
+
+# --------------------------------------------------------------------------------------------
+# Results file
+
+METRIC_COLUMNS = ("cagr", "max_drawdown_pct", "sharpe", "calmar", "entries", "realized_pnl", "qqqm_shares",
+                  "final_equity")
+SIDE_COLUMNS = tuple(f"{side}_{m}" for side in ("is", "oos") for m in ("cagr", "max_drawdown_pct", "sharpe",
+                                                                        "calmar"))
+
+
+@dataclass
+class Result:
+    config: Config
+    summary: dict[str, Any] | None = None
+    in_sample: dict[str, Any] | None = None
+    out_of_sample: dict[str, Any] | None = None
+    error: str | None = None
+    resumed: bool = False
+    reported: bool = False
+
+    def part(self, name: str) -> dict[str, Any] | None:
+        value: dict[str, Any] | None = getattr(self, name)
+        return value
+
+
+def calmar(summary: dict[str, Any]) -> float:
+    """CAGR / max drawdown (both as fractions). With no drawdown at all: +inf for a gain, 0 for
+    none, -inf for a loss (a curve that never fell below a peak cannot lose, so the last is moot)."""
+    cagr = float(summary["cagr"])
+    dd = float(summary["max_drawdown_pct"]) / 100
+    if dd > 0:
+        return cagr / dd
+    return math.inf if cagr > 0 else (-math.inf if cagr < 0 else 0.0)
+
+
+class ResultsFile:
+    """``--out``: a header, then one whole CSV line per finished configuration."""
+
+    def __init__(self, path: Path, plan: Plan) -> None:
+        self.path = path
+        self.plan = plan
+        self.columns = [*plan.context, *(a.key for a in plan.axes), *METRIC_COLUMNS, *SIDE_COLUMNS, *PARTS]
+        self._fd: int | None = None
+
+    def read(self) -> dict[tuple[tuple[str, str], ...], Result]:
+        """The finished configurations already in the file (SweepError if it holds another sweep)."""
+        if not self.path.exists():
+            return {}
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise SweepError(f"--out {self.path}: cannot read it ({e})") from None
+        lines = text.split("\n")
+        whole = lines[:-1]  # the last piece lacks its newline: empty, or a torn line
+        if not whole:
+            return {}
+        header = next(csv.reader([whole[0]]))
+        if header != self.columns:
+            raise SweepError(f"--out {self.path} holds another sweep's results (columns {', '.join(header[:12])}…); "
+                             "use another --out")
+        keys = [a.key for a in self.plan.axes]
+        done: dict[tuple[tuple[str, str], ...], Result] = {}
+        for n, row in enumerate(csv.DictReader(whole), start=2):
+            for k, v in self.plan.context.items():
+                if row.get(k) != v:
+                    raise SweepError(f"--out {self.path} line {n} is from another sweep ({k}: {row.get(k)!r}, "
+                                     f"this sweep: {v!r}); use another --out")
+            try:
+                grid = tuple((k, row[k]) for k in keys)
+                parts = {p: json.loads(row[p]) if row[p] else None for p in PARTS}
+            except (KeyError, TypeError, ValueError):
+                raise SweepError(f"--out {self.path} line {n} is not a result line; use another --out") from None
+            done[grid] = Result(Config(grid), parts["summary"], parts["in_sample"], parts["out_of_sample"],
+                                resumed=True)
+        return done
+
+    def open(self) -> None:
+        """Ready to append; a torn last line (a crash mid-write) is cut off first."""
+        if self.path.exists():
+            data = self.path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                keep = data.rfind(b"\n") + 1
+                with self.path.open("r+b") as f:
+                    f.truncate(keep)
+                print(f"qqq-bot sweep: dropped an incomplete last line of {self.path}", file=sys.stderr)
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if new:
+            self._write(self.columns)
+
+    def append(self, result: Result) -> None:
+        s = result.summary or {}
+        row: dict[str, Any] = dict(self.plan.context)
+        row.update(dict(result.config.grid))
+        for m in METRIC_COLUMNS:
+            row[m] = calmar(s) if m == "calmar" else s[m]
+        for side, part in (("is", result.in_sample), ("oos", result.out_of_sample)):
+            for m in ("cagr", "max_drawdown_pct", "sharpe", "calmar"):
+                row[f"{side}_{m}"] = "" if part is None else (calmar(part) if m == "calmar" else part[m])
+        for p in PARTS:
+            value = result.part(p)
+            row[p] = "" if value is None else json.dumps(value, separators=(",", ":"))
+        self._write([row[c] for c in self.columns])
+
+    def _write(self, values: list[Any]) -> None:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow(values)
+        data = buf.getvalue().encode("utf-8")
+        assert self._fd is not None
+        while data:  # one write for a whole line; the loop only guards a short write
+            data = data[os.write(self._fd, data):]
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+# --------------------------------------------------------------------------------------------
+# Progress
+
+
+class Progress:
+    """done/total, rate and ETA on stderr: one redrawn line on a terminal, else a line per finished
+    configuration (stdout is never touched)."""
+
+    def __init__(self, total: int, weight: int, stream: TextIO) -> None:
+        self.total = total
+        self.weight = max(weight, 1)
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.done = 0
+        self.failed = 0
+        self.done_weight = 0
+        self.t0 = time.monotonic()
+        self._drawn = 0.0
+
+    def job_done(self, job: Job) -> None:
+        self.done_weight += job.sessions
+
+    def config_done(self, result: Result) -> None:
+        self.done += 1
+        self.failed += result.error is not None
+        if self.tty:
+            self.draw(force=True)
+        else:
+            state = f"failed: {result.error}" if result.error else "done"
+            self.stream.write(f"sweep: {self.done}/{self.total} {result.config.label()} {state}; {self._rates()}\n")
+            self.stream.flush()
+
+    def _rates(self) -> str:
+        elapsed = time.monotonic() - self.t0
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        left = elapsed / self.done_weight * (self.weight - self.done_weight) if self.done_weight else None
+        eta = "?" if left is None else str(timedelta(seconds=round(left)))
+        return f"{rate:.2f} configurations/s, ETA {eta}"
+
+    def draw(self, force: bool = False) -> None:
+        if not self.tty or (not force and time.monotonic() - self._drawn < 1.0):
+            return
+        self._drawn = time.monotonic()
+        failed = f", {self.failed} failed" if self.failed else ""
+        self.stream.write(f"\r\x1b[Ksweep: {self.done}/{self.total} configurations{failed}; {self._rates()}")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# --------------------------------------------------------------------------------------------
+# The sweep
+
+
+@dataclass
+class SweepOutcome:
+    results: list[Result]  # in grid order
+    workers: int
+    backend: str
+    wall_s: float
+    skipped: int
+    interrupted: bool = False
+
+
+def run_sweep(plan: Plan, backend: Backend, out: ResultsFile | None, progress: Progress | None = None) -> SweepOutcome:
+    """Every configuration not already in ``out``; each appended to it as it finishes."""
+    t0 = time.monotonic()
+    done = out.read() if out is not None else {}
+    results = [done.get(c.grid) or Result(c) for c in plan.configs]
+    todo = [i for i, r in enumerate(results) if not r.resumed]
+    needed = {p.part for p in plan.periods}
+    if out is not None:
+        out.open()
+
+    def on_done(job: Job, outcome: Outcome) -> None:
+        r = results[job.config]
+        if outcome.error is not None:
+            r.error = r.error or f"{job.part.replace('_', '-')}: {outcome.error}"
+        else:
+            setattr(r, job.part, outcome.summary)
+        if progress is not None:
+            progress.job_done(job)
+        finished = r.error is not None or all(r.part(p) is not None for p in needed)
+        if finished and not r.reported:
+            r.reported = True
+            if r.error is None and out is not None:
+                out.append(r)
+            if progress is not None:
+                progress.config_done(r)
+
+    interrupted = False
+    try:
+        execute(plan.jobs(todo), backend, on_done, on_idle=progress.draw if progress else lambda: None)
+    except KeyboardInterrupt:
+        interrupted = True
+        backend.close(now=True)
+    else:
+        backend.close()
+    finally:
+        if out is not None:
+            out.close()
+        if progress is not None:
+            progress.finish()
+    return SweepOutcome(results, backend.workers, backend.name, time.monotonic() - t0, len(plan.configs) - len(todo),
+                        interrupted)
+
+
+def make_backend(args: argparse.Namespace) -> Backend:
+    if args.ray:
+        return RayBackend(args.ray, args.workers)
+    return ProcessBackend(args.workers or os.cpu_count() or 1)  # processes start as jobs need them
