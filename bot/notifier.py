@@ -270,7 +270,7 @@ class TelegramNotifier:
 
     async def _send_new(self, admin: int, step: _Step) -> None:
         texts = [r.text for r in step.shown]
-        silent = self._silent(step.shown[0])
+        silent = all(self._silent(r) for r in step.shown)  # mixed only when a refused edit falls back here
         message_id = await self.send(admin, SEP.join(texts), silent)
         if step.thread is not None:
             self._remember(admin, step.thread, ThreadMessage(message_id, texts, not silent, self.now()))
