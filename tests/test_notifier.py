@@ -255,12 +255,7 @@ async def test_edits_are_retried_on_transient_errors_and_not_repeated(tg: Tg) ->
     tg.api.failures = [httpx.Response(502, text="bad gateway"), httpx.ReadTimeout("timed out"),
                        Unanswered(httpx.ReadTimeout("timed out"))]  # the last one is carried out, unanswered
     order_event(tg, EventKind.ORDER_FILLED, FILLED)
-    waits = []
-    for _ in range(10):
-        wait = await tg.parts.notifier.drain()
-        if wait == 0:
-            break
-        waits.append(wait)
+    waits = await tg.drain_retrying()
     assert len(waits) == 3 and all(w > 0 for w in waits)
     for admin in (ADMIN, ADMIN2):
         assert len(alert_calls(tg, admin, "sendMessage")) == 1  # retried as an edit, never as a new message

@@ -286,6 +286,16 @@ class Tg:
     async def drain_alerts(self) -> None:
         await self.parts.notifier.drain()
 
+    async def drain_retrying(self, rounds: int = 10) -> list[float]:
+        """Drain again after each failure (without sleeping) until all went out; the waits asked."""
+        waits: list[float] = []
+        for _ in range(rounds):
+            wait = await self.parts.notifier.drain()
+            if wait == 0:
+                break
+            waits.append(wait)
+        return waits
+
 
 def make_cfg(tmp: Path, **extra: str) -> AppConfig:
     """The config of a test bot; its TOTP key is kept in ``tmp`` so a restarted bot decrypts the
