@@ -13,7 +13,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from bot.alerts import Emit, EventKind
+from bot.alerts import Emit, EventKind, actor_id
 from bot.orders import OrderOutcome, OrderRunner, QuoteFn, new_order_ref
 from bot.report import TickReport
 from broker.base import Broker, BrokerError, OrderLeg, OrderRequest, StockContract
@@ -74,6 +74,7 @@ class Desk:
     limits: DailyLimits
     emit: Emit
     report_error: Callable[[str, BaseException], None]
+    note: Callable[[date, str, str, str], object] = lambda day, topic, key, text: None  # the decision journal
     last_chosen_iv: float = 0.25
 
 
@@ -147,9 +148,10 @@ def _option_quote_fn(desk: Desk, contract: OptionContract) -> QuoteFn:
     return quote
 
 
-def _limit_ok(desk: Desk, day: date, premium: Decimal, what: str) -> bool:
+def _limit_ok(desk: Desk, day: date, premium: Decimal, what: str, breach: str | None = None) -> bool:
     """The hard daily limits; a breach halts automatic orders for the rest of the session."""
-    breach = daily_limit_breach(ledger.orders_sent_on(day), ledger.premium_bought_on(day), premium, desk.limits)
+    if breach is None:
+        breach = daily_limit_breach(ledger.orders_sent_on(day), ledger.premium_bought_on(day), premium, desk.limits)
     if breach is None:
         return True
     kv.put(f"halted:{day.isoformat()}", breach, desk.clock.now())
@@ -168,7 +170,8 @@ async def _sell_lot(
         return None
     req = OrderRequest(new_order_ref(), (OrderLeg(lot.contract, "SELL"),), lot.qty,
                        limit_price(quote.bid, quote.ask, "SELL", 0, settings, quote.min_tick))
-    desk.emit(EventKind.ORDER_SENT, f"SELL {lot.qty} {lot.contract.key} @ {req.limit} ({purpose}, lot #{lot.id})")
+    desk.emit(EventKind.ORDER_SENT, f"SELL {lot.qty} {lot.contract.key} @ {req.limit} ({purpose.label}, lot #{lot.id})",
+              order_ref=req.order_ref)
     return await desk.runner.run(req, purpose=purpose, session_day=day, settings=settings,
                                  quote=_option_quote_fn(desk, lot.contract), tick=quote.min_tick,
                                  lot_id=None if roll_id else lot.id, roll_id=roll_id, context=context)
@@ -209,65 +212,132 @@ async def select_contract(desk: Desk, snap: MarketSnapshot, settings: StrategySe
     return result
 
 
-async def _checked_buy(
-    desk: Desk, snap: MarketSnapshot, settings: StrategySettings, what: str,
-) -> Candidate | None:
-    """Choose the contract and check premium, funds and daily limits; alert on every skip."""
-    day = snap.session
+@dataclass(frozen=True, slots=True)
+class BuyPlan:
+    """A new lot that passed every check: the contract, how many, and the premium at the mid."""
+
+    choice: Candidate
+    qty: int
+    premium: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class BuyRefusal:
+    """Why no new lot is bought: ``kind`` is no_contract, premium, funds or limit."""
+
+    kind: str
+    text: str
+
+
+async def plan_buy(desk: Desk, snap: MarketSnapshot, settings: StrategySettings) -> BuyPlan | BuyRefusal:
+    """Choose the contract and check premium, funds and the hard daily limits. Nothing is sent,
+    stored or alerted: the tick and a manual /enter each decide what to do with a refusal."""
     choice = await select_contract(desk, snap, settings)
     if isinstance(choice, Rejection):
-        if kv.put_once(f"no_contract:{day.isoformat()}", choice.reason, desk.clock.now()):
-            desk.emit(EventKind.NO_CONTRACT, f"{what}: signal, but no eligible contract ({choice.reason})")
-        return None
+        return BuyRefusal("no_contract", f"no eligible contract ({choice.reason})")
     mid = choice.quote.mid
     assert mid is not None
     qty = settings.order_quantity
     mult = choice.contract.multiplier
-    if not premium_within_limit(mid, qty, mult, settings):
-        if kv.put_once(f"premium_skip:{day.isoformat()}", "1", desk.clock.now()):
-            desk.emit(EventKind.SKIPPED, f"{what} skipped: {choice.contract.key} costs {mid * mult * qty:.2f} USD "
-                        f"for {qty}, above max_premium {settings.max_premium} USD")
-        return None
     premium = mid * mult * qty
+    if not premium_within_limit(mid, qty, mult, settings):
+        return BuyRefusal("premium", f"{choice.contract.key} costs {premium:,.2f} USD for {qty}, above the max "
+                          f"premium of {settings.max_premium:,.0f} USD")
     account = await desk.broker.account_summary()
     if not can_afford(account.available_funds_usd, premium, option_commission(qty)):
-        if kv.put_once(f"funds_skip:{day.isoformat()}", "1", desk.clock.now()):
-            desk.emit(EventKind.SKIPPED, f"{what} skipped: available funds {account.available_funds_usd:.2f} USD "
-                        f"< premium {premium:.2f} USD + commission")
-        return None
-    if not _limit_ok(desk, day, premium, what):
-        return None
-    return choice
+        return BuyRefusal("funds", f"available funds {account.available_funds_usd:,.2f} USD < premium "
+                          f"{premium:,.2f} USD + commission")
+    day = snap.session
+    breach = daily_limit_breach(ledger.orders_sent_on(day), ledger.premium_bought_on(day), premium, desk.limits)
+    if breach is not None:
+        return BuyRefusal("limit", breach)
+    return BuyPlan(choice, qty, premium)
+
+
+_SKIP_ALERTS = {"no_contract": EventKind.NO_CONTRACT, "premium": EventKind.SKIPPED, "funds": EventKind.SKIPPED}
+
+
+async def _checked_buy(desk: Desk, snap: MarketSnapshot, settings: StrategySettings, what: str) -> BuyPlan | None:
+    """A tick's buy: the plan, or None after the refusal was journaled and alerted (once per session
+    and kind; a daily limit halts automatic orders for the rest of the session)."""
+    plan = await plan_buy(desk, snap, settings)
+    if isinstance(plan, BuyPlan):
+        return plan
+    day = snap.session
+    desk.note(day, "entry", f"skipped:{plan.kind}", f"{what} signal; {plan.text}: skipped")
+    if plan.kind == "limit":
+        _limit_ok(desk, day, Decimal(0), what, breach=plan.text)
+    elif kv.put_once(f"{plan.kind}_skip:{day.isoformat()}", plan.text, desk.clock.now()):
+        desk.emit(_SKIP_ALERTS[plan.kind], f"{what} skipped: {plan.text}"
+                  if plan.kind != "no_contract" else f"{what}: signal, but {plan.text}")
+    return None
 
 
 async def _buy(
-    desk: Desk, choice: Candidate, snap: MarketSnapshot, settings: StrategySettings, purpose: OrderPurpose,
-    roll_id: int | None = None,
+    desk: Desk, plan: BuyPlan, snap: MarketSnapshot, settings: StrategySettings, purpose: OrderPurpose,
+    roll_id: int | None = None, extra: dict[str, Any] | None = None,
 ) -> OrderOutcome:
+    choice = plan.choice
     q = choice.quote
     assert q.bid is not None and q.ask is not None
-    qty = settings.order_quantity
+    qty = plan.qty
     req = OrderRequest(new_order_ref(), (OrderLeg(choice.contract, "BUY"),), qty,
                        limit_price(q.bid, q.ask, "BUY", 0, settings, q.min_tick))
+    who = (extra or {}).get("manual")
     desk.emit(EventKind.ORDER_SENT,
-              f"BUY {qty} {choice.contract.key} @ {req.limit} ({purpose}, delta {choice.delta:.2f})")
+              f"BUY {qty} {choice.contract.key} @ {req.limit} ({purpose.label}, delta {choice.delta:.2f}): "
+              f"{req.limit * qty * choice.contract.multiplier:,.2f} USD", order_ref=req.order_ref,
+              actor=actor_id(who) if isinstance(who, str) else None)
     ctx = _context(snap, deltas={choice.contract.key: choice.delta},
-                   reason="roll_in" if purpose == OrderPurpose.ROLL else "entry")
+                   reason="roll_in" if purpose == OrderPurpose.ROLL else "entry", **(extra or {}))
     return await desk.runner.run(req, purpose=purpose, session_day=snap.session, settings=settings,
                                  quote=_option_quote_fn(desk, choice.contract), tick=q.min_tick,
                                  roll_id=roll_id, context=ctx,
                                  max_buy_limit=worst_limit(q.bid, q.ask, "BUY", settings, q.min_tick))
 
 
+def _bought_text(out: OrderOutcome, plan: BuyPlan, snap: MarketSnapshot) -> str:
+    spent = ledger.order_cash(out.order_ref)
+    return (f"Bought {out.filled} {plan.choice.contract.key} for {-spent:,.2f} USD with commissions (QQQ "
+            f"{snap.qqq.price}, delta {plan.choice.delta:.2f})")
+
+
 async def _enter(desk: Desk, snap: MarketSnapshot, settings: StrategySettings, report: TickReport) -> None:
-    choice = await _checked_buy(desk, snap, settings, "Entry")
-    if choice is None:
+    plan = await _checked_buy(desk, snap, settings, "Entry")
+    if plan is None:
         return
-    out = await _buy(desk, choice, snap, settings, OrderPurpose.ENTRY)
-    report.actions.append(f"entry {choice.contract.key}: {out.status} {out.filled}/{out.qty}")
+    out = await _buy(desk, plan, snap, settings, OrderPurpose.ENTRY)
+    report.actions.append(f"entry {plan.choice.contract.key}: {out.status} {out.filled}/{out.qty}")
     if out.filled:
-        desk.emit(EventKind.ENTRY, f"Bought {out.filled} {choice.contract.key} (QQQ {snap.qqq.price}, "
-                  f"delta {choice.delta:.2f})")
+        desk.emit(EventKind.ENTRY, _bought_text(out, plan, snap), order_ref=out.order_ref)
+
+
+async def buy_now(desk: Desk, plan: BuyPlan, snap: MarketSnapshot, settings: StrategySettings,
+                  who: str) -> OrderOutcome:
+    """A manual /enter: the checked plan, bought through the same order runner as an entry (it is the
+    session's entry). Returns the outcome; the fill alerts come from the listener as for any order."""
+    out = await _buy(desk, plan, snap, settings, OrderPurpose.ENTRY, extra={"manual": who})
+    if out.filled:
+        desk.emit(EventKind.ENTRY, _bought_text(out, plan, snap) + f"; bought by hand ({who})",
+                  order_ref=out.order_ref, actor=actor_id(who))
+    return out
+
+
+async def sell_now(desk: Desk, lot: Lot, quote: OptionQuote, snap: MarketSnapshot, settings: StrategySettings,
+                   who: str) -> OrderOutcome | None:
+    """A manual /sell: the whole lot through the same order runner (limit at the mid, repriced),
+    reason manual. Not held back by the daily limits: selling reduces risk."""
+    if quote.bid is None or quote.ask is None:
+        return None
+    ctx = _context(snap, deltas={lot.contract.key: _delta(quote, snap, settings)},
+                   held_days=lot.held_days(snap.session), reason="manual", manual=who)
+    req = OrderRequest(new_order_ref(), (OrderLeg(lot.contract, "SELL"),), lot.qty,
+                       limit_price(quote.bid, quote.ask, "SELL", 0, settings, quote.min_tick))
+    desk.emit(EventKind.ORDER_SENT, f"SELL {lot.qty} {lot.contract.key} @ {req.limit} (manual sale of lot #{lot.id} "
+              f"by {who})", order_ref=req.order_ref, actor=actor_id(who))
+    return await desk.runner.run(req, purpose=OrderPurpose.MANUAL, session_day=snap.session, settings=settings,
+                                 quote=_option_quote_fn(desk, lot.contract), tick=quote.min_tick, lot_id=lot.id,
+                                 context=ctx)
 
 
 async def _roll(desk: Desk, old: Lot, snap: MarketSnapshot, settings: StrategySettings, report: TickReport) -> None:
@@ -275,11 +345,12 @@ async def _roll(desk: Desk, old: Lot, snap: MarketSnapshot, settings: StrategySe
     if old_quote is None or old_quote.bid is None or old_quote.ask is None:
         report.actions.append(f"roll of lot #{old.id}: no quote for it")
         return
-    choice = await _checked_buy(desk, snap, settings, f"Roll of lot #{old.id}")
-    if choice is None:
+    plan = await _checked_buy(desk, snap, settings, f"Roll of lot #{old.id}")
+    if plan is None:
         return
+    choice = plan.choice
     day = snap.session
-    combo = desk.broker.supports_combo and old.qty == settings.order_quantity
+    combo = desk.broker.supports_combo and old.qty == plan.qty
     roll = ledger.create_roll(day, old.id, combo, desk.clock.now(), choice.contract.expiry, choice.contract.strike)
     old_delta = _delta(old_quote, snap, settings)
     if combo:
@@ -293,7 +364,7 @@ async def _roll(desk: Desk, old: Lot, snap: MarketSnapshot, settings: StrategySe
         ledger.set_roll_status(roll.id, RollStatus.FAILED)
         desk.emit(EventKind.ROLL, f"Roll #{roll.id} of lot #{old.id}: the sell leg did not fill; nothing rolled")
         return
-    await _roll_buy(desk, roll.id, snap, settings, report, choice)
+    await _roll_buy(desk, roll.id, snap, settings, report, plan)
 
 
 async def _roll_combo(
@@ -314,31 +385,37 @@ async def _roll_combo(
         assert o.bid is not None and o.ask is not None and n.bid is not None and n.ask is not None
         return n.bid - o.ask, n.ask - o.bid, TICK
 
+    net = req.limit * old.qty * 100
     desk.emit(EventKind.ORDER_SENT, f"ROLL combo: SELL {old.qty} {old.contract.key} / BUY {old.qty} "
-              f"{choice.contract.key} @ net {req.limit}")
+              f"{choice.contract.key} @ net {req.limit} ({'pays' if net >= 0 else 'receives'} {abs(net):,.2f} USD)",
+              order_ref=req.order_ref)
     out = await desk.runner.run(req, purpose=OrderPurpose.ROLL, session_day=snap.session, settings=settings,
                                 quote=net_quote, tick=TICK, roll_id=roll_id, context=ctx)
     ledger.set_roll_status(roll_id, RollStatus.COMPLETED if out.filled > 0 else RollStatus.FAILED)
     report.actions.append(f"roll #{roll_id} combo: {out.status} {out.filled}/{out.qty}")
     if out.filled:
+        cash = ledger.order_cash(out.order_ref)
         desk.emit(EventKind.ROLL, f"Rolled lot #{old.id} {old.contract.key} → {choice.contract.key} "
-                  f"(delta {choice.delta:.2f}; {out.filled}/{out.qty}, one combo order)", roll_id=roll_id)
+                  f"(delta {choice.delta:.2f}; {out.filled}/{out.qty}, one combo order; net "
+                  f"{'received' if cash >= 0 else 'paid'} {abs(cash):,.2f} USD with commissions)",
+                  roll_id=roll_id, order_ref=out.order_ref)
     else:
-        desk.emit(EventKind.ROLL, f"Roll #{roll_id} of lot #{old.id}: combo did not fill; nothing rolled")
+        desk.emit(EventKind.ROLL, f"Roll #{roll_id} of lot #{old.id}: combo did not fill; nothing rolled",
+                  order_ref=out.order_ref)
 
 
 async def _roll_buy(
     desk: Desk, roll_id: int, snap: MarketSnapshot, settings: StrategySettings, report: TickReport,
-    choice: Candidate | None = None,
+    plan: BuyPlan | None = None,
 ) -> None:
     """The buy leg of a legged roll (first try, or a retry at a later tick of the session)."""
-    if choice is None:
-        choice = await _checked_buy(desk, snap, settings, f"Roll #{roll_id} buy leg")
-    out = await _buy(desk, choice, snap, settings, OrderPurpose.ROLL, roll_id=roll_id) if choice is not None else None
-    if out is not None and out.filled > 0 and choice is not None:
+    if plan is None:
+        plan = await _checked_buy(desk, snap, settings, f"Roll #{roll_id} buy leg")
+    out = await _buy(desk, plan, snap, settings, OrderPurpose.ROLL, roll_id=roll_id) if plan is not None else None
+    if out is not None and out.filled > 0 and plan is not None:
         ledger.set_roll_status(roll_id, RollStatus.COMPLETED)
-        desk.emit(EventKind.ROLL, f"Roll #{roll_id} completed: bought {out.filled} {choice.contract.key} "
-                  f"(delta {choice.delta:.2f})", roll_id=roll_id)
+        desk.emit(EventKind.ROLL, f"Roll #{roll_id} completed. {_bought_text(out, plan, snap)}", roll_id=roll_id,
+                  order_ref=out.order_ref)
     else:
         ledger.set_roll_status(roll_id, RollStatus.BUY_PENDING)
         desk.emit(EventKind.ROLL, f"Roll #{roll_id}: sold, but the buy leg did not fill; retrying at the next ticks",
@@ -371,7 +448,8 @@ async def _recycle(
         return (q.bid, q.ask, TICK) if q.bid is not None and q.ask is not None else None
 
     desk.emit(EventKind.ORDER_SENT,
-              f"BUY {decision.shares} QQQM @ {req.limit} (recycling pool {decision.pool:.2f} USD)")
+              f"BUY {decision.shares} QQQM @ {req.limit} (recycling into QQQM: up to {cost:,.2f} USD of the "
+              f"{decision.pool:,.2f} USD pool)", order_ref=req.order_ref)
     try:
         out = await desk.runner.run(
             req, purpose=OrderPurpose.RECYCLE, session_day=day, settings=settings, quote=quote, tick=TICK,
@@ -385,5 +463,7 @@ async def _recycle(
     report.actions.append(f"recycle {decision.shares} QQQM: {out.status} {out.filled}/{out.qty}")
     if out.filled:
         shares, deployed = ledger.qqqm_bought()
-        desk.emit(EventKind.RECYCLE, f"Recycled profits into {out.filled} QQQM; the bot's core is now {shares} "
-                  f"shares ({deployed:.2f} USD deployed), pool {ledger.recycling_pool():.2f} USD")
+        spent = -ledger.order_cash(out.order_ref)
+        desk.emit(EventKind.RECYCLE, f"Recycled {spent:,.2f} USD of profits into {out.filled} QQQM; the bot's core is "
+                  f"now {shares} shares ({deployed:,.2f} USD deployed), pool {ledger.recycling_pool():,.2f} USD",
+                  order_ref=out.order_ref)

@@ -25,6 +25,7 @@ class EventKind(StrEnum):
     EXPIRY_GUARD = "expiry_guard"
     EXPIRED = "expired"
     EXIT_HELD = "exit_held"
+    MANUAL = "manual"
     ENTRY = "entry"
     ROLL = "roll"
     RECYCLE = "recycle"
@@ -99,6 +100,13 @@ class FanoutSink:
                 sink.emit(event)
             except Exception:
                 log.exception("alert sink %r failed on %s", sink, event.kind)
+
+
+def actor_id(who: str) -> int | None:
+    """The Telegram user id in a ``telegram:123 (@name)`` actor, so the notifier can spare that admin
+    an alert about their own action (they have the reply); None for anyone else."""
+    head = who.removeprefix("telegram:").split(" ", 1)[0] if who.startswith("telegram:") else ""
+    return int(head) if head.isdigit() else None
 
 
 def mode_label(mode: str) -> str:

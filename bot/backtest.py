@@ -163,7 +163,7 @@ async def run_backtest(
             settings.update(change.key, text.partition("=")[2], "backtest")
         broker = SimBroker(clock, path, iv, calendar=cal, starting_cash=cfg.capital, mixed_account=False,
                            seed=cfg.seed)
-        engine = Engine(broker, clock, cal, settings, alerts, cfg.limits, persist_last_tick=False)
+        engine = Engine(broker, clock, cal, settings, alerts, cfg.limits, persist_last_tick=False, journal=False)
         await engine.start()
         equity: list[tuple[date, Decimal]] = []
         positions: list[tuple[date, int]] = []

@@ -23,6 +23,8 @@ def _render_pnl(curve: Sequence[tuple[datetime, Decimal]]) -> bytes:
     if len(times) == 1:
         times, values = times * 2, values * 2
     ax.step(times, values, where="post", color="#1f77b4")
+    span = max(times[-1] - times[0], 1.0)  # days; the axis covers the data, with a margin
+    ax.set_xlim(times[0] - span * 0.03, times[-1] + span * 0.03)
     ax.fill_between(times, values, 0, step="post", alpha=0.15,
                     color="#2ca02c" if values[-1] >= 0 else "#d62728")
     ax.axhline(0, color="#888", linewidth=0.8)

@@ -5,14 +5,17 @@ recorded once by its id, whenever it arrives (after a cancel, after a restart)."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import date, datetime
 from decimal import Decimal
 
 from bot.actions import Desk, execute_plan
-from bot.alerts import AlertSink, Event, EventKind
+from bot.alerts import AlertSink, Event, EventKind, actor_id
+from bot.journal import Journal
 from bot.orders import ORDER_REF_PREFIX, OrderRunner
 from bot.reconcile import reconcile
 from bot.report import TickReport
@@ -27,10 +30,12 @@ from broker.base import (
 )
 from broker.clock import Clock
 from storage import kv, ledger
-from storage.models import OrderPurpose, OrderState, RollStatus
-from strategy.calendar import SessionCalendar
-from strategy.model import MarketSnapshot, OptionQuote, StrategyState, TickPlan
+from storage.models import Order, OrderPurpose, OrderState, RollStatus
+from strategy.calendar import NY, SessionCalendar
+from strategy.explain import Reason, explain_tick
+from strategy.model import MarketSnapshot, OptionContract, OptionQuote, StrategyState, TickPlan
 from strategy.rules import DailyLimits, allowed_under_pause, decide_tick, expiry_settlement, has_expired
+from strategy.settings import StrategySettings
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +44,7 @@ LOT_CLOSED_EVENT: dict[OrderPurpose, EventKind] = {
     OrderPurpose.TAKE_PROFIT: EventKind.TAKE_PROFIT,
     OrderPurpose.FORCE_EXIT: EventKind.FORCE_EXIT,
     OrderPurpose.EXPIRY_GUARD: EventKind.EXPIRY_GUARD,
+    OrderPurpose.MANUAL: EventKind.MANUAL,
 }
 
 
@@ -53,6 +59,7 @@ class Engine:
         limits: DailyLimits | None = None,
         *,
         persist_last_tick: bool = True,
+        journal: bool = True,
     ) -> None:
         self.broker = broker
         self.clock = clock
@@ -62,7 +69,8 @@ class Engine:
         self.limits = limits or DailyLimits()
         self.persist_last_tick = persist_last_tick
         self.runner = OrderRunner(broker, clock)
-        self.desk = Desk(broker, clock, self.runner, self.limits, self.emit, self.report_error)
+        self.journal = Journal(clock.now, enabled=journal)
+        self.desk = Desk(broker, clock, self.runner, self.limits, self.emit, self.report_error, self.journal.note)
         self.ready = False
         self.last_report: TickReport | None = None
         self._lock = asyncio.Lock()
@@ -73,7 +81,7 @@ class Engine:
         self._tick_errors = 0
         self.last_snapshot: MarketSnapshot | None = None
         self.blocked = ""  # why this engine must not trade at all (e.g. a live account not allowed)
-        self._dry_run_holds_lock = False
+        self._holder = ""  # who holds the lock: "tick", "check" or "manual"
         self._starting = False
         self._no_quote_alerted: set[tuple[date, int]] = set()
 
@@ -117,19 +125,44 @@ class Engine:
                           f"recorded: {execution.side} {execution.qty} {what} @ {execution.price}")
                 return
             kind = EventKind.ORDER_FILLED if order.filled_qty >= order.qty else EventKind.ORDER_PARTIAL
-            self.emit(kind, f"{execution.side} {execution.qty} {what} @ {execution.price} "
-                      f"({order.purpose}, {order.filled_qty}/{order.qty} filled)",
-                      order_ref=order.order_ref, purpose=order.purpose.value)
+            manual_by = json.loads(order.context or "{}").get("manual")
+            actor = actor_id(manual_by) if isinstance(manual_by, str) else None
+            ins = execution.instrument
+            amount = execution.price * execution.qty * (ins.multiplier if isinstance(ins, OptionContract) else 1)
+            fee = f" + {execution.commission:,.2f} commission" if execution.commission else ""
+            paid = "paid" if execution.side == "BUY" else "received"
+            self.emit(kind, f"{execution.side} {execution.qty} {what} @ {execution.price}: {paid} {amount:,.2f} USD"
+                      f"{fee} ({order.purpose.label}, {order.filled_qty}/{order.qty} filled)",
+                      order_ref=order.order_ref, purpose=order.purpose.value, actor=actor)
+            if rec.lot_id is not None:
+                self._journal_fill(execution, order, rec.lot_id, amount)
             if rec.closed_lot and rec.lot_id is not None:
                 lot = ledger.lot_row(rec.lot_id)
                 if lot is not None:
+                    cost = lot.avg_price * lot.qty_opened * lot.multiplier + lot.commission
+                    pct = f" ({lot.realized_pnl / cost * 100:+.1f} %)" if cost > 0 else ""
+                    held = (execution.time.astimezone(NY).date() - lot.opened_at.astimezone(NY).date()).days
                     self.emit(LOT_CLOSED_EVENT.get(order.purpose, EventKind.ROLL),
-                              f"Lot #{lot.id} {what} closed ({order.purpose}); realized {lot.realized_pnl:.2f} USD",
-                              lot_id=lot.id)
+                              f"Lot #{lot.id} {what} closed by {order.purpose.label} after {held} days: realized "
+                              f"{lot.realized_pnl:+,.2f} USD{pct}, net of commissions",
+                              lot_id=lot.id, order_ref=order.order_ref, actor=actor)
         except Exception:
             log.exception("recording execution %s failed", execution.exec_id)
             self.emit(EventKind.ERROR, f"Could not record execution {execution.exec_id}; reconciliation will retry")
             self.ready = False
+
+    def _journal_fill(self, ex: Execution, order: Order, lot_id: int, amount: Decimal) -> None:
+        """A lot's story: every fill of it, in the journal under the lot."""
+        day = ex.time.astimezone(NY).date()
+        verb = "bought" if ex.side == "BUY" else "sold"
+        ctx = json.loads(order.context or "{}")
+        why = order.purpose.label + (f" by {ctx['manual']}" if ctx.get("manual") else "")
+        qqq = f"; QQQ {ctx['underlying_price']:.2f}" if isinstance(ctx.get("underlying_price"), float) else ""
+        delta = ctx.get("deltas", {}).get(ex.instrument.key) if isinstance(ctx.get("deltas"), dict) else None
+        d = f", delta {delta:.2f}" if isinstance(delta, float) else ""
+        self.journal.note(day, f"lot:{lot_id}", f"fill:{ex.exec_id}",
+                          f"{verb} {ex.qty} {ex.instrument.key} @ {ex.price} ({amount:,.2f} USD; {why}{d}{qqq})",
+                          lot_id)
 
     def on_commission(self, report: CommissionReport) -> None:
         try:
@@ -242,10 +275,10 @@ class Engine:
         """Evaluate one tick (exits, roll, entry, recycle) and act on it unless paused or dry_run.
         Never raises: errors are logged and alerted, and the next tick runs as usual."""
         now = self.clock.now()
-        if self._lock.locked() and (dry_run or not self._dry_run_holds_lock):
+        if self._lock.locked() and (dry_run or self._holder == "tick"):
             return TickReport(now, None, skipped="previous tick still running: skipped")
-        async with self._lock:  # a real tick waits for a /check in flight instead of being skipped
-            self._dry_run_holds_lock = dry_run
+        async with self._lock:  # a real tick waits for a /check or a manual order in flight, never skipped by it
+            self._holder = "check" if dry_run else "tick"
             now = self.clock.now()
             self._tick_errors = 0
             try:
@@ -264,6 +297,28 @@ class Engine:
             if self._tick_errors == 0:
                 self._last_error = ""  # the incident is over: the next error is a new one
         return report
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Hold the engine for a manual action: it waits for a tick in progress, and a tick that falls
+        due meanwhile waits for it (never two orders of the bot at once)."""
+        async with self._lock:
+            self._holder = "manual"
+            yield
+
+    def trading_problem(self, now: datetime) -> str | None:
+        """Why no order may be sent now, in the user's words, or None."""
+        if self.blocked:
+            return f"not trading: {self.blocked}"
+        if self._starting:
+            return "the bot is still connecting and reconciling with the broker; try again in a moment"
+        if self.broker.state == ConnectionState.DOWN:
+            return "the broker connection is down"
+        if self.calendar.open_session(now) is None:
+            nxt = self.calendar.next_session(now.astimezone(NY).date())
+            when = f" (next open {nxt.open.astimezone(NY):%a %Y-%m-%d %H:%M} ET)" if nxt is not None else ""
+            return f"the market is closed: orders are taken during a session only{when}"
+        return None
 
     def report_error(self, what: str, e: BaseException) -> None:
         """Log and alert an error once per incident (the same error at every tick is one incident)."""
@@ -298,6 +353,9 @@ class Engine:
         snap, state = await self.snapshot(day)
         plan = decide_tick(state, snap, settings)
         report = TickReport(now, day, plan.change, snap.qqq.price, snap.prev_close, plan, dry_run, settings.paused)
+        report.reasons = explain_tick(state, snap, settings, plan) + self._pause_reasons(plan, settings)
+        if not dry_run:
+            self.journal.record(day, report.reasons)
         if dry_run or plan.is_empty:
             return report
         allowed = allowed_under_pause(plan, settings.paused)
@@ -308,6 +366,18 @@ class Engine:
         if not await execute_plan(self.desk, allowed, snap, state, settings, report):
             self.ready = False  # an action failed: reconcile with the broker before the next order
         return report
+
+    @staticmethod
+    def _pause_reasons(plan: TickPlan, settings: StrategySettings) -> tuple[Reason, ...]:
+        """What a pause held back at this tick, for /check and the journal."""
+        if not settings.paused:
+            return ()
+        held = allowed_under_pause(plan, settings.paused)
+        if held == plan or plan.is_empty:
+            return (Reason("pause", f"paused:{settings.paused.value}", f"paused ({settings.paused.value}): "
+                           "nothing due was held back"),)
+        return (Reason("pause", f"held:{settings.paused.value}", f"paused ({settings.paused.value}): the "
+                       "decisions above were not sent"),)
 
     def _alert_held_exits(self, plan: TickPlan, allowed: TickPlan, day: date) -> None:
         """While everything is paused, an exit that falls due is alerted once per lot and session."""
@@ -322,6 +392,36 @@ class Engine:
                    "expiry_guard": f"is due for the expiry guard ({e.dte} days to expiry)"}[e.reason.value]
             self.emit(EventKind.EXIT_HELD, f"Lot #{e.lot_id} {why}; paused, not sold. /resume (or /pause entries) "
                       "lets exits run", lot_id=e.lot_id)
+
+    async def preview_next_open(self) -> TickReport:
+        """What the first tick of the next session would decide if prices stayed where they are now
+        (outside a session: the last prices, QQQ's as the previous close). Nothing is sent or stored."""
+        now = self.clock.now()
+        today = now.astimezone(NY).date()
+        upcoming = self.calendar.session(today)
+        if upcoming is None or upcoming.open <= now:
+            upcoming = self.calendar.next_session(today)
+        if upcoming is None:
+            return TickReport(now, None, dry_run=True, skipped="no next session in the calendar")
+        s = self.settings.current
+        ticks = self.calendar.tick_times(upcoming, s.check_interval_min, s.delay_after_open_min)
+        at = ticks[0] if ticks else upcoming.open
+        qqq = await self.broker.quote("QQQ")
+        last = qqq.price
+        if last is None:
+            return TickReport(now, upcoming.day, dry_run=True, skipped="no QQQ price to preview the next open with")
+        state = self.state(upcoming.day)
+        quotes = await self.broker.option_quotes([lot.contract for lot in state.open_lots]) if state.open_lots else []
+        by_contract = {q.contract: replace(q, time=at) for q in quotes}
+        lot_quotes = {lot.id: by_contract[lot.contract] for lot in state.open_lots if lot.contract in by_contract}
+        qqqm = None
+        if s.recycle_enabled and state.pool >= s.recycle_threshold and state.pool > 0:
+            qqqm = replace(await self.broker.quote("QQQM"), time=at)
+        snap = MarketSnapshot(at, upcoming.day, replace(qqq, time=at), last, lot_quotes, qqqm)
+        plan = decide_tick(state, snap, s)
+        report = TickReport(at, upcoming.day, plan.change, last, last, plan, True, s.paused)
+        report.reasons = explain_tick(state, snap, s, plan) + self._pause_reasons(plan, s)
+        return report
 
     async def _settle_expired_lots(self, day: date) -> None:
         """Close, at their settlement value, lots whose expiry passed unsold (they had no bid to
@@ -345,6 +445,8 @@ class Engine:
                          f"has probably exercised it into {lot.qty * lot.contract.multiplier} QQQ shares, which the "
                          "bot does not manage: check the account")
             self.emit(EventKind.EXPIRED, text, lot_id=lot.id)
+            self.journal.note(day, f"lot:{lot.id}", "expired", f"expired unsold: recorded at {settle} per share, "
+                              f"realized {realized:+,.2f} USD", lot.id)
 
     def _expire_old_roll_buys(self, day: date) -> None:
         for roll in ledger.rolls_with_pending_buy():

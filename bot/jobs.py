@@ -96,7 +96,7 @@ def day_figures(day: date) -> DayFigures:
     start = datetime(day.year, day.month, day.day, tzinfo=NY)
     end = start + timedelta(days=1)
     events = ledger.realized_option_events(start, end)
-    return DayFigures(sum((pnl for _, pnl in events), ledger.ZERO), len(events), len(ledger.fills_between(start, end)))
+    return DayFigures(sum((e.pnl for e in events), ledger.ZERO), len(events), len(ledger.fills_between(start, end)))
 
 
 def daily_summary_text(engine: Engine, day: date) -> str:

@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import sys
+from collections import deque
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
@@ -56,15 +57,51 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
+    """``2026-12-01T19:30:00.123+00:00 INFO bot.engine: ...``: the time carries its zone (UTC)."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
 
     def format(self, record: logging.LogRecord) -> str:
         # one line per event: tracebacks are folded onto the same line
         return super().format(record).replace("\n", " | ")
 
 
+class RecentLines(logging.Handler):
+    """The last lines of the log, as written (redacted), for /logs."""
+
+    def __init__(self, size: int = 500) -> None:
+        super().__init__(logging.INFO)
+        self.lines: deque[str] = deque(maxlen=size)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(self.format(record))
+        except Exception:  # a log line that cannot be formatted must not break logging
+            self.handleError(record)
+
+
+class SchedulerChatter(logging.Filter):
+    """APScheduler's per-run lines ("Running job ...", "... executed successfully") are DEBUG, not
+    INFO: the tick job runs every minute and would be most of the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
 _FILTER = RedactFilter()
+_RECENT = RecentLines()
+
+
+def recent_lines(n: int) -> list[str]:
+    """The last ``n`` log lines of this process, redacted as in the log, oldest first."""
+    return list(_RECENT.lines)[-n:] if n > 0 else []
 
 
 def redactor() -> RedactFilter:
@@ -89,7 +126,14 @@ def setup_logging(level: str = "INFO", fmt: str = "text", secrets: list[str] | N
     for h in list(root.handlers):
         root.removeHandler(h)
     root.addHandler(handler)
+    _RECENT.setFormatter(TextFormatter())
+    _RECENT.addFilter(_FILTER)
+    root.addHandler(_RECENT)
     root.setLevel(level)
+    for name in ("apscheduler.executors.default", "apscheduler.scheduler"):
+        chatter = logging.getLogger(name)
+        if not any(isinstance(f, SchedulerChatter) for f in chatter.filters):
+            chatter.addFilter(SchedulerChatter())
     # httpx logs request URLs, which carry the bot token
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)

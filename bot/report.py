@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 
+from strategy.explain import Reason
 from strategy.model import TickPlan
 from strategy.settings import PauseMode
 
@@ -24,6 +25,7 @@ class TickReport:
     paused: PauseMode = PauseMode.OFF
     actions: list[str] = field(default_factory=list)
     skipped: str = ""
+    reasons: tuple[Reason, ...] = ()  # why: each topic's decision or the reason there is none
 
     def summary(self) -> str:
         if self.skipped:

@@ -16,13 +16,15 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, TypeVar, cast
 
+from bot import manual, reports
 from bot.engine import Engine
+from bot.manual import Done, EntryPreview, Refusal, SellPreview, WorkingOrder
 from bot.report import TickReport
 from bot.settings_service import SettingsService
 from broker.base import AccountSummary, Position
-from storage import kv, ledger
+from storage import auth, kv, ledger
 from strategy.calendar import NY
-from strategy.model import OptionQuote
+from strategy.model import OptionContract, OptionQuote
 from strategy.rules import lot_pnl_pct, take_profit_target
 from strategy.settings import PauseMode, SettingChange, SettingError, StrategySettings
 
@@ -53,6 +55,7 @@ class StatusView:
     notes: tuple[str, ...] = ()
     connection_detail: str = ""
     market_data: str | None = None
+    session_until: datetime | None = None  # the asking admin's /login session, when open
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,7 @@ class LotRow:
     target_pct: Decimal
     days_to_force_exit: int
     dte: int
+    value: Decimal | None = None  # at the mid
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +80,19 @@ class PositionsView:
     others: dict[str, tuple[Position, ...]]
     cash: dict[str, Decimal]
     notes: tuple[str, ...] = ()
+
+    @property
+    def lots_value(self) -> Decimal | None:
+        """The bot's lots at the mid (None when one has no quote)."""
+        if any(lot.value is None for lot in self.lots):
+            return None
+        return sum((lot.value or ZERO for lot in self.lots), ZERO)
+
+    @property
+    def lots_pnl(self) -> Decimal | None:
+        if any(lot.pnl_usd is None for lot in self.lots):
+            return None
+        return sum((lot.pnl_usd or ZERO for lot in self.lots), ZERO)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +115,16 @@ class TradeRow:
     commission: Decimal | None
     realized: Decimal | None
     purpose: str
+
+
+@dataclass(frozen=True, slots=True)
+class OrdersView:
+    """The working orders, each with the quote of what it trades (bid, ask) when the broker gave one."""
+
+    orders: tuple[WorkingOrder, ...]
+    quotes: dict[str, tuple[Decimal | None, Decimal | None]]
+    now: datetime
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +202,22 @@ class BrokerCache:
         self._inflight.clear()
 
 
+def last_tick(engine: Engine) -> tuple[str | None, str | None]:
+    """(ISO time, summary) of the last real tick: this process's, else the one stored before a
+    restart (what /status and the daily summary both show)."""
+    report = engine.last_report
+    if report is not None:
+        return report.time.isoformat(timespec="seconds"), report.summary()
+    raw = kv.get("last_tick")
+    if raw:
+        try:
+            stored = json.loads(raw)
+            return str(stored["time"]), str(stored["summary"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("the stored last tick is unreadable")
+    return None, None
+
+
 class BotService:
     def __init__(self, engine: Engine, settings: SettingsService, mode: str) -> None:
         self.engine = engine
@@ -193,7 +236,7 @@ class BotService:
 
     # --- read-only --------------------------------------------------------------------------------
 
-    async def status(self) -> StatusView:
+    async def status(self, user_id: int | None = None) -> StatusView:
         notes: list[str] = []
         eng, s = self.engine, self.settings.current
         now = eng.clock.now()
@@ -207,19 +250,7 @@ class BotService:
         change = (last / prev - 1) * 100 if last is not None and prev else None
         if eng.blocked:
             notes.insert(0, f"NOT TRADING: {eng.blocked}")
-        report = eng.last_report
-        last_time: str | None = None
-        last_summary: str | None = None
-        if report is not None:
-            last_time, last_summary = report.time.isoformat(timespec="seconds"), report.summary()
-        else:
-            raw = kv.get("last_tick")
-            if raw:
-                try:
-                    stored = json.loads(raw)
-                    last_time, last_summary = stored["time"], stored["summary"]
-                except (ValueError, KeyError, TypeError):
-                    notes.append("the stored last tick is unreadable")
+        last_time, last_summary = last_tick(eng)
         return StatusView(
             mode=self.mode, broker=eng.broker.name, connection=eng.broker.state.value, paused=s.paused,
             market_open=session is not None, qqq_last=last, prev_close=prev, change_pct=change,
@@ -228,6 +259,8 @@ class BotService:
             max_positions=s.max_positions, notes=tuple(notes),
             connection_detail=eng.broker.detail,
             market_data=eng.broker.market_data,
+            session_until=auth.session_expires_at(user_id) if user_id is not None and auth.has_session(
+                user_id, now) else None,
         )
 
     async def positions(self) -> PositionsView:
@@ -251,9 +284,10 @@ class BotService:
             held = lot.held_days(today)
             pct = lot_pnl_pct(mid, lot.avg_price) if mid is not None and lot.avg_price > 0 else None
             usd = (mid - lot.avg_price) * lot.qty * lot.contract.multiplier if mid is not None else None
+            value = mid * lot.qty * lot.contract.multiplier if mid is not None else None
             rows.append(LotRow(lot.id, lot.contract.key, lot.qty, lot.avg_price, mid, pct, usd, held,
                                take_profit_target(held, s.tp_tiers), s.force_exit_days - held,
-                               lot.contract.dte(today)))
+                               lot.contract.dte(today), value))
         held_by_bot = {lot.contract: lot.qty for lot in lots}
         others: dict[str, list[Position]] = {"stock": [], "option": [], "bond": []}
         cash: dict[str, Decimal] = {}
@@ -308,7 +342,7 @@ class BotService:
             unrealized = (unrealized or ZERO) + row.pnl_usd
         notes.extend(n for n in account.notes if n not in notes)
         curve, total = [], ZERO
-        for at, pnl in ledger.realized_option_events():  # closing fills and unsold expiries
+        for at, pnl, _, _ in ledger.realized_option_events():  # closing fills and unsold expiries
             total += pnl
             curve.append((at, total))
         closed = ledger.closed_lot_pnls()
@@ -326,6 +360,99 @@ class BotService:
     def set_paused(self, mode: PauseMode, who: str) -> SettingChange | SettingError:
         return self.settings.update("paused", mode.value, who)
 
+    # --- manual control ---------------------------------------------------------------------------
+
+    async def sell_preview(self, lot_id: int) -> SellPreview | Refusal:
+        try:
+            return await asyncio.wait_for(manual.sell_preview(self.engine, lot_id), BROKER_TIMEOUT_S)
+        except TimeoutError:
+            return Refusal("the broker did not give a quote in time; try again")
+
+    async def sell(self, lot_id: int, who: str) -> Done | Refusal:
+        return await manual.sell(self.engine, lot_id, who)
+
+    async def enter_preview(self) -> EntryPreview | Refusal:
+        try:
+            return await asyncio.wait_for(manual.enter_preview(self.engine), CHECK_TIMEOUT_S)
+        except TimeoutError:
+            return Refusal("the broker did not answer in time; try again")
+
+    async def enter(self, who: str, expected_contract: str) -> Done | EntryPreview | Refusal:
+        return await manual.enter(self.engine, who, expected_contract)
+
+    async def orders(self) -> OrdersView:
+        notes: list[str] = []
+        orders = tuple(manual.working_orders())
+        quotes: dict[str, tuple[Decimal | None, Decimal | None]] = {}
+        contracts = {o.order_ref: ledger.order_instruments(o.order_ref) for o in orders}
+        options = [c for cs in contracts.values() for c in cs if isinstance(c, OptionContract)]
+        if options:
+            keys = ",".join(sorted({c.key for c in options}))
+            got = await self._ask(f"option_quotes:{keys}", "option quotes",
+                                  lambda: self.engine.broker.option_quotes(options), notes) or []
+            by_key = {q.contract.key: q for q in got}
+            for ref, cs in contracts.items():
+                if len(cs) == 1 and cs[0].key in by_key:
+                    q = by_key[cs[0].key]
+                    quotes[ref] = (q.bid, q.ask)
+        return OrdersView(orders, quotes, self.engine.clock.now(), tuple(notes))
+
+    async def cancel(self, order_id: int | None, who: str) -> list[str] | Refusal:
+        return await manual.cancel(self.engine, order_id, who)
+
+    async def stop(self, who: str) -> list[str]:
+        return await manual.stop(self.engine, who)
+
+    async def sell_all(self, who: str) -> list[str]:
+        return await manual.sell_all(self.engine, who)
+
+    async def open_lot_count(self) -> int:
+        return len(ledger.open_lots())
+
     async def check(self) -> TickReport:
-        """Evaluate a tick now and say what it would do, without trading."""
-        return await asyncio.wait_for(self.engine.tick(dry_run=True), CHECK_TIMEOUT_S)
+        """Evaluate a tick now and say what it would do and why not, without trading; after the close,
+        as at the next open from the last prices."""
+        eng = self.engine
+        if eng.calendar.open_session(eng.clock.now()) is None:
+            return await asyncio.wait_for(eng.preview_next_open(), CHECK_TIMEOUT_S)
+        return await asyncio.wait_for(eng.tick(dry_run=True), CHECK_TIMEOUT_S)
+
+    def market_open(self) -> bool:
+        return self.engine.calendar.open_session(self.engine.clock.now()) is not None
+
+    # --- understanding -----------------------------------------------------------------------------
+
+    def journal_day(self) -> reports.DayJournal:
+        """Today's decisions (or, on a day without a session, the last session's)."""
+        now = self.engine.clock.now()
+        day = now.astimezone(NY).date()
+        if not self.engine.calendar.is_session(day) or (s := self.engine.calendar.session(day)) is None \
+                or now < s.open:
+            prev = self.engine.calendar.previous_session(day)
+            day = prev.day if prev is not None else day
+        return reports.day_journal(day)
+
+    def lot_story(self, lot_id: int) -> reports.LotStory | None:
+        return reports.lot_story(lot_id)
+
+    def period_pnl(self, period: reports.Period, n: int) -> list[reports.PeriodRow]:
+        return reports.period_report(period, self._today(), n)
+
+    def recent_logs(self, n: int) -> list[str]:
+        from bot.logs import recent_lines
+
+        return recent_lines(n)
+
+    def version(self) -> dict[str, str]:
+        from importlib import metadata
+
+        out = {}
+        for dist in ("qqq-leaps-bot", "python-telegram-bot", "ib_async"):
+            try:
+                out[dist] = metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                out[dist] = "not installed"
+        import sys
+
+        out["python"] = sys.version.split()[0]
+        return out

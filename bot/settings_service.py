@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-from bot.alerts import AlertSink, Event, EventKind
+from bot.alerts import AlertSink, Event, EventKind, actor_id
 from storage import settings_store
 from strategy.settings import (
     PauseMode,
@@ -63,5 +63,5 @@ class SettingsService:
             kind = EventKind.SETTINGS_CHANGED
             text = (f"{change.key}: {format_value(change.key, change.old)} → "
                     f"{format_value(change.key, change.new)} (by {who})")
-        self._alerts.emit(Event(kind, text, now, {"key": change.key, "who": who}))
+        self._alerts.emit(Event(kind, text, now, {"key": change.key, "who": who, "actor": actor_id(who)}))
         return change

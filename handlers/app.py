@@ -41,7 +41,7 @@ from bot.service import BotService
 from bot.settings_service import SettingsService
 from broker.base import Broker, LiveAccountRefused
 from broker.clock import Clock, WallClock
-from handlers import commands
+from handlers import commands, manual
 from handlers import format as fmt
 from handlers.context import CONTEXT_TYPES, BotApp, BotContext, BotParts, Deps
 from handlers.settings_kb import settings_callback, typed_value
@@ -119,6 +119,7 @@ def build(
 def register_handlers(app: BotApp) -> None:
     for command in commands.COMMANDS:
         app.add_handler(CommandHandler(command.name, command.handler))
+    app.add_handler(CallbackQueryHandler(manual.manual_callback, pattern=f"^{manual.PREFIX}"))
     app.add_handler(CallbackQueryHandler(settings_callback))
     app.add_handler(MessageHandler(filters.COMMAND, commands.unknown))
     app.add_handler(MessageHandler(filters.ALL, typed_value))

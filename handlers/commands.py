@@ -17,8 +17,10 @@ from telegram.error import TelegramError
 from bot.alerts import EventKind
 from bot.charts import pnl_chart_png
 from bot.logs import redactor
+from bot.reports import Period
 from bot.settings_service import pause_text
 from handlers import format as fmt
+from handlers import manual
 from handlers.auth import Handler, guarded, who
 from handlers.context import BotContext
 from handlers.settings_kb import settings_command
@@ -27,6 +29,8 @@ from strategy.settings import PauseMode, SettingError
 
 log = logging.getLogger(__name__)
 MAX_TRADES = 50
+MIN_CHART_POINTS = 3  # fewer points make a chart that says nothing the text does not
+MAX_LOG_LINES = 100
 
 
 async def reply(update: Update, text: str) -> None:
@@ -117,13 +121,18 @@ async def logout(update: Update, context: BotContext) -> None:
 @guarded("read")
 async def status(update: Update, context: BotContext) -> None:
     deps = context.deps
-    await reply(update, fmt.status_text(await deps.service.status(), deps.label))
+    user = update.effective_user
+    await reply(update, fmt.status_text(await deps.service.status(user.id if user else None), deps.label))
 
 
 @guarded("read")
 async def positions(update: Update, context: BotContext) -> None:
     deps = context.deps
-    await reply(update, fmt.positions_text(await deps.service.positions(), deps.label))
+    view = await deps.service.positions()
+    user = update.effective_user
+    assert user is not None
+    markup = manual.sell_buttons(deps, user.id, [lot.id for lot in view.lots])
+    await manual.reply_with(update, fmt.positions_text(view, deps.label), markup)
 
 
 @guarded("read")
@@ -152,8 +161,10 @@ async def pnl(update: Update, context: BotContext) -> None:
     text = fmt.pnl_text(view, deps.label)
     chat = update.effective_chat
     assert chat is not None
-    if len(view.curve) < 1:
-        await reply(update, text + "\nNo realized P&amp;L yet, so no chart.")
+    if len(view.curve) < MIN_CHART_POINTS:
+        more = "No realized P&amp;L yet" if not view.curve else f"Only {len(view.curve)} realized result" + (
+            "" if len(view.curve) == 1 else "s")
+        await reply(update, text + f"\n{more}, so no chart yet (it needs {MIN_CHART_POINTS}).")
         return
     png = await pnl_chart_png(view.curve)
     if len(text) <= 1024:
@@ -220,12 +231,83 @@ async def _set_pause(update: Update, context: BotContext, mode: PauseMode) -> No
 @guarded("read")
 async def check(update: Update, context: BotContext) -> None:
     deps = context.deps
+    market_open = deps.service.market_open()
     try:
         report = await deps.service.check()
     except TimeoutError:
         await reply(update, "The check did not finish within a minute (the broker is slow); try again later.")
         return
-    await reply(update, fmt.check_text(report, deps.label))
+    await reply(update, fmt.check_text(report, deps.label, market_open=market_open))
+
+
+def _count(args: list[str], default: int, top: int) -> int | None:
+    """An optional count argument within 1..top (None when it is not one)."""
+    if not args:
+        return default
+    if len(args) == 1 and args[0].isdigit() and 1 <= int(args[0]) <= top:
+        return int(args[0])
+    return None
+
+
+@guarded("read")
+async def why(update: Update, context: BotContext) -> None:
+    """/why: today's decisions and non-decisions; /why N: lot N's story."""
+    deps = context.deps
+    args = context.args or []
+    if not args:
+        await reply(update, fmt.journal_text(deps.service.journal_day(), deps.label))
+        return
+    text = args[0].lstrip("#")
+    if len(args) != 1 or not text.isdigit():
+        await reply(update, "Usage: <code>/why</code> (today's decisions) or <code>/why N</code> (lot N's story).")
+        return
+    story = deps.service.lot_story(int(text))
+    if story is None:
+        await reply(update, f"There is no lot #{fmt.e(text)}. /positions lists the open ones.")
+        return
+    await reply(update, fmt.lot_story_text(story, deps.label))
+
+
+async def _period(update: Update, context: BotContext, period: Period, default: int, top: int) -> None:
+    deps = context.deps
+    n = _count(context.args or [], default, top)
+    if n is None:
+        await reply(update, f"Usage: <code>/{PERIOD_COMMANDS[period]} [N]</code> with N from 1 to {top} "
+                    f"(default {default}).")
+        return
+    await reply(update, fmt.period_text(period, deps.service.period_pnl(period, n), deps.label))
+
+
+PERIOD_COMMANDS: dict[Period, str] = {"day": "daily", "week": "weekly", "month": "monthly"}
+
+
+@guarded("read")
+async def daily(update: Update, context: BotContext) -> None:
+    await _period(update, context, "day", 7, 62)
+
+
+@guarded("read")
+async def weekly(update: Update, context: BotContext) -> None:
+    await _period(update, context, "week", 8, 52)
+
+
+@guarded("read")
+async def monthly(update: Update, context: BotContext) -> None:
+    await _period(update, context, "month", 6, 36)
+
+
+@guarded("read")
+async def logs(update: Update, context: BotContext) -> None:
+    n = _count(context.args or [], 20, MAX_LOG_LINES)
+    if n is None:
+        await reply(update, f"Usage: <code>/logs [N]</code> with N from 1 to {MAX_LOG_LINES} (default 20).")
+        return
+    await reply(update, fmt.logs_text(context.deps.service.recent_logs(n)))
+
+
+@guarded("read")
+async def version(update: Update, context: BotContext) -> None:
+    await reply(update, fmt.version_text(context.deps.service.version(), context.deps.label))
 
 
 @guarded("admin")
@@ -260,6 +342,17 @@ COMMANDS: tuple[Command, ...] = (
     Command("pause", pause, "/pause [entries]: hold back every automatic order, or only new positions"),
     Command("resume", resume, "resume automatic orders (needs a session)"),
     Command("check", check, "evaluate a tick now and show what it would do, without trading"),
+    Command("why", why, "/why: today's decisions and why not; /why N: lot N's story"),
+    Command("daily", daily, "/daily [N]: realized P&L of the last N days"),
+    Command("weekly", weekly, "/weekly [N]: realized P&L of the last N weeks"),
+    Command("monthly", monthly, "/monthly [N]: realized P&L of the last N months"),
+    Command("orders", manual.orders_command, "working orders, with a Cancel button each"),
+    Command("sell", manual.sell_command, "/sell N: sell lot N now (needs a session; asks to confirm)"),
+    Command("enter", manual.enter_command, "buy a new lot now, without waiting for a dip (confirm)"),
+    Command("cancel", manual.cancel_command, "/cancel ID or /cancel all: cancel working orders (confirm)"),
+    Command("stop", manual.stop_command, "emergency: pause everything and cancel every order (confirm)"),
+    Command("logs", logs, "/logs [N]: the last N log lines (redacted)"),
+    Command("version", version, "the bot's version"),
 )
 
 

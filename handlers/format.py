@@ -10,8 +10,10 @@ from datetime import datetime
 from decimal import Decimal
 
 from bot.alerts import Event, EventKind
+from bot.manual import EntryPreview, SellPreview, WorkingOrder
 from bot.report import TickReport
-from bot.service import AccountView, PnlView, PositionsView, StatusView, TradeRow
+from bot.reports import DayJournal, LotStory, PeriodRow
+from bot.service import AccountView, OrdersView, PnlView, PositionsView, StatusView, TradeRow
 from strategy.calendar import NY
 from strategy.settings import (
     GROUPS,
@@ -133,6 +135,8 @@ def status_text(v: StatusView, label: str) -> str:
     if v.market_data == "delayed":
         lines.append("⚠️ Delayed market data (no real-time subscription): shown, never traded on")
     lines.append(f"Lots: {v.open_lots} / {v.max_positions}")
+    lines.append(f"Your session: open until {e(ny(v.session_until))}" if v.session_until is not None else
+                 "Your session: none (read-only; /login CODE to change things)")
     lines.append(f"Next tick: {e(ny(v.next_tick))}")
     if v.last_tick_time:
         last = datetime.fromisoformat(v.last_tick_time)
@@ -153,9 +157,13 @@ def positions_text(v: PositionsView, label: str) -> str:
             f"<b>#{lot.id} {e(lot.contract)}</b> × {lot.qty}",
             f"entry <code>{lot.entry:.2f}</code> · mid <code>{e(money(lot.mid, ''))}</code> · "
             f"{mark(lot.pnl_pct)} {e(pct(lot.pnl_pct))} ({e(money(lot.pnl_usd, 'USD', signed=True))})",
+            f"value <code>{e(money(lot.value))}</code>",
             f"held {lot.held_days} d · target +{lot.target_pct:.0f} % · force exit in {lot.days_to_force_exit} d "
             f"· DTE {lot.dte}",
         ]
+    if v.lots:
+        lines += ["", f"<b>The bot's lots</b>: {len(v.lots)}, worth <code>{e(money(v.lots_value))}</code> at the mid, "
+                  f"{mark(v.lots_pnl)} <code>{e(money(v.lots_pnl, 'USD', signed=True))}</code> unrealized"]
     titles = {"stock": "Stocks", "option": "Options", "bond": "Bonds"}
     for cat, title in titles.items():
         rows = v.others.get(cat, ())
@@ -193,7 +201,7 @@ def account_text(v: AccountView, label: str) -> str:
 
 
 def trades_text(rows: Sequence[TradeRow], label: str) -> str:
-    title = "Last fill" if len(rows) == 1 else f"Last {len(rows)} fills"
+    title = "Fills" if not rows else ("Last fill" if len(rows) == 1 else f"Last {len(rows)} fills")
     lines = [f"<b>{title}</b> {e(label)}".rstrip()]
     if not rows:
         lines.append("No fills yet.")
@@ -221,9 +229,75 @@ def pnl_text(v: PnlView, label: str) -> str:
     return "\n".join(lines)
 
 
-def check_text(report: TickReport, label: str) -> str:
-    return "\n".join([f"<b>Check</b> {e(label)} (nothing was sent)".replace("  ", " "),
-                      e(report.summary() or "no action")])
+def check_text(report: TickReport, label: str, market_open: bool = True) -> str:
+    head = f"<b>Check</b> {e(label)} (nothing was sent)".replace("  ", " ")
+    lines = [head]
+    if not market_open and report.session is not None and not report.skipped:
+        lines.append(f"<i>The market is closed: this is the first tick of {report.session:%a %Y-%m-%d} "
+                     f"({e(ny(report.time))}) if prices stayed where they are now, QQQ's last price as its "
+                     "previous close.</i>")
+    lines.append(e(report.summary() or "no action"))
+    if report.reasons:
+        lines += ["", "<b>Why</b>"] + [f"• {e(r.text)}" for r in report.reasons]
+    return "\n".join(lines)
+
+
+def journal_text(j: DayJournal, label: str) -> str:
+    lines = [f"<b>Decisions of {j.day:%a %Y-%m-%d}</b> {e(label)}".rstrip()]
+    if not j.lines:
+        lines.append("Nothing recorded for this session yet.")
+    lines += [f"{e(line.at.astimezone(NY).strftime('%H:%M'))} {e(line.text)}" for line in j.lines]
+    lines.append("")
+    lines.append("One line each time a decision or its reason changes. /why N tells lot N's story.")
+    return "\n".join(lines)
+
+
+def lot_story_text(story: LotStory, label: str) -> str:
+    state = (f"closed {ny(story.closed_at)}, {e(story.how or '')}: realized "
+             f"{mark(story.realized)} <code>{e(money(story.realized, 'USD', signed=True))}</code>"
+             if story.qty_open == 0 else f"open, {story.qty_open} held")
+    lines = [f"<b>Lot #{story.lot_id}</b> {e(label)}".rstrip(),
+             f"{e(story.contract)} × {story.qty_opened}, average <code>{story.avg_price:.2f}</code>",
+             f"opened {e(ny(story.opened_at))}; {state}", ""]
+    if not story.lines:
+        lines.append("No journal lines for this lot (it predates the journal).")
+    lines += [f"{e(line.at.astimezone(NY).strftime('%Y-%m-%d %H:%M'))} {e(line.text)}" for line in story.lines]
+    return "\n".join(lines)
+
+
+_PERIOD_TITLES = {"day": "Realized P&amp;L by day", "week": "Realized P&amp;L by week",
+                  "month": "Realized P&amp;L by month"}
+
+
+def period_text(period: str, rows: Sequence[PeriodRow], label: str) -> str:
+    lines = [f"<b>{_PERIOD_TITLES[period]}</b> {e(label)}".rstrip(),
+             "<i>Options, net of commissions; lots that expired unsold included.</i>"]
+    total = sum((r.realized for r in rows), Decimal(0))
+    for r in rows:
+        when = {"day": f"{r.start:%a %Y-%m-%d}", "week": f"week of {r.start:%Y-%m-%d}",
+                "month": f"{r.start:%B %Y}"}[period]
+        counts = []
+        if r.sales:
+            counts.append(f"{r.sales} sale{'' if r.sales == 1 else 's'}")
+        if r.expiries:
+            counts.append(f"{r.expiries} expir{'y' if r.expiries == 1 else 'ies'}")
+        detail = f" ({', '.join(counts)}, {r.wins} won)" if counts else " (nothing closed)"
+        lines.append(f"{e(when)}: {mark(r.realized)} <code>{e(money(r.realized, 'USD', signed=True))}</code>"
+                     f"{e(detail)}")
+    lines.append(f"Total: {mark(total)} <code>{e(money(total, 'USD', signed=True))}</code>")
+    return "\n".join(lines)
+
+
+def logs_text(lines: Sequence[str]) -> str:
+    if not lines:
+        return "No log lines yet in this process."
+    return "\n".join([f"<b>Last {len(lines)} log line{'' if len(lines) == 1 else 's'}</b> (UTC, redacted)",
+                      *(f"<code>{e(line)}</code>" for line in lines)])
+
+
+def version_text(versions: dict[str, str], label: str) -> str:
+    return "\n".join([f"<b>Version</b> {e(label)}".rstrip(),
+                      *(f"{e(name)}: <code>{e(v)}</code>" for name, v in versions.items())])
 
 
 # --- settings ------------------------------------------------------------------------------------
@@ -256,7 +330,7 @@ ALERT_TITLES: dict[EventKind, str] = {
     EventKind.ORDER_CANCELLED: "✖️ Cancelled", EventKind.ORDER_REJECTED: "⛔ Rejected",
     EventKind.TAKE_PROFIT: "💰 Take profit", EventKind.FORCE_EXIT: "⏱ Force exit",
     EventKind.EXPIRY_GUARD: "⏳ Expiry guard", EventKind.EXPIRED: "⌛ Expired unsold",
-    EventKind.EXIT_HELD: "⏸ Exit held back", EventKind.STARTED: "🚀 Started",
+    EventKind.EXIT_HELD: "⏸ Exit held back", EventKind.STARTED: "🚀 Started", EventKind.MANUAL: "🖐 Manual",
     EventKind.ENTRY: "🟢 Entry", EventKind.ROLL: "🔄 Roll",
     EventKind.RECYCLE: "♻️ Recycling", EventKind.NO_CONTRACT: "🔍 No eligible contract",
     EventKind.SKIPPED: "⏭ Skipped", EventKind.LIMIT_REACHED: "🛑 Daily limit",
@@ -272,3 +346,72 @@ def alert_html(event: Event, label: str) -> str:
     text = event.text if len(event.text) <= ALERT_TEXT_LIMIT else event.text[:ALERT_TEXT_LIMIT] + "…"
     head = f"{e(label)} <b>{e(title)}</b>".strip()
     return f"{head}\n{e(text)}"
+
+
+# --- manual control --------------------------------------------------------------------------------
+
+
+def sell_preview_text(p: SellPreview) -> str:
+    lot = p.lot
+    return "\n".join([
+        f"<b>Sell lot #{lot.id} now?</b>",
+        f"{e(lot.contract.key)} × {lot.qty}, bought at <code>{lot.avg_price:.2f}</code>",
+        f"bid <code>{p.bid:.2f}</code> · ask <code>{p.ask:.2f}</code> · mid <code>{p.mid:.2f}</code>",
+        f"Value at the mid: <code>{e(money(p.value))}</code>",
+        f"Estimated P&amp;L: {mark(p.pnl_usd)} <code>{e(money(p.pnl_usd, signed=True))}</code> "
+        f"({e(pct(p.pnl_pct))}) after commissions",
+        "A limit order at the mid, repriced toward the bid until it fills or times out.",
+    ])
+
+
+def entry_preview_text(p: EntryPreview) -> str:
+    return "\n".join([
+        f"<b>Buy {p.qty} {e(p.contract)} now?</b>",
+        f"delta <code>{p.delta:.2f}</code> · bid <code>{p.bid:.2f}</code> · ask <code>{p.ask:.2f}</code> · "
+        f"mid <code>{p.mid:.2f}</code>",
+        f"Premium at the mid: <code>{e(money(p.premium))}</code> plus commission; the limit may reprice up to "
+        f"<code>{p.max_limit:.2f}</code> ({e(money(p.max_limit * p.qty * 100))})",
+        "It counts as this session's entry: the strategy will not enter again today.",
+    ])
+
+
+def _order_line(o: WorkingOrder, quote: tuple[Decimal | None, Decimal | None] | None, now: datetime) -> list[str]:
+    age = int((now - o.created_at).total_seconds())
+    age_text = f"{age} s" if age < 120 else f"{age // 60} min"
+    vs = ""
+    if quote is not None and quote[0] is not None and quote[1] is not None:
+        vs = f" (bid {quote[0]:.2f} / ask {quote[1]:.2f})"
+    lines = [f"<b>#{o.id}</b> {e(o.purpose)}: {e(o.what)} × {o.qty}" + (f", {o.filled} filled" if o.filled else ""),
+             f"limit <code>{o.limit:.2f}</code>{e(vs)} · working for {e(age_text)}"]
+    if o.roll_note:
+        lines.append(f"<i>{e(o.roll_note)}</i>")
+    return lines
+
+
+def orders_text(v: OrdersView, label: str) -> str:
+    lines = [f"<b>Working orders</b> {e(label)}".rstrip()]
+    if not v.orders:
+        lines.append("No order is working.")
+    for o in v.orders:
+        lines += ["", *_order_line(o, v.quotes.get(o.order_ref), v.now)]
+    lines += notes_lines(v.notes)
+    return "\n".join(lines)
+
+
+def cancel_ask_text(orders: Sequence[WorkingOrder]) -> str:
+    head = "Cancel this order?" if len(orders) == 1 else f"Cancel these {len(orders)} orders?"
+    lines = [f"<b>{head}</b>"]
+    for o in orders:
+        lines.append(f"#{o.id} {e(o.purpose)}: {e(o.what)} × {o.qty} at <code>{o.limit:.2f}</code>")
+        if o.roll_note:
+            lines.append(f"<i>{e(o.roll_note)}</i>")
+    return "\n".join(lines)
+
+
+def sell_all_ask_text(v: PositionsView) -> str:
+    lines = [f"<b>Sell all {len(v.lots)} lots now?</b>"]
+    for lot in v.lots:
+        lines.append(f"#{lot.id} {e(lot.contract)} × {lot.qty}: mid {e(money(lot.mid, ''))}, "
+                     f"{e(money(lot.pnl_usd, 'USD', signed=True))}")
+    lines.append("Each is a limit order at the mid, repriced toward the bid.")
+    return "\n".join(lines)

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from peewee import fn
 
@@ -226,6 +226,8 @@ def _exit_of(order: Order | None) -> LotExit:
         return LotExit.UNKNOWN
     if order.roll_id is not None:
         return LotExit.ROLL
+    if order.purpose == OrderPurpose.MANUAL:
+        return LotExit.MANUAL
     return LotExit(order.purpose.value) if order.purpose.is_exit else LotExit.UNKNOWN
 
 
@@ -279,6 +281,27 @@ def fill_delta(fill: Fill, context: dict[str, Any]) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
+def order_instruments(order_ref: str) -> list[Any]:
+    """The instruments an order trades (one, or a combo's two legs), from its stored request."""
+    order = order_by_ref(order_ref)
+    if order is None:
+        return []
+    return [leg.instrument for leg in request_from_json(order.request).legs]
+
+
+def order_cash(order_ref: str) -> Decimal:
+    """The cash an order's fills moved, commissions included: positive when it received money (a sale),
+    negative when it paid (a buy). Commissions not reported yet count as 0."""
+    order = order_by_ref(order_ref)
+    if order is None:
+        return ZERO
+    total = ZERO
+    for f in Fill.select().where(Fill.order == order.id):
+        amount = f.price * f.qty * (100 if f.sec_type == "OPT" else 1)
+        total += (amount if f.side == "SELL" else -amount) - (f.commission or ZERO)
+    return total
+
+
 def known_exec_ids() -> set[str]:
     return {f.exec_id for f in Fill.select(Fill.exec_id)}
 
@@ -309,7 +332,7 @@ def open_lots() -> tuple[LotView, ...]:
 
 def realized_option_pnl() -> Decimal:
     """Realized option P&L: closing fills plus lots that expired unsold."""
-    return sum((pnl for _, pnl in realized_option_events()), ZERO)
+    return sum((e.pnl for e in realized_option_events()), ZERO)
 
 
 def close_expired_lot(lot_id: int, underlying_close: Decimal | None, settlement: Decimal, at: datetime) -> Decimal:
@@ -332,21 +355,31 @@ def close_expired_lot(lot_id: int, underlying_close: Decimal | None, settlement:
         return realized
 
 
-def realized_option_events(start: datetime | None = None, end: datetime | None = None
-                           ) -> list[tuple[datetime, Decimal]]:
+class RealizedEvent(NamedTuple):
+    """One realized option P&L: a closing sale (``lot_id`` when the bot's) or a lot that expired unsold."""
+
+    time: datetime
+    pnl: Decimal
+    kind: str  # "sale" or "expiry"
+    lot_id: int | None
+
+
+def realized_option_events(start: datetime | None = None, end: datetime | None = None) -> list[RealizedEvent]:
     """Every realized option P&L in ``[start, end)`` (all when not given), in time order: closing
     fills and lots that expired unsold. The one source of realized P&L for /pnl, the daily summary
     and the period reports."""
-    fills = Fill.select(Fill.time, Fill.realized_pnl).where((Fill.sec_type == "OPT") & Fill.realized_pnl.is_null(False))
-    expired = Expiry.select(Expiry.recorded_at, Expiry.realized_pnl)
+    fills = Fill.select(Fill.time, Fill.realized_pnl, Fill.lot).where(
+        (Fill.sec_type == "OPT") & Fill.realized_pnl.is_null(False))
+    expired = Expiry.select(Expiry.recorded_at, Expiry.realized_pnl, Expiry.lot)
     if start is not None:
         fills = fills.where(Fill.time >= start)
         expired = expired.where(Expiry.recorded_at >= start)
     if end is not None:
         fills = fills.where(Fill.time < end)
         expired = expired.where(Expiry.recorded_at < end)
-    events = [(f.time, f.realized_pnl) for f in fills] + [(x.recorded_at, x.realized_pnl) for x in expired]
-    return sorted(events, key=lambda e: e[0])
+    events = [RealizedEvent(f.time, f.realized_pnl, "sale", f.lot_id) for f in fills]
+    events += [RealizedEvent(x.recorded_at, x.realized_pnl, "expiry", x.lot_id) for x in expired]
+    return sorted(events, key=lambda e: e.time)
 
 
 def fills_between(start: datetime, end: datetime) -> list[Fill]:

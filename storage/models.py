@@ -39,6 +39,12 @@ class OrderPurpose(StrEnum):
     EXPIRY_GUARD = "expiry_guard"
     ROLL = "roll"
     RECYCLE = "recycle"
+    MANUAL = "manual"  # a sale an admin asked for (/sell)
+
+    @property
+    def label(self) -> str:
+        """The purpose in the user's words."""
+        return _PURPOSE_LABELS[self]
 
     @classmethod
     def for_exit(cls, reason: ExitReason) -> OrderPurpose:
@@ -48,6 +54,13 @@ class OrderPurpose(StrEnum):
     @property
     def is_exit(self) -> bool:
         return self in (OrderPurpose.TAKE_PROFIT, OrderPurpose.FORCE_EXIT, OrderPurpose.EXPIRY_GUARD)
+
+
+_PURPOSE_LABELS = {
+    OrderPurpose.ENTRY: "entry", OrderPurpose.TAKE_PROFIT: "take profit", OrderPurpose.FORCE_EXIT: "force exit",
+    OrderPurpose.EXPIRY_GUARD: "expiry guard", OrderPurpose.ROLL: "roll", OrderPurpose.RECYCLE: "recycling into QQQM",
+    OrderPurpose.MANUAL: "manual sale",
+}
 
 
 class OrderState(StrEnum):
@@ -85,7 +98,15 @@ class LotExit(StrEnum):
     EXPIRY_GUARD = "expiry_guard"
     ROLL = "roll"
     EXPIRED = "expired"  # reached its expiry unsold
+    MANUAL = "manual"  # sold because an admin asked (/sell)
     UNKNOWN = "unknown"  # a sale the bot cannot attribute to one of its orders
+
+    @property
+    def label(self) -> str:
+        """How the lot ended, in the user's words."""
+        return {LotExit.TAKE_PROFIT: "take profit", LotExit.FORCE_EXIT: "force exit",
+                LotExit.EXPIRY_GUARD: "expiry guard", LotExit.ROLL: "rolled", LotExit.EXPIRED: "expired unsold",
+                LotExit.MANUAL: "sold by hand", LotExit.UNKNOWN: "sold outside the bot"}[self]
 
 
 class EnumField(CharField):

@@ -144,7 +144,7 @@ async def test_the_daily_summary_counts_a_lot_that_expired_unsold(db: Database) 
     assert f"realized {x.realized_pnl:+.2f} USD today" in text
     # and the same figure is what /pnl's ledger query says for that day
     start = x.recorded_at.astimezone(NY).replace(hour=0, minute=0, second=0, microsecond=0)
-    assert sum(p for _, p in ledger.realized_option_events(start, start + timedelta(days=1))) == x.realized_pnl
+    assert sum(e.pnl for e in ledger.realized_option_events(start, start + timedelta(days=1))) == x.realized_pnl
     assert f"realized {Decimal(0):+.2f} USD today" in daily_summary_text(w.engine, day + timedelta(days=1))
 
 

@@ -188,13 +188,13 @@ async def test_read_only_commands(tmp_path: Path) -> None:
         assert "Usage" in tg.api.last(ADMIN).text
         await tg.send(ADMIN, "/trades lots")
         assert "Usage" in tg.api.last(ADMIN).text
-        # a profit is taken and recycled; /pnl then sends a chart as a photo
+        # a profit is taken and recycled; with one realized result /pnl says so instead of a chart
         await tg.world.run_days([b.day for b in bars[2:]])
         tg.api.clear()
         await tg.send(ADMIN, "/pnl")
-        photo = tg.api.of("sendPhoto", ADMIN)[-1]
-        assert photo.files["photo"].startswith(b"\x89PNG")
-        assert "Realized" in photo.text and "+" in photo.text
+        assert not tg.api.of("sendPhoto", ADMIN)
+        text = tg.api.last(ADMIN).text
+        assert "Realized" in text and "+" in text and "Only 1 realized result, so no chart yet" in text
         tg.api.clear()
         await tg.send(ADMIN, "/check")
         text = tg.api.last(ADMIN).text
@@ -331,6 +331,18 @@ async def test_alert_levels_from_the_keyboard(tg: Tg) -> None:
     assert [c.chat_id for c in alerts] == [ADMIN, ADMIN2]  # only the pause, to both admins
     assert all("Paused" in c.text and c.params["disable_notification"] == "true" for c in alerts)
     assert SettingChange.get(SettingChange.key == "alert.settings_changed").new_value == "off"
+
+
+async def test_pnl_chart_once_there_are_three_results(tmp_path: Path) -> None:
+    """Three lots bought on dips and sold at a +5 % target: /pnl sends the chart of realized P&L."""
+    pairs = [(500, 500), (490, 489), (500, 501), (490, 489), (500, 501), (490, 489), (500, 501)]
+    async for tg in open_tg(tmp_path, bars_oc(pairs), settings={"tp_tiers": "0:5", "recycle_enabled": "off"}):
+        await tg.world.run_days([s.day for s in tg.world.path.sessions])
+        tg.api.clear()
+        await tg.send(ADMIN, "/pnl")
+        photo = tg.api.of("sendPhoto", ADMIN)[-1]
+        assert photo.files["photo"].startswith(b"\x89PNG")
+        assert "Realized" in photo.text and "3/3 lots won" in photo.text
 
 
 # --- push alerts ------------------------------------------------------------------------------------

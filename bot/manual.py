@@ -1,0 +1,338 @@
+"""What an admin does by hand from the chat: sell a lot now, buy a new lot now, cancel working
+orders, stop everything. Each is previewed first (nothing sent), then done under the engine's lock
+through the same order runner as the strategy's orders, written to the audit trail and alerted to
+the other admins (the acting one has the reply). Refusals are values with a message for the user."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from bot.actions import BuyPlan, BuyRefusal, buy_now, option_commission, plan_buy, sell_now
+from bot.alerts import EventKind, actor_id
+from bot.engine import Engine
+from bot.orders import OrderOutcome
+from broker.base import BrokerError
+from storage import journal, ledger
+from storage.models import Order, OrderPurpose, OrderState, Roll
+from strategy import accounting
+from strategy.calendar import NY
+from strategy.model import Lot, OptionQuote
+from strategy.settings import PauseMode, SettingError
+
+ZERO = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why an action cannot be done now; nothing was sent or changed."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class SellPreview:
+    lot: Lot
+    bid: Decimal
+    ask: Decimal
+    mid: Decimal
+    value: Decimal  # the lot at the mid
+    pnl_usd: Decimal  # estimated realized P&L at the mid, net of all commissions
+    pnl_pct: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class EntryPreview:
+    contract: str
+    delta: float
+    bid: Decimal
+    ask: Decimal
+    mid: Decimal
+    qty: int
+    premium: Decimal  # at the mid, without commission
+    max_limit: Decimal  # the highest limit the order may reprice to
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """An order sent by hand, and how it ended."""
+
+    text: str
+    outcome: OrderOutcome | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkingOrder:
+    id: int
+    order_ref: str
+    purpose: str
+    what: str
+    side: str
+    qty: int
+    filled: int
+    limit: Decimal
+    created_at: datetime
+    roll_note: str = ""
+    contracts: tuple[str, ...] = field(default=())
+
+
+def _announce(engine: Engine, who: str, action: str, text: str) -> None:
+    """Audit trail (who, when, what) and an alert to the other admins."""
+    journal.audit(engine.clock.now(), who, action, text)
+    engine.emit(EventKind.MANUAL, f"{text} (by {who})", actor=actor_id(who))
+
+
+def _day(engine: Engine) -> tuple[datetime, Refusal | None]:
+    now = engine.clock.now()
+    problem = engine.trading_problem(now)
+    return now, Refusal(problem) if problem else None
+
+
+# --- sell a lot now ---------------------------------------------------------------------------------
+
+
+def _working_on_lot(lot_id: int) -> Order | None:
+    for o in ledger.unresolved_orders():
+        if o.lot_id == lot_id:
+            return o
+        if o.roll_id is not None and Roll.get_by_id(o.roll_id).old_lot_id == lot_id:
+            return o
+    return None
+
+
+def _open_lot(lot_id: int) -> Lot | Refusal:
+    for lot in ledger.open_lots():
+        if lot.id == lot_id:
+            return lot
+    ids = ", ".join(f"#{lot.id}" for lot in ledger.open_lots()) or "none"
+    return Refusal(f"lot #{lot_id} is not an open lot of the bot (open lots: {ids}; /positions lists them)")
+
+
+def estimate_sale(lot: Lot, quote: OptionQuote) -> SellPreview | Refusal:
+    """What selling the whole lot at the mid would bring and realize, net of every commission."""
+    if quote.bid is None or quote.ask is None or quote.bid <= 0 or quote.mid is None:
+        return Refusal(f"lot #{lot.id} ({lot.contract.key}) has no bid to sell into right now")
+    mid = quote.mid
+    value = mid * lot.qty * lot.contract.multiplier
+    pnl = accounting.closing_pnl(lot.avg_price, mid, lot.qty, lot.contract.multiplier, option_commission(lot.qty),
+                                 lot.commission)
+    cost = lot.avg_price * lot.qty * lot.contract.multiplier + lot.commission
+    pct = pnl / cost * 100 if cost > 0 else ZERO
+    return SellPreview(lot, quote.bid, quote.ask, mid, value, pnl, pct)
+
+
+async def sell_preview(engine: Engine, lot_id: int) -> SellPreview | Refusal:
+    _, problem = _day(engine)
+    if problem is not None:
+        return problem
+    lot = _open_lot(lot_id)
+    if isinstance(lot, Refusal):
+        return lot
+    if (o := _working_on_lot(lot.id)) is not None:
+        return Refusal(f"lot #{lot.id} already has a working order ({OrderPurpose(o.purpose).label}); /orders shows it")
+    quotes = await engine.broker.option_quotes([lot.contract])
+    if not quotes:
+        return Refusal(f"no quote for lot #{lot.id} ({lot.contract.key}) from the broker")
+    return estimate_sale(lot, quotes[0])
+
+
+async def sell(engine: Engine, lot_id: int, who: str) -> Done | Refusal:
+    """Sell the whole lot now (limit at the mid, repriced like every order), reason manual."""
+    async with engine.exclusive():
+        now, problem = _day(engine)
+        if problem is not None:
+            return problem
+        if not engine.ready:
+            await engine.reconcile()
+        session = engine.calendar.open_session(now)
+        assert session is not None
+        lot = _open_lot(lot_id)
+        if isinstance(lot, Refusal):
+            return lot
+        if (o := _working_on_lot(lot.id)) is not None:
+            return Refusal(f"lot #{lot.id} already has a working order ({OrderPurpose(o.purpose).label})")
+        snap, _ = await engine.snapshot(session.day)
+        quote = snap.lot_quotes.get(lot.id)
+        if quote is None:
+            return Refusal(f"no quote for lot #{lot.id} ({lot.contract.key}) from the broker")
+        est = estimate_sale(lot, quote)
+        if isinstance(est, Refusal):
+            return est
+        _announce(engine, who, "sell", f"Manual sale of lot #{lot.id} {lot.contract.key} x{lot.qty} sent "
+                  f"(mid {est.mid}, about {est.value:,.2f} USD)")
+        out = await sell_now(engine.desk, lot, quote, snap, engine.settings.current, who)
+    if out is None:
+        return Refusal(f"lot #{lot.id} has no bid to sell into right now")
+    received = ledger.order_cash(out.order_ref)
+    if out.filled >= out.qty:
+        row = ledger.lot_row(lot.id)
+        realized = f"; realized {row.realized_pnl:+,.2f} USD" if row is not None else ""
+        return Done(f"Sold lot #{lot.id}: {out.filled} {lot.contract.key} for {received:,.2f} USD after "
+                    f"commissions{realized}.", out)
+    if out.filled:
+        return Done(f"Lot #{lot.id}: {out.filled} of {out.qty} sold ({received:,.2f} USD); the order ended "
+                    f"{out.status.value}. The rest is still held.", out)
+    why = f": {out.message}" if out.message else ""
+    return Done(f"Lot #{lot.id} was not sold: the order ended {out.status.value}{why}. The lot is still held.", out)
+
+
+# --- buy a new lot now --------------------------------------------------------------------------------
+
+
+async def _entry_plan(engine: Engine, now: datetime) -> BuyPlan | Refusal:
+    session = engine.calendar.open_session(now)
+    assert session is not None
+    s = engine.settings.current
+    state = engine.state(session.day)
+    if len(state.open_lots) >= s.max_positions:
+        return Refusal(f"the bot holds {len(state.open_lots)} lots, the maximum ({s.max_positions}); "
+                       "raise max positions or sell one first")
+    if state.unresolved_order:
+        return Refusal("an order is still working; wait for it (/orders shows it)")
+    snap, _ = await engine.snapshot(session.day)
+    plan = await plan_buy(engine.desk, snap, s)
+    if isinstance(plan, BuyRefusal):
+        return Refusal(plan.text)
+    return plan
+
+
+def _preview(plan: BuyPlan, engine: Engine) -> EntryPreview:
+    from strategy.rules import worst_limit
+
+    q = plan.choice.quote
+    assert q.bid is not None and q.ask is not None and q.mid is not None
+    return EntryPreview(plan.choice.contract.key, plan.choice.delta, q.bid, q.ask, q.mid, plan.qty, plan.premium,
+                        worst_limit(q.bid, q.ask, "BUY", engine.settings.current, q.min_tick))
+
+
+async def enter_preview(engine: Engine) -> EntryPreview | Refusal:
+    """The contract the strategy would buy now, ignoring the drop trigger, and what it costs."""
+    now, problem = _day(engine)
+    if problem is not None:
+        return problem
+    plan = await _entry_plan(engine, now)
+    return plan if isinstance(plan, Refusal) else _preview(plan, engine)
+
+
+async def enter(engine: Engine, who: str, expected: str) -> Done | EntryPreview | Refusal:
+    """Buy the previewed contract now. When the best contract changed since the preview, nothing is
+    bought: the new preview comes back, to be confirmed again."""
+    async with engine.exclusive():
+        now, problem = _day(engine)
+        if problem is not None:
+            return problem
+        if not engine.ready:
+            await engine.reconcile()
+        plan = await _entry_plan(engine, now)
+        if isinstance(plan, Refusal):
+            return plan
+        if plan.choice.contract.key != expected:
+            return _preview(plan, engine)
+        session = engine.calendar.open_session(now)
+        assert session is not None
+        snap, _ = await engine.snapshot(session.day)
+        _announce(engine, who, "enter", f"Manual entry sent: {plan.qty} {plan.choice.contract.key} "
+                  f"(about {plan.premium:,.2f} USD)")
+        out = await buy_now(engine.desk, plan, snap, engine.settings.current, who)
+    spent = -ledger.order_cash(out.order_ref)
+    if out.filled:
+        return Done(f"Bought {out.filled} {plan.choice.contract.key} for {spent:,.2f} USD with commissions.", out)
+    return Done(f"Nothing bought: the order ended {out.status.value}"
+                f"{': ' + out.message if out.message else ''}.", out)
+
+
+# --- working orders -------------------------------------------------------------------------------------
+
+
+def _legs(order: Order) -> tuple[str, ...]:
+    return tuple(f"{leg['action']} {leg['symbol']} {leg.get('expiry', '')} {leg.get('strike', '')}"
+                 f"{leg.get('right', '')}".replace("  ", " ").strip() for leg in json.loads(order.request)["legs"])
+
+
+def roll_note(order: Order) -> str:
+    """What cancelling this order does to the roll it belongs to (a roll's buy is never orphaned)."""
+    if order.roll_id is None:
+        return ""
+    roll = Roll.get_by_id(order.roll_id)
+    if roll.combo:
+        return f"roll #{roll.id} is this one combo order: cancelling it cancels both legs, nothing is rolled"
+    if order.side == "SELL":
+        return f"roll #{roll.id}'s sell leg: cancelled, the lot stays held and nothing is bought"
+    return (f"roll #{roll.id}'s buy leg: the old lot is already sold; cancelled, the buy is retried at the next "
+            "ticks of this session (/pause entries stops that)")
+
+
+def working_orders() -> list[WorkingOrder]:
+    out = []
+    for o in ledger.unresolved_orders():
+        legs = _legs(o)
+        out.append(WorkingOrder(o.id, o.order_ref, OrderPurpose(o.purpose).label, " / ".join(legs), o.side, o.qty,
+                                o.filled_qty, o.limit, o.created_at, roll_note(o), legs))
+    return out
+
+
+async def cancel(engine: Engine, order_id: int | None, who: str) -> list[str] | Refusal:
+    """Cancel one working order (by its number in /orders) or all (None). Returns one line per order."""
+    orders = ledger.unresolved_orders()
+    if order_id is not None:
+        orders = [o for o in orders if o.id == order_id]
+        if not orders:
+            return Refusal(f"order {order_id} is not working (/orders lists the working ones)")
+    if not orders:
+        return Refusal("no order is working")
+    lines = []
+    for o in orders:
+        label = f"order {o.id} ({OrderPurpose(o.purpose).label})"
+        if o.status == OrderState.PENDING_SUBMIT:
+            lines.append(f"{label}: not at the broker yet; it is settled at the next reconciliation")
+            continue
+        try:
+            await engine.broker.cancel_order(o.order_ref)
+        except BrokerError as e:
+            lines.append(f"{label}: the broker refused the cancel: {e}")
+            continue
+        note = roll_note(o)
+        extra = f"; {note}" if note else ""
+        if o.purpose == OrderPurpose.ENTRY:
+            extra += "; the strategy may enter again at a later tick while the signal holds (/pause entries stops it)"
+        lines.append(f"{label}: cancel sent{extra}")
+    _announce(engine, who, "cancel", "Cancelled by hand: " + "; ".join(lines))
+    return lines
+
+
+# --- stop ------------------------------------------------------------------------------------------------
+
+
+async def stop(engine: Engine, who: str) -> list[str]:
+    """The emergency stop: pause everything, then cancel every working order."""
+    lines = []
+    change = engine.settings.update("paused", PauseMode.ALL.value, who)
+    lines.append(f"could not pause: {change.message}" if isinstance(change, SettingError) else
+                 "every automatic order is paused, exits included")
+    if ledger.unresolved_orders():
+        result = await cancel(engine, None, who)
+        lines += result if isinstance(result, list) else [result.text]
+    else:
+        lines.append("no order was working")
+    journal.audit(engine.clock.now(), who, "stop", "; ".join(lines))
+    return lines
+
+
+async def sell_all(engine: Engine, who: str) -> list[str]:
+    """After /stop, on a second confirm: sell every open lot by hand, one after the other."""
+    lines = []
+    for lot in ledger.open_lots():
+        result = await sell(engine, lot.id, who)
+        lines.append(result.text)
+    return lines or ["the bot holds no lot"]
+
+
+def age_text(created: datetime, now: datetime) -> str:
+    seconds = int((now - created).total_seconds())
+    return f"{seconds} s" if seconds < 120 else f"{seconds // 60} min"
+
+
+def ny_time(t: datetime) -> str:
+    return t.astimezone(NY).strftime("%H:%M:%S ET")
