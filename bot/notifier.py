@@ -13,8 +13,10 @@ the sender. The sender delivers pending alerts oldest first, to each admin, one 
   so far. The message is remembered in memory; after a restart, after ``thread_window``, when the
   story would grow past ``JOIN_LIMIT``, or when Telegram refuses the edit (the message was
   deleted, is too old to edit, ...), the alert goes out as a new message that the thread goes on
-  from. An edit never rings, so a ringing alert after a silent thread message also starts a new
-  one; a "silent" kind never rings, sent or edited.
+  from. ``thread_window`` runs from the raising of the message's first alert to this one's, so a
+  fill seconds after its order joins the order's message however late both are delivered. An
+  edit never rings, so a ringing alert after a silent thread message also starts a new one; a
+  "silent" kind never rings, sent or edited.
 
 Each admin's progress (the id of the last alert they have) is stored, so a failure for one admin,
 a retry or a restart never sends an alert twice to an admin who already has it. A transient
@@ -49,7 +51,8 @@ RenderFn = Callable[[Event], str]
 JOIN_LIMIT = 3500  # a joined message or a thread's story stays one Telegram message (4096) with room to spare
 SEP = "\n\n"
 MAX_BACKOFF_S = 60.0
-THREAD_WINDOW = timedelta(minutes=15)  # later news about an order (a late fill) gets a new message that rings
+THREAD_WINDOW = timedelta(minutes=15)  # news raised later about an order (a late fill) gets a new message that rings
+EDIT_LIMIT = timedelta(hours=47)  # Telegram refuses to edit a message older than 48 h
 MAX_THREADS = 64  # thread messages remembered per admin
 THREAD_REF_MAX = 64  # the width of alert.thread
 
@@ -92,7 +95,8 @@ class ThreadMessage:
     message_id: int
     texts: list[str]
     rings: bool  # sent with sound (an edit never rings)
-    sent_at: datetime
+    started: datetime  # when its first alert was raised
+    sent_at: datetime  # when it was sent
 
     def story(self, more: Iterable[str] = ()) -> str:
         return SEP.join([*self.texts, *more])
@@ -145,8 +149,10 @@ class TelegramNotifier:
     # --- the sender --------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Deliver forever; a failure never ends the loop."""
+        """Deliver forever; a failure never ends the loop. After a failure it waits the backoff (or
+        what a 429 asked) even if new alerts arrive; otherwise it wakes for the next alert."""
         while True:
+            self._wake.clear()  # before the drain: an alert raised during it wakes the next round
             try:
                 delay = await self.drain()
             except asyncio.CancelledError:
@@ -154,9 +160,14 @@ class TelegramNotifier:
             except Exception:
                 log.exception("alert delivery failed; retrying")
                 delay = 5.0
-            self._wake.clear()
+            if delay:
+                await asyncio.sleep(delay)
+                continue
+            # not asyncio.wait_for: on Python 3.11 it swallows a cancel that comes as the event is
+            # set, and the sender would never stop
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=delay if delay else 30.0)
+                async with asyncio.timeout(30.0):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 
@@ -232,7 +243,7 @@ class TelegramNotifier:
         if self.edit is None or rec.thread is None:
             return None
         msg = self._threads.get(admin, OrderedDict()).get(rec.thread)
-        if msg is None or self.now() - msg.sent_at > self.thread_window:
+        if msg is None or rec.created_at - msg.started > self.thread_window or self.now() - msg.sent_at > EDIT_LIMIT:
             return None
         if not msg.rings and not self._silent(rec):
             return None
@@ -273,7 +284,8 @@ class TelegramNotifier:
         silent = all(self._silent(r) for r in step.shown)  # mixed only when a refused edit falls back here
         message_id = await self.send(admin, SEP.join(texts), silent)
         if step.thread is not None:
-            self._remember(admin, step.thread, ThreadMessage(message_id, texts, not silent, self.now()))
+            self._remember(admin, step.thread,
+                           ThreadMessage(message_id, texts, not silent, step.shown[0].created_at, self.now()))
 
     async def _edit_thread(self, admin: int, step: _Step, msg: ThreadMessage) -> None:
         assert self.edit is not None and step.thread is not None

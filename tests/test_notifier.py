@@ -5,6 +5,8 @@ order's message; nothing is lost when an edit is refused, fails, or the bot rest
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -144,20 +146,18 @@ async def test_the_admin_who_acted_is_not_pinged_and_is_not_sent_it_later(tg: Tg
     assert "0.6 → 0.7" not in "\n".join(c.text for c in tg.api.of("sendMessage"))  # never re-sent
 
 
-async def test_an_admins_manual_sell_shows_them_the_fill_but_not_their_own_order(tg: Tg) -> None:
+async def test_an_order_sent_by_hand_reaches_its_admin_from_the_first_alert_they_did_not_cause(tg: Tg) -> None:
     order_event(tg, EventKind.ORDER_SENT, "SELL 1 QQQ 20250620C450 @ 61.10 (manual, lot #3)", actor=ADMIN)
     await tg.drain_alerts()
-    order_event(tg, EventKind.ORDER_FILLED, "SELL 1 QQQ 20250620C450 @ 61.05 (manual, 1/1 filled)")
+    order_event(tg, EventKind.ORDER_CANCELLED, "Order manual SELL 1 (0 filled) cancelled: outside trading hours")
     await tg.drain_alerts()
     (mine,) = tg.api.screen(ADMIN)
-    assert "61.05" in mine and "61.10" not in mine  # the reply told them it was sent; the fill is news
+    assert "outside trading hours" in mine and "61.10" not in mine  # the reply told them it was sent
     (theirs,) = tg.api.screen(ADMIN2)
-    assert in_order(theirs, "61.10", "61.05")
+    assert in_order(theirs, "61.10", "outside trading hours")
     assert len(alert_calls(tg, ADMIN2, "editMessageText")) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="the settings service does not yet give its alert data['actor']; "
-                                       "remove this marker when it does")
 async def test_set_gives_the_acting_admin_only_the_reply_and_the_other_admin_the_alert(tg: Tg) -> None:
     await tg.enroll_and_login(ADMIN)
     await tg.drain_alerts()
@@ -282,17 +282,52 @@ async def test_a_long_order_story_continues_in_a_new_message_within_telegrams_li
 # --- end to end with the engine's own alerts ------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="the engine does not yet give a recycle's order-sent and recycling alerts "
-                                       "the order's order_ref; remove this marker when it does")
-async def test_a_real_recycle_through_the_engine_is_one_thread(tmp_path: Path) -> None:
+async def test_a_real_recycle_through_the_engine_reaches_each_admin_as_one_message(tmp_path: Path) -> None:
+    """Days of trading through the real engine with the sender running beside it, as `qqq-bot run`
+    does: the recycle's order sent, fill and summary share the order's thread and show as one
+    message per admin (sent once, then edited), as does every other order's story."""
     bars = bars_oc([(500, 500), (490, 490), (460, 458), (560, 560), (561, 561)])
     async for tg in open_tg(tmp_path, bars, settings={"max_positions": "1"}):
-        await tg.world.run_days([b.day for b in bars])
+        tg.api.strict_edits = True
+        sender = asyncio.create_task(tg.parts.notifier.run())
+        try:
+            await tg.world.run_days([b.day for b in bars])
+            await tg.drain_alerts()
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
         recycle = AlertRecord.get(AlertRecord.kind == "recycle")
         assert recycle.thread is not None
-        story = [r.kind for r in AlertRecord.select().where(AlertRecord.thread == recycle.thread)
-                 .order_by(AlertRecord.id)]
-        assert story[0] == "order_sent" and story[-1] == "recycle" and "order_filled" in story
+        story = list(AlertRecord.select().where(AlertRecord.thread == recycle.thread).order_by(AlertRecord.id))
+        kinds = [r.kind for r in story]
+        assert kinds[0] == "order_sent" and "order_filled" in kinds and kinds[-1] == "recycle"
+        for admin in (ADMIN, ADMIN2):
+            holding = [m for m in tg.api.screen(admin) if any(r.text in m for r in story)]
+            assert len(holding) == 1 and in_order(holding[0], *(r.text for r in story))
+            sends = [c for c in alert_calls(tg, admin, "sendMessage") if any(r.text in c.text for r in story)]
+            assert len(sends) == 1  # not three messages within seconds
+            threads = {r.thread for r in AlertRecord.select().where(AlertRecord.thread.is_null(False))}
+            for thread in threads:
+                texts = [r.text for r in AlertRecord.select().where(AlertRecord.thread == thread)]
+                assert len([m for m in tg.api.screen(admin) if any(t in m for t in texts)]) == 1, thread
+        assert AlertRecord.select().where(AlertRecord.status == "pending").count() == 0
+
+
+async def test_the_sender_delivers_as_alerts_arrive_and_stops_when_cancelled_even_as_one_arrives(tg: Tg) -> None:
+    sender = asyncio.create_task(tg.parts.notifier.run())
+    tg.parts.engine.emit(EventKind.ERROR, "while running")
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if alert_calls(tg, ADMIN2, "sendMessage"):
+            break
+    assert any("while running" in c.text for c in alert_calls(tg, ADMIN2, "sendMessage"))
+    tg.parts.engine.emit(EventKind.ERROR, "at shutdown")  # wakes the sender in the same turn as the cancel
+    sender.cancel()
+    done, _ = await asyncio.wait({sender}, timeout=5)
+    assert sender in done and sender.cancelled()  # shutdown is not held up for ever
+    await tg.drain_alerts()  # what `_post_stop` does: the last alert still goes out
+    assert any("at shutdown" in c.text for c in alert_calls(tg, ADMIN2, "sendMessage"))
 
 
 async def test_emit_stores_the_actor_and_the_order_of_an_event(tg: Tg) -> None:
