@@ -1,4 +1,4 @@
-"""Benchmark: handler time of /status and /positions through the real Application (respx at the
+"""Benchmark: handler time of /status, /positions, /orders and /why through the real Application (respx at the
 Bot API transport, the sim broker, a real SQLite file), idle and while a tick is in flight whose
 broker call hangs.
 
@@ -47,7 +47,8 @@ async def main(n: int, gap_ms: float) -> None:
             await tg.world.run_days([b.day for b in bars[:2]])  # one lot held
             await tg.send(ADMIN, "/start")
             rows: list[tuple[str, str, list[float]]] = []
-            for cmd in ("/status", "/positions"):
+            commands = ("/status", "/positions", "/orders", "/why")
+            for cmd in commands:
                 rows.append(("idle", cmd, await measure(tg, cmd, n, gap_ms)))
             # a tick in flight whose broker call never returns
             never = asyncio.Event()
@@ -65,7 +66,7 @@ async def main(n: int, gap_ms: float) -> None:
             tg.clock.advance_to(session.open + timedelta(minutes=30))
             tick = asyncio.create_task(tg.parts.engine.tick())
             await asyncio.sleep(0)
-            for cmd in ("/status", "/positions"):
+            for cmd in commands:
                 rows.append(("tick hung on the broker", cmd, await measure(tg, cmd, n, gap_ms)))
             assert not tick.done()
             tick.cancel()

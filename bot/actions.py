@@ -101,7 +101,8 @@ async def execute_plan(
         ok, out = await _guarded(desk, f"exit of lot #{lot.id}", _sell_lot(
             desk, lot, quote, OrderPurpose.for_exit(decision.reason), day, settings, ctx), ok)
         if out is not None:
-            report.actions.append(f"exit lot #{lot.id} ({decision.reason.value}): {out.status} {out.filled}/{out.qty}")
+            report.actions.append(f"sold lot #{lot.id} ({decision.reason.label}): {out.status.label} "
+                                  f"{out.filled}/{out.qty}")
     if plan.retry_roll_buy is not None:
         ok, _ = await _guarded(desk, "roll buy leg", _roll_buy(desk, plan.retry_roll_buy, snap, settings, report), ok)
     elif plan.roll is not None:
@@ -307,7 +308,7 @@ async def _enter(desk: Desk, snap: MarketSnapshot, settings: StrategySettings, r
     if plan is None:
         return
     out = await _buy(desk, plan, snap, settings, OrderPurpose.ENTRY)
-    report.actions.append(f"entry {plan.choice.contract.key}: {out.status} {out.filled}/{out.qty}")
+    report.actions.append(f"entry {plan.choice.contract.key}: {out.status.label} {out.filled}/{out.qty}")
     if out.filled:
         desk.emit(EventKind.ENTRY, _bought_text(out, plan, snap), order_ref=out.order_ref)
 
@@ -392,7 +393,7 @@ async def _roll_combo(
     out = await desk.runner.run(req, purpose=OrderPurpose.ROLL, session_day=snap.session, settings=settings,
                                 quote=net_quote, tick=TICK, roll_id=roll_id, context=ctx)
     ledger.set_roll_status(roll_id, RollStatus.COMPLETED if out.filled > 0 else RollStatus.FAILED)
-    report.actions.append(f"roll #{roll_id} combo: {out.status} {out.filled}/{out.qty}")
+    report.actions.append(f"roll #{roll_id} combo: {out.status.label} {out.filled}/{out.qty}")
     if out.filled:
         cash = ledger.order_cash(out.order_ref)
         desk.emit(EventKind.ROLL, f"Rolled lot #{old.id} {old.contract.key} → {choice.contract.key} "
@@ -420,7 +421,7 @@ async def _roll_buy(
         ledger.set_roll_status(roll_id, RollStatus.BUY_PENDING)
         desk.emit(EventKind.ROLL, f"Roll #{roll_id}: sold, but the buy leg did not fill; retrying at the next ticks",
                   roll_id=roll_id)
-    report.actions.append(f"roll #{roll_id} buy leg: {out.status if out else 'not sent'}")
+    report.actions.append(f"roll #{roll_id} buy leg: {out.status.label if out else 'not sent'}")
 
 
 async def _recycle(
@@ -460,7 +461,7 @@ async def _recycle(
     except BrokerError as e:  # pragma: no cover - run() turns broker errors into outcomes
         desk.emit(EventKind.ERROR, f"Recycling order failed: {e}")
         return
-    report.actions.append(f"recycle {decision.shares} QQQM: {out.status} {out.filled}/{out.qty}")
+    report.actions.append(f"recycling {decision.shares} QQQM: {out.status.label} {out.filled}/{out.qty}")
     if out.filled:
         shares, deployed = ledger.qqqm_bought()
         spent = -ledger.order_cash(out.order_ref)

@@ -99,22 +99,80 @@ def day_figures(day: date) -> DayFigures:
     return DayFigures(sum((e.pnl for e in events), ledger.ZERO), len(events), len(ledger.fills_between(start, end)))
 
 
-def daily_summary_text(engine: Engine, day: date) -> str:
+@dataclass(frozen=True, slots=True)
+class Marks:
+    """What the broker says at the close, for the daily summary (None where it did not answer)."""
+
+    net_liquidation: Decimal | None = None
+    unrealized: Decimal | None = None
+    qqq_close: Decimal | None = None
+
+
+async def closing_marks(engine: Engine, timeout_s: float = 10.0) -> Marks:
+    """Net liquidation, the bot's lots' unrealized P&L at the mid and QQQ's last price, each bounded
+    (a slow broker leaves a figure out, it never holds the summary back)."""
+    async def ask() -> Marks:
+        account = await engine.broker.account_summary()
+        quote = await engine.broker.quote("QQQ")
+        lots = ledger.open_lots()
+        unrealized: Decimal | None = Decimal(0)
+        if lots:
+            quotes = {q.contract: q for q in await engine.broker.option_quotes([lot.contract for lot in lots])}
+            for lot in lots:
+                q = quotes.get(lot.contract)
+                if q is None or q.mid is None or unrealized is None:
+                    unrealized = None
+                    continue
+                unrealized += (q.mid - lot.avg_price) * lot.qty * lot.contract.multiplier
+        return Marks(account.net_liquidation, unrealized, quote.price)
+
+    try:
+        return await asyncio.wait_for(ask(), timeout_s)
+    except Exception as e:
+        log.warning("daily summary: the broker's figures are missing (%s: %s)", type(e).__name__, e)
+        return Marks()
+
+
+def _usd(x: Decimal | None, signed: bool = False) -> str:
+    if x is None:
+        return "unknown"
+    return f"{x:+,.2f} USD" if signed else f"{x:,.2f} USD"
+
+
+def daily_summary_text(engine: Engine, day: date, marks: Marks | None = None) -> str:
+    from bot.service import last_tick
+
     f = day_figures(day)
     lots = ledger.open_lots()
     s = engine.settings.current
-    last = engine.last_report
-    return (f"{day.isoformat()}: {f.fills} fills, realized {f.realized:+.2f} USD today; "
-            f"{len(lots)}/{s.max_positions} lots open; recycling pool {ledger.recycling_pool():.2f} USD; "
-            f"{pause_text(s.paused).split(':')[0].lower()}. Last tick: {last.summary() if last else 'none'}")
+    m = marks or Marks()
+    at, last = last_tick(engine)
+    when = f" ({datetime.fromisoformat(at).astimezone(NY):%H:%M} ET)" if at else ""
+    close = f"QQQ closed at {m.qqq_close}; " if m.qqq_close is not None else ""
+    return (f"{day.isoformat()}: {close}{f.fills} fills, realized {f.realized:+.2f} USD today; "
+            f"{len(lots)}/{s.max_positions} lots open, unrealized {_usd(m.unrealized, signed=True)}; "
+            f"net liquidation {_usd(m.net_liquidation)}; recycling pool {ledger.recycling_pool():,.2f} USD; "
+            f"{pause_text(s.paused).split(':')[0].lower()}. Last tick{when}: {last or 'none yet'}")
 
 
-def send_daily_summary(engine: Engine, now: datetime) -> bool:
+async def send_daily_summary(engine: Engine, now: datetime) -> bool:
     """The after-close summary, once per session (across restarts); False when not due."""
     day = new_york_day(now)
     if engine.calendar.session(day) is None:
         return False
+    if kv.get(f"daily_summary:{day.isoformat()}") is not None:
+        return False
+    marks = await closing_marks(engine)
     if not kv.put_once(f"daily_summary:{day.isoformat()}", "1", now):
         return False
-    engine.emit(EventKind.DAILY_SUMMARY, daily_summary_text(engine, day))
+    engine.emit(EventKind.DAILY_SUMMARY, daily_summary_text(engine, day, marks))
     return True
+
+
+def announce_start(engine: Engine, version: str) -> None:
+    """The "started" message of every start, sent at once (before the broker answers): the version,
+    the broker, what a pause holds back, the lots held. Connection alerts follow on their own."""
+    s = engine.settings.current
+    broker = "the simulated broker" if engine.broker.name == "sim" else "Interactive Brokers"
+    engine.emit(EventKind.STARTED, f"Bot started (version {version}) on {broker}; {pause_text(s.paused)}. "
+                f"{len(ledger.open_lots())}/{s.max_positions} lots open.")

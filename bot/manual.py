@@ -173,9 +173,9 @@ async def sell(engine: Engine, lot_id: int, who: str) -> Done | Refusal:
                     f"commissions{realized}.", out)
     if out.filled:
         return Done(f"Lot #{lot.id}: {out.filled} of {out.qty} sold ({received:,.2f} USD); the order ended "
-                    f"{out.status.value}. The rest is still held.", out)
+                    f"{out.status.label}. The rest is still held.", out)
     why = f": {out.message}" if out.message else ""
-    return Done(f"Lot #{lot.id} was not sold: the order ended {out.status.value}{why}. The lot is still held.", out)
+    return Done(f"Lot #{lot.id} was not sold: the order ended {out.status.label}{why}. The lot is still held.", out)
 
 
 # --- buy a new lot now --------------------------------------------------------------------------------
@@ -239,7 +239,7 @@ async def enter(engine: Engine, who: str, expected: str) -> Done | EntryPreview 
     spent = -ledger.order_cash(out.order_ref)
     if out.filled:
         return Done(f"Bought {out.filled} {plan.choice.contract.key} for {spent:,.2f} USD with commissions.", out)
-    return Done(f"Nothing bought: the order ended {out.status.value}"
+    return Done(f"Nothing bought: the order ended {out.status.label}"
                 f"{': ' + out.message if out.message else ''}.", out)
 
 

@@ -38,7 +38,7 @@ class TickReport:
             exits_would = "would " if (self.dry_run or self.paused.holds_exits) else ""
             buys_would = "would " if (self.dry_run or self.paused) else ""
             for e in plan.exits:
-                parts.append(f"{exits_would}sell lot #{e.lot_id} ({e.reason.value})")
+                parts.append(f"{exits_would}sell lot #{e.lot_id} ({e.reason.label})")
             if plan.retry_roll_buy is not None:
                 parts.append(f"{buys_would}retry roll #{plan.retry_roll_buy} buy leg")
             if plan.roll is not None:
@@ -46,7 +46,7 @@ class TickReport:
             if plan.entry is not None:
                 parts.append(f"{buys_would}enter a new LEAPS")
             if plan.recycle is not None:
-                parts.append(f"{buys_would}buy {plan.recycle.shares} QQQM")
+                parts.append(f"{buys_would}buy {plan.recycle.shares} QQQM (recycling)")
             parts.extend(plan.notes)
             if plan.is_empty and not plan.notes:
                 parts.append("no action")

@@ -10,11 +10,12 @@ import functools
 import logging
 import signal
 from datetime import date, timedelta
+from decimal import Decimal
 
 from bot.alerts import LogSink, mode_label
 from bot.config import AppConfig
 from bot.engine import Engine
-from bot.jobs import heartbeat
+from bot.jobs import announce_start, heartbeat
 from bot.settings_service import SettingsService
 from broker.base import Broker, BrokerError, LiveAccountRefused
 from broker.clock import WallClock
@@ -44,13 +45,14 @@ def make_broker(cfg: AppConfig, clock: WallClock) -> Broker:
         return IBBroker(cfg.ib_host, cfg.ib_port, cfg.ib_client_id, allow_live=cfg.allow_live_trading,
                         clock=clock, calendar=nyse())
     broker = make_sim_broker(cfg, clock)
-    _adopt_ledger(broker)
+    adopt_ledger(broker, cfg.sim_capital)
     return broker
 
 
-def _adopt_ledger(broker: Broker) -> None:
-    """A new sim process starts with an empty account: hand it the bot's open lots and QQQM so
-    that selling them is not refused (IB keeps positions by itself)."""
+def adopt_ledger(broker: Broker, starting_cash: Decimal) -> None:
+    """A new sim process starts with an empty account: hand it the bot's open lots and QQQM (so that
+    selling them is not refused) and the cash the ledger says is left of the starting cash, so net
+    liquidation carries on across a restart (IB keeps positions and cash by itself)."""
     from broker.base import StockContract
     from broker.sim import SimBroker
     from storage import ledger
@@ -65,6 +67,7 @@ def _adopt_ledger(broker: Broker) -> None:
     shares, deployed = ledger.qqqm_bought()
     if shares:
         broker.adopt_position(StockContract("QQQM"), shares, deployed / shares)
+    broker.account.cash["USD"] = starting_cash + ledger.cash_flow()
 
 
 async def _heartbeat(engine: Engine, clock: WallClock, cfg: AppConfig) -> None:
@@ -104,6 +107,9 @@ async def run_headless(cfg: AppConfig, max_ticks: int | None = None) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, functools.partial(_stop, main, sig))
     beat = asyncio.create_task(_heartbeat(engine, clock, cfg), name="heartbeat")
+    from importlib.metadata import version
+
+    announce_start(engine, version("qqq-leaps-bot"))
     try:
         try:
             await engine.start()

@@ -327,7 +327,7 @@ class BotService:
             what = f.symbol if f.sec_type != "OPT" else (
                 f"{f.symbol} {f.expiry.isoformat() if f.expiry else '?'} {Decimal(f.strike).normalize():f}{f.right}")
             rows.append(TradeRow(f.time, f.side, f.qty, what, f.price, f.commission, f.realized_pnl,
-                                 order.purpose if order is not None else "outside the bot"))
+                                 order.purpose.label if order is not None else "outside the bot"))
         return rows
 
     async def pnl(self) -> PnlView:

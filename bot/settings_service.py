@@ -14,7 +14,9 @@ from strategy.settings import (
     SettingChange,
     SettingError,
     StrategySettings,
+    display_value,
     format_value,
+    label_of,
     parse_setting,
     settings_from_storage,
 )
@@ -61,7 +63,7 @@ class SettingsService:
             text = f"{pause_text(change.new)} (by {who})" if change.new else f"Resumed: automatic orders on (by {who})"
         else:
             kind = EventKind.SETTINGS_CHANGED
-            text = (f"{change.key}: {format_value(change.key, change.old)} → "
-                    f"{format_value(change.key, change.new)} (by {who})")
+            text = (f"{label_of(change.key)}: {display_value(change.key, change.old)} → "
+                    f"{display_value(change.key, change.new)} (by {who})")
         self._alerts.emit(Event(kind, text, now, {"key": change.key, "who": who, "actor": actor_id(who)}))
         return change

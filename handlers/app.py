@@ -145,6 +145,7 @@ async def startup(app: BotApp, *, sender: bool = True, jobs_on: bool = True,
         await app.bot.set_my_commands([BotCommand(name, text[:256]) for name, text in commands.help_lines()])
     except Exception as e:
         log.warning("could not register the command menu: %s", e)
+    jobs.announce_start(parts.engine, parts.deps.service.version()["qqq-leaps-bot"])
     if connect_in_background:
         data.tasks["connector"] = asyncio.create_task(start_engine(parts), name="connect")
     else:
@@ -206,7 +207,7 @@ async def heartbeat_job(context: BotContext) -> None:
 
 async def summary_job(context: BotContext) -> None:
     parts = context.application.bot_data.parts
-    jobs.send_daily_summary(parts.engine, parts.clock.now())
+    await jobs.send_daily_summary(parts.engine, parts.clock.now())
 
 
 async def _post_stop(app: BotApp) -> None:

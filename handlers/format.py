@@ -16,13 +16,16 @@ from bot.reports import DayJournal, LotStory, PeriodRow
 from bot.service import AccountView, OrdersView, PnlView, PositionsView, StatusView, TradeRow
 from strategy.calendar import NY
 from strategy.settings import (
+    GROUP_TITLES,
     GROUPS,
-    SETTING_SPECS,
     PauseMode,
     SettingChange,
     SettingError,
     StrategySettings,
     format_value,
+    group_keys,
+    label_of,
+    unit_text,
 )
 
 LIMIT = 4096
@@ -303,19 +306,24 @@ def version_text(versions: dict[str, str], label: str) -> str:
 # --- settings ------------------------------------------------------------------------------------
 
 
+def value_html(key: str, value: object) -> str:
+    """A setting's value as typed, in code, with its unit after it: ``<code>1.5</code> %``."""
+    unit = unit_text(key, value)
+    return f"<code>{e(format_value(key, value))}</code>" + (f" {e(unit)}" if unit else "")
+
+
 def settings_text(s: StrategySettings, label: str) -> str:
-    lines = [f"<b>Settings</b> {e(label)}".rstrip()]
+    """Every setting by group, with its human label, value and unit."""
+    lines = [f"<b>Settings</b> {e(label)}".rstrip(), f"Automatic orders: {pause_line(s.paused)}"]
     for group in GROUPS:
-        lines += ["", f"<b>{e(group.capitalize())}</b>"]
-        for spec in SETTING_SPECS.values():
-            if spec.group == group:
-                lines.append(f"{e(spec.key)}: <code>{e(format_value(spec.key, getattr(s, spec.key)))}</code>"
-                             f"{' ' + e(spec.unit) if spec.unit else ''}")
+        lines += ["", f"<b>{e(GROUP_TITLES[group])}</b>"]
+        lines += [f"{e(label_of(key))}: {value_html(key, getattr(s, key))}" for key in group_keys(group)]
     return "\n".join(lines)
 
 
 def change_text(c: SettingChange) -> str:
-    return f"{e(c.key)}: <code>{e(format_value(c.key, c.old))}</code> → <code>{e(format_value(c.key, c.new))}</code>"
+    """ "Entry drop: 1 % → 1.5 %", the old and the new value as they are stored."""
+    return f"{e(label_of(c.key))}: {value_html(c.key, c.old)} → {value_html(c.key, c.new)}"
 
 
 def error_text(err: SettingError) -> str:
@@ -332,13 +340,47 @@ ALERT_TITLES: dict[EventKind, str] = {
     EventKind.EXPIRY_GUARD: "⏳ Expiry guard", EventKind.EXPIRED: "⌛ Expired unsold",
     EventKind.EXIT_HELD: "⏸ Exit held back", EventKind.STARTED: "🚀 Started", EventKind.MANUAL: "🖐 Manual",
     EventKind.ENTRY: "🟢 Entry", EventKind.ROLL: "🔄 Roll",
-    EventKind.RECYCLE: "♻️ Recycling", EventKind.NO_CONTRACT: "🔍 No eligible contract",
-    EventKind.SKIPPED: "⏭ Skipped", EventKind.LIMIT_REACHED: "🛑 Daily limit",
+    EventKind.RECYCLE: "♻️ Recycling into QQQM", EventKind.NO_CONTRACT: "🔍 No eligible contract",
+    EventKind.SKIPPED: "⏭ Order skipped", EventKind.LIMIT_REACHED: "🛑 Daily limit reached",
     EventKind.DISCONNECT: "🔌 Broker disconnected", EventKind.DEGRADED: "🟡 Broker degraded",
     EventKind.RECONNECT: "🔌 Broker connected",
     EventKind.ERROR: "❗ Error", EventKind.SETTINGS_CHANGED: "⚙️ Setting changed", EventKind.PAUSED: "⏸ Paused",
-    EventKind.RESUMED: "▶️ Resumed", EventKind.UNAUTHORIZED: "🚫 Access", EventKind.DAILY_SUMMARY: "📊 Daily summary",
+    EventKind.RESUMED: "▶️ Resumed", EventKind.UNAUTHORIZED: "🚫 Unauthorized access",
+    EventKind.DAILY_SUMMARY: "📊 Daily summary",
 }
+
+# How the 🔔 Alerts screen groups the event kinds; a kind missing here is shown under the last group.
+ALERT_GROUPS: tuple[tuple[str, tuple[EventKind, ...]], ...] = (
+    ("📤 Orders", (EventKind.ORDER_SENT, EventKind.ORDER_FILLED, EventKind.ORDER_PARTIAL, EventKind.ORDER_CANCELLED,
+                  EventKind.ORDER_REJECTED, EventKind.LIMIT_REACHED)),
+    ("💰 Exits", (EventKind.TAKE_PROFIT, EventKind.FORCE_EXIT, EventKind.EXPIRY_GUARD, EventKind.EXPIRED,
+                 EventKind.EXIT_HELD)),
+    ("🟢 Strategy", (EventKind.ENTRY, EventKind.ROLL, EventKind.RECYCLE, EventKind.NO_CONTRACT, EventKind.SKIPPED)),
+    ("🔌 Connection", (EventKind.DISCONNECT, EventKind.DEGRADED, EventKind.RECONNECT)),
+    ("⚙️ System", (EventKind.STARTED, EventKind.ERROR, EventKind.SETTINGS_CHANGED, EventKind.PAUSED,
+                  EventKind.RESUMED, EventKind.UNAUTHORIZED, EventKind.DAILY_SUMMARY)),
+)
+
+
+def alert_groups() -> list[tuple[str, tuple[EventKind, ...]]]:
+    """The groups of the Alerts screen, every event kind in exactly one."""
+    placed = {k for _, kinds in ALERT_GROUPS for k in kinds}
+    rest = tuple(k for k in EventKind if k not in placed)
+    groups = list(ALERT_GROUPS)
+    title, kinds = groups[-1]
+    groups[-1] = (title, kinds + rest)
+    return groups
+
+
+def alert_label(kind: EventKind | str) -> str:
+    """An event kind in words, without its emoji: "Order sent", "Recycling into QQQM"."""
+    try:
+        title = ALERT_TITLES.get(EventKind(kind))
+    except ValueError:
+        title = None
+    if title is None:
+        return str(kind).replace("_", " ").capitalize()
+    return title.partition(" ")[2]
 
 
 def alert_html(event: Event, label: str) -> str:

@@ -281,6 +281,19 @@ def fill_delta(fill: Fill, context: dict[str, Any]) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
+def cash_flow() -> Decimal:
+    """All the cash the bot's trades moved since the first: sales and lots settled at expiry in,
+    buys out, commissions out (what a broker that keeps no account of its own, the sim, must be
+    told after a restart)."""
+    total = ZERO
+    for f in Fill.select(Fill.side, Fill.price, Fill.qty, Fill.commission, Fill.sec_type):
+        amount = f.price * f.qty * (100 if f.sec_type == "OPT" else 1)
+        total += (amount if f.side == "SELL" else -amount) - (f.commission or ZERO)
+    for x in Expiry.select(Expiry.settlement, Expiry.qty):
+        total += x.settlement * x.qty * 100
+    return total
+
+
 def order_instruments(order_ref: str) -> list[Any]:
     """The instruments an order trades (one, or a combo's two legs), from its stored request."""
     order = order_by_ref(order_ref)

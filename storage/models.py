@@ -78,6 +78,11 @@ class OrderState(StrEnum):
     def is_active(self) -> bool:
         return self in ACTIVE_STATES
 
+    @property
+    def label(self) -> str:
+        """The state in the user's words."""
+        return "not sent (the bot stopped first)" if self is OrderState.ABANDONED else self.value.replace("_", " ")
+
 
 ACTIVE_STATES = (OrderState.PENDING_SUBMIT, OrderState.SUBMITTED, OrderState.PARTIALLY_FILLED)
 

@@ -133,6 +133,11 @@ class ExitReason(StrEnum):
     FORCE_EXIT = "force_exit"
     EXPIRY_GUARD = "expiry_guard"
 
+    @property
+    def label(self) -> str:
+        """The rule in the user's words."""
+        return self.value.replace("_", " ")
+
 
 @dataclass(frozen=True, slots=True)
 class ExitDecision:

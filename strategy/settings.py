@@ -1,14 +1,31 @@
-"""The strategy's settings: every key, default, valid range and unit of the spec, and the parser
-for values a user types (``/set delta 0.6``, ``entry_drop 1.5%``, ``--set tp_tiers=0:50,121:30``).
+"""The strategy's settings: every key, default, valid range, unit and human label of the spec, and
+the parser for values a user types (``/set delta 0.6``, ``entry_drop 1,5%``,
+``--set tp_tiers=0:50,121:30``).
 
 Percent settings are stored in percent (``entry_drop_pct = 1.5`` means 1.5 %), as the user types
-them. A bad value is an error *value* (``SettingError``) whose message names the range and unit.
+them. A bad value is an error *value* (``SettingError``) whose message, in the product's words,
+names the setting, its valid range and unit (never a validator's text).
+
+How a number is read (``parse_number``): digits with at most one decimal separator.
+- A point is a decimal point: ``0.5``, ``1.25``, ``.5``.
+- A comma is a decimal comma when it is the only separator and one or two digits follow it:
+  ``0,5`` is 0.5, ``1,25`` is 1.25.
+- Anything that could be read two ways is refused with what to type instead: a comma followed by
+  three or more digits (``1,000``, ``12,000``, ``0,125``), several commas or points
+  (``1,000,000``, ``1.000.000``), a comma and a point together (``1,234.5``, ``1.234,5``), digits
+  grouped by spaces (``1 000``). For whole-number settings (days, lots, seconds…) and USD amounts a
+  point followed by exactly three digits (``1.000``) is refused too: many people write a thousand
+  that way, and no such setting has three decimals.
+- ``_`` may group digits of the whole part, as in Python (``12_000``).
+Amounts are never written with a thousands separator: ``12,000`` is refused ("type 12000").
 """
 
 from __future__ import annotations
 
+import difflib
+import re
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from enum import StrEnum
 from itertools import pairwise
 from typing import Any, Literal
@@ -36,10 +53,14 @@ class PauseMode(StrEnum):
         return self is PauseMode.ALL
 
 DEFAULT_TIERS: tuple[Tier, ...] = ((0, Decimal(50)), (121, Decimal(30)), (181, Decimal(10)))
+TIER_MAX_DAY = 1000
+TIER_MAX_PCT = Decimal(1000)
 
 
 class StrategySettings(BaseModel):
-    """Every run-time setting of the strategy, with the spec's defaults."""
+    """Every run-time setting of the strategy, with the spec's defaults. The validators are the
+    last line of defence (stored values, the backtest); ``parse_setting`` checks the same rules
+    first and words the refusal for the user."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -84,15 +105,14 @@ class StrategySettings(BaseModel):
     @classmethod
     def _interval_aligns(cls, v: int) -> int:
         if 60 % v:
-            raise ValueError("must divide 60 so ticks align to the clock (1, 2, 3, 5, 10, 15, 20, 30, 60)")
+            raise ValueError(f"must divide 60 so ticks align to the clock: {_divisors_text()} min")
         return v
 
     @model_validator(mode="after")
     def _timeouts_consistent(self) -> StrategySettings:
         if self.order_timeout_s <= self.reprice_s:
-            raise ValueError(
-                f"order_timeout_s ({self.order_timeout_s} s) must be longer than reprice_s ({self.reprice_s} s)"
-            )
+            raise ValueError(f"the order timeout ({self.order_timeout_s} s) must be longer than "
+                             f"the reprice interval ({self.reprice_s} s)")
         return self
 
     def with_value(self, key: str, value: Any) -> StrategySettings:
@@ -102,95 +122,130 @@ class StrategySettings(BaseModel):
         return StrategySettings.model_validate(data)
 
 
+def _divisors_text() -> str:
+    divisors = [str(d) for d in range(1, 61) if 60 % d == 0]
+    return ", ".join(divisors[:-1]) + " or " + divisors[-1]
+
+
 def validate_tiers(tiers: tuple[Tier, ...]) -> tuple[Tier, ...]:
     """Tiers start at day 0, days strictly increase, targets are in (0, 1000] %."""
     if not tiers:
-        raise ValueError("needs at least one tier")
+        raise ValueError("it needs at least one tier")
     days = [d for d, _ in tiers]
     if days[0] != 0:
         raise ValueError("the first tier must start at day 0")
     if any(b <= a for a, b in pairwise(days)):
-        raise ValueError("tier days must strictly increase")
+        raise ValueError("the tier days must increase")
     for d, pct in tiers:
-        if d < 0 or d > 1000:
-            raise ValueError("tier days must be 0–1000")
-        if not (Decimal(0) < pct <= Decimal(1000)):
-            raise ValueError("tier targets must be above 0 % and at most 1000 %")
+        if d < 0 or d > TIER_MAX_DAY:
+            raise ValueError(f"tier days must be 0–{TIER_MAX_DAY}")
+        if not (Decimal(0) < pct <= TIER_MAX_PCT):
+            raise ValueError(f"tier targets must be above 0 % and at most {TIER_MAX_PCT} %")
     return tuple((int(d), Decimal(p)) for d, p in tiers)
 
 
 @dataclass(frozen=True, slots=True)
 class SettingSpec:
-    """How one setting is shown, typed and edited."""
+    """How one setting is shown, typed and edited: its key, kind, unit, group, human label, one
+    line of help, the aliases ``/set`` accepts and the keyboard's presets."""
 
     key: str
     kind: Kind
     unit: str
     group: str
+    label: str
     help: str
     aliases: tuple[str, ...] = ()
     presets: tuple[str, ...] = ()
 
 
 _SPECS: tuple[SettingSpec, ...] = (
-    SettingSpec("entry_drop_pct", "decimal", "%", "entry", "QQQ drop from previous close that triggers an entry",
+    SettingSpec("entry_drop_pct", "decimal", "%", "entry", "Entry drop",
+                "QQQ's drop from the previous close that triggers an entry",
                 ("entry_drop", "drop", "entry"), ("0.5", "1", "1.5", "2")),
-    SettingSpec("target_delta", "decimal", "", "entry", "delta of the call to buy", ("delta",),
-                ("0.5", "0.6", "0.7", "0.8")),
-    SettingSpec("delta_tolerance", "decimal", "", "entry", "largest |delta − target| accepted",
+    SettingSpec("target_delta", "decimal", "", "entry", "Delta of the call to buy",
+                "the strike whose delta is closest to this is bought", ("delta",), ("0.5", "0.6", "0.7", "0.8")),
+    SettingSpec("delta_tolerance", "decimal", "", "entry", "Delta tolerance",
+                "the largest distance between a strike's delta and the target that is accepted",
                 ("tolerance", "tol"), ("0.05", "0.1", "0.15")),
-    SettingSpec("min_dte", "int", "days", "entry", "shortest days to expiry for a new LEAPS", ("dte",),
-                ("365", "450", "540", "730")),
-    SettingSpec("max_positions", "int", "lots", "entry", "open lots before entries stop and rolls start",
-                ("max_pos", "positions", "max_lots"), ("1", "2", "3", "4", "5")),
-    SettingSpec("order_quantity", "int", "contracts", "entry", "contracts per entry", ("qty", "quantity"),
-                ("1", "2", "3")),
-    SettingSpec("max_premium", "decimal", "USD", "entry", "largest premium of one entry",
-                ("premium",), ("5000", "10000", "12000", "20000")),
-    SettingSpec("max_spread_pct", "decimal", "%", "entry", "widest bid/ask spread accepted, of the mid",
-                ("spread", "max_spread"), ("2", "5", "10")),
-    SettingSpec("tp_tiers", "tiers", "day:%", "exits", "take-profit target by held days",
-                ("tiers", "tp"), ("0:50,121:30,181:10", "0:40,121:25,181:10", "0:60,121:40,181:15")),
-    SettingSpec("force_exit_days", "int", "days", "exits", "sell a lot held this long, whatever the P&L",
-                ("force_exit", "max_hold"), ("180", "240", "270", "300")),
-    SettingSpec("min_exit_dte", "int", "days", "exits", "sell a lot this close to expiry",
-                ("exit_dte", "expiry_guard"), ("14", "30", "45", "60")),
-    SettingSpec("roll_drop_pct", "decimal", "%", "roll", "QQQ drop that rolls the oldest lot when full",
-                ("roll_drop", "roll"), ("3", "4", "5", "7")),
-    SettingSpec("recycle_enabled", "bool", "", "recycling", "buy QQQM with realized option profits",
-                ("recycle",), ("on", "off")),
-    SettingSpec("recycle_threshold", "decimal", "USD", "recycling", "pool needed before buying QQQM",
-                ("threshold", "recycle_min"), ("250", "500", "1000", "2000")),
-    SettingSpec("check_interval_min", "int", "min", "orders", "minutes between ticks",
-                ("interval", "check_interval"), ("1", "5", "10", "15")),
-    SettingSpec("delay_after_open_min", "int", "min", "orders", "minutes after the open before the first tick",
-                ("open_delay",), ("0", "5", "15", "30")),
-    SettingSpec("reprice_s", "int", "s", "orders", "seconds before an unfilled limit is repriced",
-                ("reprice",), ("10", "15", "30")),
-    SettingSpec("reprice_step_pct", "decimal", "% of spread", "orders", "each reprice step toward the far side",
-                ("reprice_step", "step"), ("10", "20", "25")),
-    SettingSpec("max_slippage_pct", "decimal", "% of spread", "orders", "furthest limit from the mid",
-                ("max_slippage", "slippage"), ("25", "50", "75", "100")),
-    SettingSpec("order_timeout_s", "int", "s", "orders", "seconds before an unfilled order is cancelled",
-                ("timeout", "order_timeout"), ("60", "120", "300")),
-    SettingSpec("max_quote_age_s", "int", "s", "orders", "a quote older than this is stale",
-                ("quote_age", "max_quote_age"), ("30", "60", "120")),
-    SettingSpec("risk_free_rate", "decimal", "%", "orders", "risk-free rate for Black–Scholes deltas",
-                ("rate", "r"), ("3", "4", "5")),
-    SettingSpec("dividend_yield", "decimal", "%", "orders", "QQQ dividend yield for Black–Scholes",
-                ("yield", "q"), ("0.5", "0.6", "0.8")),
-    SettingSpec("paused", "choice", "", "orders",
-                "hold back automatic orders: entries (entries, rolls, recycling; exits go on) or all",
+    SettingSpec("min_dte", "int", "days", "entry", "Shortest expiry",
+                "a new LEAPS expires at least this many days out", ("dte",), ("365", "450", "540", "730")),
+    SettingSpec("max_positions", "int", "lots", "entry", "Max lots",
+                "lots held before entries stop and rolls start", ("max_pos", "positions", "max_lots"),
+                ("1", "2", "3", "4", "5")),
+    SettingSpec("order_quantity", "int", "contracts", "entry", "Contracts per entry",
+                "how many calls one entry buys", ("qty", "quantity"), ("1", "2", "3")),
+    SettingSpec("max_premium", "decimal", "USD", "entry", "Max premium per entry",
+                "an entry costing more than this is skipped", ("premium",), ("5000", "10000", "12000", "20000")),
+    SettingSpec("max_spread_pct", "decimal", "%", "entry", "Max bid/ask spread",
+                "the widest spread accepted, in % of the mid", ("spread", "max_spread"), ("2", "5", "10")),
+    SettingSpec("tp_tiers", "tiers", "day:%", "exits", "Take-profit tiers",
+                "from day N of holding, sell at +X %: day:percent pairs", ("tiers", "tp"),
+                ("0:50,121:30,181:10", "0:40,121:25,181:10", "0:60,121:40,181:15")),
+    SettingSpec("force_exit_days", "int", "days", "exits", "Force exit after",
+                "a lot held this long is sold, whatever its P&L", ("force_exit", "max_hold"),
+                ("180", "240", "270", "300")),
+    SettingSpec("min_exit_dte", "int", "days", "exits", "Expiry guard",
+                "a lot is sold when this few days are left to its expiry", ("exit_dte", "expiry_guard"),
+                ("14", "30", "45", "60")),
+    SettingSpec("roll_drop_pct", "decimal", "%", "roll", "Roll drop",
+                "with every lot taken, a QQQ drop this large rolls the oldest lot", ("roll_drop", "roll"),
+                ("3", "4", "5", "7")),
+    SettingSpec("recycle_enabled", "bool", "", "recycling", "Recycling into QQQM",
+                "buy QQQM shares with the realized option profits", ("recycle",), ("on", "off")),
+    SettingSpec("recycle_threshold", "decimal", "USD", "recycling", "Recycling threshold",
+                "the pool of profits needed before QQQM is bought", ("threshold", "recycle_min"),
+                ("250", "500", "1000", "2000")),
+    SettingSpec("check_interval_min", "int", "min", "orders", "Tick interval",
+                "minutes between two evaluations of the strategy", ("interval", "check_interval"),
+                ("1", "5", "10", "15")),
+    SettingSpec("delay_after_open_min", "int", "min", "orders", "First tick after the open",
+                "minutes after the open before the first evaluation", ("open_delay",), ("0", "5", "15", "30")),
+    SettingSpec("max_quote_age_s", "int", "s", "orders", "Max quote age",
+                "an older quote is stale and never triggers an order", ("quote_age", "max_quote_age"),
+                ("30", "60", "120")),
+    SettingSpec("reprice_s", "int", "s", "orders", "Reprice after",
+                "an unfilled limit order is repriced this often", ("reprice",), ("10", "15", "30")),
+    SettingSpec("reprice_step_pct", "decimal", "% of spread", "orders", "Reprice step",
+                "each reprice moves the limit this far toward the far side", ("reprice_step", "step"),
+                ("10", "20", "25")),
+    SettingSpec("max_slippage_pct", "decimal", "% of spread", "orders", "Max slippage",
+                "the limit never moves further than this from the mid", ("max_slippage", "slippage"),
+                ("25", "50", "75", "100")),
+    SettingSpec("order_timeout_s", "int", "s", "orders", "Order timeout",
+                "an order still unfilled after this is cancelled", ("timeout", "order_timeout"),
+                ("60", "120", "300")),
+    SettingSpec("risk_free_rate", "decimal", "%", "orders", "Risk-free rate",
+                "for the Black–Scholes delta when the broker gives none", ("rate", "r"), ("3", "4", "5")),
+    SettingSpec("dividend_yield", "decimal", "%", "orders", "QQQ dividend yield",
+                "for the Black–Scholes delta when the broker gives none", ("yield", "q"), ("0.5", "0.6", "0.8")),
+    SettingSpec("paused", "choice", "", "pause", "Pause",
+                "hold back automatic orders: off, entries (entries, rolls and recycling; exits go on) or all",
                 ("pause",), ("off", "entries", "all")),
 )
 
 SETTING_SPECS: dict[str, SettingSpec] = {s.key: s for s in _SPECS}
-GROUPS: tuple[str, ...] = ("entry", "exits", "roll", "recycling", "orders")
+GROUPS: tuple[str, ...] = ("entry", "exits", "roll", "recycling", "orders")  # ``paused`` stands on its own
+GROUP_TITLES: dict[str, str] = {"entry": "Entry", "exits": "Exits", "roll": "Roll", "recycling": "Recycling",
+                                "orders": "Orders", "pause": "Pause"}
+GROUP_HELP: dict[str, str] = {
+    "entry": "when a new lot is bought, and which call",
+    "exits": "when a lot is sold",
+    "roll": "when a full book sells its oldest lot and buys a new one",
+    "recycling": "buying QQQM with the realized option profits",
+    "orders": "ticks, limit prices, repricing, and the delta model",
+    "pause": "holding back automatic orders",
+}
 _ALIASES: dict[str, str] = {}
 for _s in _SPECS:
     _ALIASES[_s.key] = _s.key
     for _a in _s.aliases:
         _ALIASES[_a] = _s.key
+
+
+def group_keys(group: str) -> tuple[str, ...]:
+    """The settings of one group, in the order they are shown."""
+    return tuple(s.key for s in _SPECS if s.group == group)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,24 +270,76 @@ def resolve_key(text: str) -> str | None:
     return _ALIASES.get(text.strip().lower().replace("-", "_"))
 
 
+# --- how values read -------------------------------------------------------------------------------
+
+_SINGULAR = {"days": "day", "lots": "lot", "contracts": "contract"}
+
+
+def unit_text(key: str, value: Any = None) -> str:
+    """The unit a value of ``key`` is shown with ("1 day", "3 days"), or "" for a plain number."""
+    spec = SETTING_SPECS[key]
+    if spec.kind in ("bool", "choice", "tiers"):
+        return ""
+    if value is not None and spec.unit in _SINGULAR and Decimal(value) == 1:
+        return _SINGULAR[spec.unit]
+    return spec.unit
+
+
+def display_value(key: str, value: Any) -> str:
+    """A value with its unit, as the replies show it ("1.5 %", "365 days", "on")."""
+    unit = unit_text(key, value)
+    text = format_value(key, value)
+    return f"{text} {unit}" if unit else text
+
+
+def label_of(key: str) -> str:
+    return SETTING_SPECS[key].label
+
+
+def _in_sentence(label: str) -> str:
+    """A label inside a sentence: "the order timeout" reads better than "Order timeout"."""
+    return label[0].lower() + label[1:] if label[1:2].islower() else label
+
+
+def _bounds(key: str) -> tuple[Decimal, Decimal]:
+    lo = hi = None
+    for m in StrategySettings.model_fields[key].metadata:
+        lo = getattr(m, "ge", lo)
+        hi = getattr(m, "le", hi)
+    assert lo is not None and hi is not None, key
+    return Decimal(lo), Decimal(hi)
+
+
 def range_text(key: str) -> str:
     """The valid range and unit of a setting, as shown in error messages and help."""
     spec = SETTING_SPECS[key]
     if spec.kind == "bool":
         return "on or off"
     if spec.kind == "choice":
-        return " or ".join(spec.presets)
+        return ", ".join(spec.presets[:-1]) + " or " + spec.presets[-1]
+    if key == "check_interval_min":
+        return f"{_divisors_text()} min (a divisor of 60, so ticks align to the clock)"
     if spec.kind == "tiers":
-        return "day:percent pairs, first day 0, days increasing, e.g. 0:50,121:30,181:10"
-    field = StrategySettings.model_fields[key]
-    lo = hi = None
-    for m in field.metadata:
-        lo = getattr(m, "ge", lo)
-        hi = getattr(m, "le", hi)
-    unit = f" {spec.unit}" if spec.unit else ""
-    if spec.unit == "%":
-        unit = " %"
-    return f"{lo}–{hi}{unit}"
+        return (f"day:percent pairs, the first at day 0, days increasing up to {TIER_MAX_DAY}, targets above 0 % "
+                f"up to {TIER_MAX_PCT} %, e.g. 0:50,121:30,181:10")
+    lo, hi = _bounds(key)
+    return _span(key, lo, hi)
+
+
+def valid_text(settings: StrategySettings, key: str) -> str:
+    """The range valid *now*: a reprice interval must stay below the current order timeout."""
+    if key == "reprice_s":
+        timeout = settings.order_timeout_s
+        return f"{_span(key, _bounds(key)[0], Decimal(timeout - 1))}, below Order timeout ({timeout} s)"
+    if key == "order_timeout_s":
+        reprice = settings.reprice_s
+        return f"{_span(key, Decimal(reprice + 1), _bounds(key)[1])}, above Reprice after ({reprice} s)"
+    return range_text(key)
+
+
+def _span(key: str, lo: Decimal, hi: Decimal) -> str:
+    unit = unit_text(key)
+    return f"{_plain(lo)}–{_plain(hi)}" + (f" {unit}" if unit else "")
 
 
 def format_value(key: str, value: Any) -> str:
@@ -250,60 +357,136 @@ def format_value(key: str, value: Any) -> str:
 
 
 def _plain(d: Decimal) -> str:
-    text = f"{d.normalize():f}"
-    return text
+    return f"{d.normalize():f}"
 
+
+# --- numbers ---------------------------------------------------------------------------------------
+
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:_[0-9]+)*)?(?:\.[0-9]*)?")
+_COMMA_NUMBER = re.compile(r"([+-]?)([0-9]*),([0-9]+)")
+_GROUPED = re.compile(r"[+-]?[1-9][0-9]{0,2}(?:[,. ][0-9]{3})+")
+_SPACE_GROUPED = re.compile(r"[+-]?[1-9][0-9]{0,2}(?: [0-9]{3})+(?:[.,][0-9]+)?")
+_POINT_THOUSAND = re.compile(r"[+-]?[1-9][0-9]{0,2}\.[0-9]{3}")
+
+
+def parse_number(text: str, *, point_thousands_ambiguous: bool = False) -> Decimal | str:
+    """A number as a user types it, or what is wrong with it, to follow the text in a message
+    ("is ambiguous: …"). The rules are in the module's docstring; ``point_thousands_ambiguous``
+    also refuses ``1.000`` (for whole numbers and USD amounts)."""
+    s = text.strip().replace("\u2212", "-")  # a typographic minus reads as one
+    commas, points = s.count(","), s.count(".")
+    if commas and points:
+        return f"mixes a comma and a point: type it without a thousands separator, e.g. {_last_sep(s)}"
+    if commas > 1 or points > 1:
+        sep = "commas" if commas else "points"
+        return f"has several {sep}: type it without a thousands separator, e.g. {_example_of_grouped(s)}"
+    if _SPACE_GROUPED.fullmatch(s):
+        return f"has spaces inside: type it without them, e.g. {s.replace(' ', '')}"
+    if commas:
+        return _comma_number(s)
+    if point_thousands_ambiguous and _POINT_THOUSAND.fullmatch(s):
+        grouped, small = s.replace(".", ""), _plain(Decimal(s))
+        return f"is ambiguous: {grouped} or {small}? Type {grouped} or {small}, without a thousands separator"
+    if not _PLAIN_NUMBER.fullmatch(s) or not any(c.isdigit() for c in s):
+        return "is not a number"
+    return _unsigned_zero(Decimal(s.replace("_", "")))
+
+
+def _comma_number(s: str) -> Decimal | str:
+    m = _COMMA_NUMBER.fullmatch(s)
+    if m is None:
+        return "is not a number"
+    sign, whole, frac = m.groups()
+    pointed = f"{sign}{whole or '0'}.{frac}"
+    if len(frac) <= 2:
+        return _unsigned_zero(Decimal(pointed))
+    if _GROUPED.fullmatch(s):
+        grouped, small = s.replace(",", ""), _plain(Decimal(pointed))
+        return f"is ambiguous: {grouped} or {small}? Type {grouped} or {small}, without a thousands separator"
+    return f"is ambiguous: a decimal comma takes one or two digits; type it with a point, e.g. {pointed}"
+
+
+def _last_sep(s: str) -> str:
+    """``1,234.5`` and ``1.234,5`` as one would write them here: 1234.5."""
+    cut = max(s.rfind(","), s.rfind("."))
+    return s[:cut].replace(",", "").replace(".", "") + "." + s[cut + 1:]
+
+
+def _example_of_grouped(s: str) -> str:
+    if _GROUPED.fullmatch(s):
+        return s.replace(",", "").replace(".", "")
+    return "1.5"
+
+
+def _unsigned_zero(d: Decimal) -> Decimal:
+    return abs(d) if d == 0 else d  # "-0" is 0
+
+
+# --- parsing a value -------------------------------------------------------------------------------
 
 _TRUE = {"on", "true", "yes", "1", "enable", "enabled"}
 _FALSE = {"off", "false", "no", "0", "disable", "disabled"}
+_UNIT_WORDS: dict[str, str] = {"%": "%", "usd": "USD", "$": "USD", "days": "days", "day": "days", "d": "days",
+                               "min": "min", "mins": "min", "s": "s", "sec": "s", "lots": "lots", "lot": "lots",
+                               "contracts": "contracts", "contract": "contracts"}
+_UNIT_SUFFIXES = sorted(_UNIT_WORDS, key=len, reverse=True)  # "contracts" before "s", "usd" before "d"
 
 
-def _parse_raw(key: str, text: str) -> Any | SettingError:
+@dataclass(frozen=True, slots=True)
+class _Problem:
+    """Why a text is not a value of its setting; ``parse_setting`` adds the range valid now."""
+
+    why: str
+
+
+def _parse_raw(key: str, text: str, *, typed: bool = True) -> Any | _Problem:
+    """A value of ``key`` from text; ``typed`` is False for stored text, which is always in the
+    canonical form ``format_value`` wrote (so an old stored ``100.125`` is not taken for a
+    thousands separator)."""
     spec = SETTING_SPECS[key]
     raw = text.strip()
-    where = f"{key} must be {range_text(key)}"
     if spec.kind == "bool":
         low = raw.lower()
         if low in _TRUE:
             return True
         if low in _FALSE:
             return False
-        return SettingError(f"'{raw}' is not on/off: {where}.")
+        return _Problem(f"'{raw}' is not on or off")
     if spec.kind == "choice":
-        return _parse_choice(key, raw, where)
+        return _parse_choice(key, raw)
     if spec.kind == "tiers":
-        return _parse_tiers(raw, where)
-    unit_given = ""
-    low = raw.lower().replace(",", "").replace("_", "")
-    for suffix in ("%", "usd", "$", "days", "day", "d", "min", "s"):
-        if low.endswith(suffix) and len(low) > len(suffix):
-            unit_given, low = suffix, low[: -len(suffix)].strip()
-            break
+        return _parse_tiers(raw)
+    return _parse_numeric(key, raw, typed)
+
+
+def _split_unit(raw: str) -> tuple[str, str]:
+    """(number text, unit word or "") from "1.5 %", "$9000", "400 days"."""
+    low = raw.lower()
     if low.startswith("$"):
-        unit_given, low = "$", low[1:]
-    if unit_given:
-        ok = {
-            "%": spec.unit == "%" or spec.unit.startswith("% "),
-            "usd": spec.unit == "USD",
-            "$": spec.unit == "USD",
-            "days": spec.unit == "days",
-            "day": spec.unit == "days",
-            "d": spec.unit == "days",
-            "min": spec.unit == "min",
-            "s": spec.unit == "s",
-        }[unit_given]
-        if not ok:
-            unit_name = spec.unit or "a plain number"
-            return SettingError(f"'{raw}' has the wrong unit: {key} is in {unit_name}; {where}.")
-    try:
-        number = Decimal(low)
-    except InvalidOperation:
-        return SettingError(f"'{raw}' is not a number: {where}.")
-    if not number.is_finite():
-        return SettingError(f"'{raw}' is not a finite number: {where}.")
+        return low[1:].strip(), "$"
+    for suffix in _UNIT_SUFFIXES:
+        if low.endswith(suffix) and len(low) > len(suffix):
+            return low[: -len(suffix)].strip(), suffix
+    return low, ""
+
+
+def _unit_fits(spec: SettingSpec, word: str) -> bool:
+    unit = _UNIT_WORDS[word]
+    return spec.unit == unit or (unit == "%" and spec.unit.startswith("% "))
+
+
+def _parse_numeric(key: str, raw: str, typed: bool) -> Decimal | int | _Problem:
+    spec = SETTING_SPECS[key]
+    number_text, unit_word = _split_unit(raw)
+    if unit_word and not _unit_fits(spec, unit_word):
+        unit_name = spec.unit or "a plain number"
+        return _Problem(f"'{raw}' has the wrong unit: {_in_sentence(spec.label)} is in {unit_name}")
+    number = parse_number(number_text, point_thousands_ambiguous=typed and (spec.kind == "int" or spec.unit == "USD"))
+    if isinstance(number, str):
+        return _Problem(f"'{raw}' {number}")
     if spec.kind == "int":
         if number != number.to_integral_value():
-            return SettingError(f"'{raw}' is not a whole number: {where}.")
+            return _Problem(f"'{raw}' is not a whole number")
         return int(number)
     return number
 
@@ -314,56 +497,94 @@ _PAUSE_WORDS = {"on": PauseMode.ALL, "true": PauseMode.ALL, "yes": PauseMode.ALL
                 "new": PauseMode.ENTRIES}
 
 
-def _parse_choice(key: str, raw: str, where: str) -> PauseMode | SettingError:
+def _parse_choice(key: str, raw: str) -> PauseMode | _Problem:
     value = _PAUSE_WORDS.get(raw.strip().lower()) if key == "paused" else None
     if value is None:
-        return SettingError(f"'{raw}' is not one of the choices: {where}.")
+        return _Problem(f"'{raw}' is not one of the choices")
     return value
 
 
-def _parse_tiers(raw: str, where: str) -> tuple[Tier, ...] | SettingError:
+_TIER_DAY = re.compile(r"([0-9]{1,4})d?")
+
+
+def _parse_tiers(raw: str) -> tuple[Tier, ...] | _Problem:
     tiers: list[Tier] = []
     for part in raw.replace(" ", "").split(","):
         if not part:
             continue
         day_text, sep, pct_text = part.partition(":")
-        if not sep:
-            return SettingError(f"'{part}' is not day:percent: {where}.")
-        try:
-            day = int(day_text.lower().rstrip("d"))
-            pct = Decimal(pct_text.rstrip("%"))
-        except (ValueError, InvalidOperation):
-            return SettingError(f"'{part}' is not day:percent: {where}.")
-        if not pct.is_finite():
-            return SettingError(f"'{part}' is not day:percent: {where}.")
-        tiers.append((day, pct))
+        day = _TIER_DAY.fullmatch(day_text.lower())
+        pct = parse_number(pct_text.removesuffix("%")) if sep else None
+        if day is None or not isinstance(pct, Decimal):
+            decimal_comma = bool(tiers) and part.isdigit()  # "0:50,5": the comma was meant as a decimal one
+            hint = " (commas separate the tiers: write a decimal with a point, e.g. 0:50.5)" if decimal_comma else ""
+            return _Problem(f"'{part}' is not day:percent{hint}")
+        tiers.append((int(day.group(1)), pct))
     try:
         return validate_tiers(tuple(tiers))
     except ValueError as e:
-        return SettingError(f"tp_tiers {e}: {where}.")
+        return _Problem(f"Take-profit tiers {raw or '(empty)'} refused: {e}")
+
+
+# --- checking a value against the others -----------------------------------------------------------
+
+
+def _refusal(settings: StrategySettings, key: str, value: Any) -> SettingError | None:
+    """Why ``value`` cannot be stored for ``key`` given the other settings, in the user's words,
+    with the range that is valid *now* (a reprice interval below the current order timeout)."""
+    if SETTING_SPECS[key].kind not in ("decimal", "int"):
+        return None
+    shown = f"{label_of(key)} = {display_value(key, value)} refused"
+    lo, hi = _bounds(key)
+    if key == "reprice_s" and value >= settings.order_timeout_s:
+        return SettingError(f"{shown}: it must be below Order timeout ({settings.order_timeout_s} s), so "
+                            f"{_span(key, lo, Decimal(settings.order_timeout_s - 1))}. To go higher, raise "
+                            "Order timeout first.")
+    if key == "order_timeout_s" and value <= settings.reprice_s:
+        return SettingError(f"{shown}: it must be above Reprice after ({settings.reprice_s} s), so "
+                            f"{_span(key, Decimal(settings.reprice_s + 1), hi)}. To go lower, lower "
+                            "Reprice after first.")
+    if key == "check_interval_min" and not (lo <= value <= hi and 60 % value == 0):
+        return SettingError(f"{shown}: it must divide 60 so ticks align to the clock: {_divisors_text()} min.")
+    if not lo <= value <= hi:
+        return SettingError(f"{shown}: it must be {_span(key, lo, hi)}.")
+    return None
 
 
 def parse_setting(settings: StrategySettings, key_text: str, value_text: str) -> SettingChange | SettingError:
     """Parse ``KEY VALUE`` as a user typed it into a validated change, or an error for the user."""
     key = resolve_key(key_text)
     if key is None:
-        return SettingError(f"Unknown setting '{key_text.strip()}'. Known: {', '.join(SETTING_SPECS)}.")
+        return unknown_key(key_text)
     value = _parse_raw(key, value_text)
-    if isinstance(value, SettingError):
-        return value
+    if isinstance(value, _Problem):
+        return SettingError(f"{value.why}. {label_of(key)} must be {valid_text(settings, key)}.")
+    refusal = _refusal(settings, key, value)
+    if refusal is not None:
+        return refusal
     try:
         new = settings.with_value(key, value)
-    except ValidationError as e:
-        detail = "; ".join(str(err.get("msg", "")).removeprefix("Value error, ") for err in e.errors())
-        return SettingError(f"{key} = {value_text.strip()} refused ({detail}): {key} must be {range_text(key)}.")
+    except ValidationError:  # a rule the checks above missed: still the product's words
+        return SettingError(f"{label_of(key)} = {display_value(key, value)} refused: it must be "
+                            f"{valid_text(settings, key)}.")
     return SettingChange(key=key, old=getattr(settings, key), new=getattr(new, key), settings=new)
+
+
+def unknown_key(key_text: str) -> SettingError:
+    """No such setting: the closest keys, and the list of them."""
+    typed = key_text.strip()
+    close = difflib.get_close_matches(typed.lower().replace("-", "_"), list(_ALIASES), n=5, cutoff=0.6)
+    by_key = {_ALIASES[c]: c for c in reversed(close)}  # the best-matching spelling of each setting
+    hint = f" Did you mean {' or '.join(by_key.values())}?" if by_key else ""
+    return SettingError(f"Unknown setting '{typed}'.{hint} The keys are: {', '.join(SETTING_SPECS)} "
+                        "(/settings shows them with their values).")
 
 
 def parse_assignment(settings: StrategySettings, text: str) -> SettingChange | SettingError:
     """Parse ``key=value`` (the backtest's ``--set``) with the chat's parser."""
     key, sep, value = text.partition("=")
     if not sep:
-        return SettingError(f"'{text}' is not key=value.")
+        return SettingError(f"'{text}' is not key=value, e.g. entry_drop=1.5.")
     return parse_setting(settings, key, value)
 
 
@@ -377,8 +598,8 @@ def settings_from_storage(stored: dict[str, str]) -> tuple[StrategySettings, lis
     values: dict[str, Any] = {}
     bad: list[str] = []
     for key, text in stored.items():
-        value = _parse_raw(key, text) if key in SETTING_SPECS else SettingError(key)
-        if isinstance(value, SettingError):
+        value = _parse_raw(key, text, typed=False) if key in SETTING_SPECS else _Problem(key)
+        if isinstance(value, _Problem):
             bad.append(key)
         else:
             values[key] = value

@@ -15,7 +15,10 @@ from broker.base import OrderLeg, OrderRequest
 from broker.sim import SimFillModel
 from storage import ledger
 from storage.models import AlertRecord, AuditEntry, Lot, LotExit, Order, OrderPurpose, OrderState
+from tests.fake_gateway.testing import IbErrorGuard, ib_errors
 from tests.tg_harness import ADMIN, ADMIN2, Tg, bars_oc, open_tg
+
+__all__ = ["ib_errors"]
 
 DIP_THEN_FLAT = [(500, 500), (490, 489), (492, 493), (493, 494)]
 
@@ -203,3 +206,51 @@ async def test_a_second_admin_hears_of_the_first_ones_manual_sale(tg: Tg) -> Non
     await tg.drain_alerts()
     to_second = "\n".join(c.text for c in tg.api.of("sendMessage", ADMIN2))
     assert f"Manual sale of lot #{lot.id}" in to_second
+
+
+# --- the same on the fake IB Gateway (the real ib_async client over a socket) -------------------------
+
+
+@pytest.fixture
+async def ib_tg(tmp_path: Path, ib_errors: IbErrorGuard) -> AsyncIterator[Tg]:
+    async for t in open_tg(tmp_path, bars_oc(DIP_THEN_FLAT), settings={"recycle_enabled": "off"}, ib=True):
+        yield t
+
+
+async def test_ib_sell_a_lot_now(ib_tg: Tg) -> None:
+    tg = ib_tg
+    await inside_a_session(tg, 2)
+    await tg.enroll_and_login()
+    (lot,) = ledger.open_lots()
+    await tg.send(ADMIN, f"/sell {lot.id}")
+    ask = tg.api.last(ADMIN)
+    assert f"Sell lot #{lot.id} now?" in ask.text
+    await tg.tap(ADMIN, ask.button("✅ Sell"))
+    assert ledger.open_lots() == ()
+    assert Lot.get_by_id(lot.id).exit_reason == LotExit.MANUAL
+    assert f"Sold lot #{lot.id}" in tg.api.of("editMessageText", ADMIN)[-1].text
+    positions = await tg.parts.engine.broker.positions()
+    assert lot.contract not in [p.contract for p in positions]  # gone at the gateway too
+
+
+async def test_ib_cancel_and_stop(ib_tg: Tg) -> None:
+    tg = ib_tg
+    await inside_a_session(tg, 2)
+    await tg.enroll_and_login()
+    order = _working_order(tg)
+    broker_id = await tg.parts.engine.broker.place_order(ledger.request_from_json(order.request))
+    ledger.mark_sent(order.order_ref, broker_id, tg.clock.now())
+    await tg.send(ADMIN, "/cancel all")
+    ask = tg.api.last(ADMIN)
+    assert "Cancel this order?" in ask.text
+    await tg.tap(ADMIN, ask.button("✅ Cancel all"))
+    await tg.parts.engine.broker.sync()  # the gateway's answer has been processed
+    assert Order.get_by_id(order.id).status == OrderState.CANCELLED
+    # /stop: paused, nothing working, then every lot sold on the second confirm
+    await tg.send(ADMIN, "/stop")
+    await tg.tap(ADMIN, tg.api.last(ADMIN).button("⛔ Stop now"))
+    stopped = tg.api.of("editMessageText", ADMIN)[-1]
+    assert "no order was working" in stopped.text and tg.parts.engine.settings.current.paused.holds_exits
+    await tg.tap(ADMIN, stopped.button("Also sell all"))
+    await tg.tap(ADMIN, tg.api.of("editMessageText", ADMIN)[-1].button("✅ Sell all"))
+    assert ledger.open_lots() == ()

@@ -253,12 +253,13 @@ async def test_settings_keyboard_end_to_end_and_the_next_tick_uses_it(tmp_path: 
         assert "<b>Entry</b>" in menu.text and "<b>Exits</b>" in menu.text
         datas = [b["callback_data"] for row in menu.keyboard for b in row]
         assert datas and all(len(d.encode()) <= 64 for d in datas)
-        await tg.tap(ADMIN, menu.button("entry_drop_pct = 1"))
+        await tg.tap(ADMIN, menu.button("📈 Entry"))
+        await tg.tap(ADMIN, tg.api.last(ADMIN).button("Entry drop: 1 %"))
         edit = tg.api.last(ADMIN)
-        assert edit.method == "editMessageText" and "Current: <code>1</code>" in edit.text
-        await tg.tap(ADMIN, edit.button("0.5"))
+        assert edit.method == "editMessageText" and "Now: <code>1</code> %" in edit.text
+        await tg.tap(ADMIN, edit.button("0.5 %"))
         confirm = tg.api.last(ADMIN)
-        assert "1</code> → <code>0.5" in confirm.text
+        assert "Entry drop: <code>1</code> % → <code>0.5</code> %" in confirm.text
         assert tg.parts.engine.settings.current.entry_drop_pct == Decimal(1)  # not before confirming
         await tg.tap(ADMIN, confirm.button("✅ Confirm"))
         assert "Saved" in tg.api.last(ADMIN).text
@@ -271,15 +272,17 @@ async def test_settings_keyboard_end_to_end_and_the_next_tick_uses_it(tmp_path: 
 async def test_typed_value_with_a_mistake_then_confirm(tg: Tg) -> None:
     await tg.enroll_and_login()
     await tg.send(ADMIN, "/settings")
-    await tg.tap(ADMIN, tg.api.last(ADMIN).button("target_delta = 0.6"))
+    await tg.tap(ADMIN, tg.api.last(ADMIN).button("📈 Entry"))
+    await tg.tap(ADMIN, tg.api.last(ADMIN).button("Delta of the call to buy: 0.6"))
     await tg.tap(ADMIN, tg.api.last(ADMIN).button("✏️ Type a value"))
-    assert "Send the new value for <b>target_delta</b>" in tg.api.last(ADMIN).text
+    assert "Send the new value for <b>Delta of the call to buy</b>" in tg.api.last(ADMIN).text
     await tg.send(ADMIN, "abc")
     assert "not a number" in tg.api.last(ADMIN).text.lower()
     await tg.send(ADMIN, "0.99")
     assert "0.05–0.95" in tg.api.last(ADMIN).text
-    await tg.send(ADMIN, "0.65")
+    await tg.send(ADMIN, "0,65")  # a decimal comma
     confirm = tg.api.last(ADMIN)
+    assert "<code>0.6</code> → <code>0.65</code>" in confirm.text
     await tg.tap(ADMIN, confirm.button("✅ Confirm"))
     assert tg.parts.engine.settings.current.target_delta == Decimal("0.65")
 
@@ -288,7 +291,8 @@ async def test_forged_stale_and_foreign_buttons_change_nothing(tg: Tg) -> None:
     await tg.enroll_and_login(ADMIN)
     await tg.enroll_and_login(ADMIN2)
     await tg.send(ADMIN, "/settings")
-    await tg.tap(ADMIN, tg.api.last(ADMIN).button("target_delta = 0.6"))
+    await tg.tap(ADMIN, tg.api.last(ADMIN).button("📈 Entry"))
+    await tg.tap(ADMIN, tg.api.last(ADMIN).button("Delta of the call to buy"))
     await tg.tap(ADMIN, tg.api.last(ADMIN).button("0.7"))
     confirm = tg.api.last(ADMIN).button("✅ Confirm")
 
@@ -296,7 +300,7 @@ async def test_forged_stale_and_foreign_buttons_change_nothing(tg: Tg) -> None:
     await tg.tap(ADMIN, "anything-else")
     await tg.tap(ADMIN2, confirm)  # another admin's button
     answers = [c.params.get("text", "") for c in tg.api.of("answerCallbackQuery")]
-    assert "no longer valid" in answers[-3] and "not valid" in answers[-2] and "another admin" in answers[-1]
+    assert "expired" in answers[-3] and "not valid" in answers[-2] and "another admin" in answers[-1]
     assert tg.parts.engine.settings.current.target_delta == Decimal("0.6")
 
     # the value changed meanwhile (through /set): the old confirm is refused
@@ -307,7 +311,7 @@ async def test_forged_stale_and_foreign_buttons_change_nothing(tg: Tg) -> None:
 
     # an expired button
     await tg.send(ADMIN, "/settings")
-    button = tg.api.last(ADMIN).button("target_delta")
+    button = tg.api.last(ADMIN).button("📈 Entry")
     tg.clock.advance_to(tg.clock.now() + timedelta(minutes=11))
     await tg.tap(ADMIN, button)
     assert "expired" in tg.api.of("answerCallbackQuery")[-1].params["text"]
@@ -317,11 +321,12 @@ async def test_alert_levels_from_the_keyboard(tg: Tg) -> None:
     await tg.enroll_and_login()
     await tg.send(ADMIN, "/settings")
     await tg.tap(ADMIN, tg.api.last(ADMIN).button("🔔 Alerts"))
-    await tg.tap(ADMIN, tg.api.last(ADMIN).button("🔔 settings_changed"))
-    await tg.tap(ADMIN, tg.api.last(ADMIN).button("off"))
+    await tg.tap(ADMIN, tg.api.last(ADMIN).button("⚙️ System"))
+    await tg.tap(ADMIN, tg.api.last(ADMIN).button("🔔 Setting changed"))
+    await tg.tap(ADMIN, tg.api.last(ADMIN).button("🚫 Off"))
     assert outbox.alert_level("settings_changed") == "off"
-    await tg.tap(ADMIN, tg.api.last(ADMIN).button("🔔 paused"))
-    await tg.tap(ADMIN, tg.api.last(ADMIN).button("silent"))
+    await tg.tap(ADMIN, tg.api.last(ADMIN).button("🔔 Paused"))
+    await tg.tap(ADMIN, tg.api.last(ADMIN).button("🔕 Silent"))
     await tg.drain_alerts()
     tg.api.clear()
     await tg.send(ADMIN, "/set delta 0.7")

@@ -312,15 +312,29 @@ def make_cfg(tmp: Path, **extra: str) -> AppConfig:
 async def open_tg(tmp: Path, bars: list[DailyBar] | None = None, *, fill: SimFillModel | None = None,
                   settings: dict[str, str] | None = None,
                   hook: Callable[[Any], None] | None = None,
-                  handler_errors: list[BaseException] | None = None) -> AsyncIterator[Tg]:
+                  handler_errors: list[BaseException] | None = None, ib: bool = False) -> AsyncIterator[Tg]:
     bars = bars or bars_oc([(500, 500), (500, 501), (501, 502)])
     cal = nyse()
     path = PricePath.from_bars(bars, cal, seed=3)
     first = cal.session(bars[0].day)
     assert first is not None
-    clock = SimClock(first.open - timedelta(minutes=1))
-    broker = SimBroker(clock, path, IvSource.constant(0.22), calendar=cal, starting_cash=Decimal(100_000),
-                       mixed_account=True, seed=3, fill=fill)
+    gateway = None
+    broker: Any
+    if ib:  # the real ib_async client over a socket to the fake IB Gateway, on simulated time
+        from tests.fake_gateway import FakeGateway, FakeMarket
+        from tests.fake_gateway.testing import fast_broker
+        from tests.test_ib_engine import NetClock
+
+        clock: SimClock = NetClock(first.open - timedelta(minutes=1))
+        gateway = await FakeGateway(FakeMarket(bars, calendar=cal, iv=0.22, seed=3), now=clock.now,
+                                    cash=Decimal(100_000), mixed_account=False).start()
+        clock.add_listener(gateway.on_time)
+        broker = fast_broker(gateway.port, clock, max_requests_per_s=0, calendar=cal)
+        clock.broker = broker  # type: ignore[attr-defined]
+    else:
+        clock = SimClock(first.open - timedelta(minutes=1))
+        broker = SimBroker(clock, path, IvSource.constant(0.22), calendar=cal, starting_cash=Decimal(100_000),
+                           mixed_account=True, seed=3, fill=fill)
     cfg = make_cfg(tmp)
     api = FakeBotApi()
     with respx.mock(assert_all_called=False) as router:
@@ -346,5 +360,7 @@ async def open_tg(tmp: Path, bars: list[DailyBar] | None = None, *, fill: SimFil
             await parts.deps.service.cache.close()
             await parts.engine.stop()
             close_database(parts.db)
+            if gateway is not None:
+                await gateway.stop()
         if handler_errors is None:
             assert errors == [], f"handler errors: {errors!r}"
