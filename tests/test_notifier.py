@@ -31,8 +31,9 @@ RECYCLED = "Recycled profits into 7 QQQM; the bot's core is now 7 shares (1,331.
 async def tg(tmp_path: Path) -> AsyncIterator[Tg]:
     async for t in open_tg(tmp_path):
         t.api.strict_edits = True  # Telegram refuses an edit that changes nothing
-        await t.drain_alerts()  # what start-up raised is not what these tests look at
+        await t.drain_alerts()  # what start-up raised (the "started" message) is not what these tests look at
         t.api.clear()
+        t.api.messages.clear()
         yield t
 
 
