@@ -233,6 +233,9 @@ class TelegramNotifier:
                     break  # an edit cannot ring: this one needs a message of its own
                 if size + len(SEP) + len(rec.text) > JOIN_LIMIT:
                     break
+                started = step.edit.started if step.edit is not None else step.shown[0].created_at
+                if step.thread is not None and rec.created_at - started > self.thread_window:
+                    break  # late news about the order: a message of its own
                 size += len(SEP) + len(rec.text)
             step.shown.append(rec)
             step.upto = rec.id

@@ -250,6 +250,16 @@ async def test_a_late_fill_gets_a_new_message_that_rings(tg: Tg) -> None:
         assert alert_calls(tg, admin, "editMessageText") == []
 
 
+async def test_a_late_fill_delivered_with_its_order_after_an_outage_still_gets_its_own_message(tg: Tg) -> None:
+    order_event(tg, EventKind.ORDER_SENT, SENT)
+    tg.clock.advance_to(tg.clock.now() + timedelta(minutes=20))
+    order_event(tg, EventKind.ORDER_FILLED, FILLED)
+    await tg.drain_alerts()  # Telegram was out meanwhile: both go now
+    for admin in (ADMIN, ADMIN2):
+        sends = alert_calls(tg, admin, "sendMessage")
+        assert len(sends) == 2 and FILLED in sends[1].text and SENT not in sends[1].text and rings(sends[1])
+
+
 async def test_edits_are_retried_on_transient_errors_and_not_repeated(tg: Tg) -> None:
     await live(tg, EventKind.ORDER_SENT, SENT)
     tg.api.fail_methods = {"editMessageText"}
