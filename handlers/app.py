@@ -86,13 +86,20 @@ def build(
         builder_hook(builder)
     app = cast(BotApp, builder.build())  # the builder cannot carry the custom context types through
 
-    async def send(chat_id: int, text: str, silent: bool) -> None:
+    async def send(chat_id: int, text: str, silent: bool) -> int:
+        message_id = 0
         for chunk in fmt.split_message(text):
-            await app.bot.send_message(chat_id, chunk, parse_mode=ParseMode.HTML, disable_notification=silent,
-                                       disable_web_page_preview=True)
+            message = await app.bot.send_message(chat_id, chunk, parse_mode=ParseMode.HTML,
+                                                 disable_notification=silent, disable_web_page_preview=True)
+            message_id = message.message_id
+        return message_id  # the message holding the end of the text: the one a thread's next alert edits
+
+    async def edit(chat_id: int, message_id: int, text: str) -> None:
+        await app.bot.edit_message_text(text, chat_id=chat_id, message_id=message_id, parse_mode=ParseMode.HTML,
+                                        disable_web_page_preview=True)
 
     notifier = TelegramNotifier(cfg.admin_user_ids, lambda ev: fmt.alert_html(ev, label()), send, clock.now,
-                                quiet_window=parse_window(cfg.ib_quiet_window))
+                                quiet_window=parse_window(cfg.ib_quiet_window), edit=edit)
     sink = FanoutSink([LogSink(label), notifier])
     settings = SettingsService(sink, clock.now)
     engine = Engine(broker, clock, calendar or nyse(), settings, sink, cfg.limits)

@@ -91,15 +91,34 @@ def _parse(request: httpx.Request) -> tuple[dict[str, Any], dict[str, bytes]]:
     return dict(parse_qsl(body.decode())), {}
 
 
+@dataclass(frozen=True)
+class Unanswered:
+    """A fault served like the others: Telegram carries the call out, then the answer is lost. With
+    ``only``, another method that draws it fails with ``error`` without being carried out."""
+
+    error: Exception
+    only: str | None = None
+
+
+def bad_request(description: str) -> httpx.Response:
+    return httpx.Response(400, json={"ok": False, "error_code": 400, "description": f"Bad Request: {description}"})
+
+
 class FakeBotApi:
-    """Answers every Bot API method like Telegram would, and records the calls."""
+    """Answers every Bot API method like Telegram would, and records the calls. It keeps the text of
+    each message it created (``screen``); editing one that was deleted is refused as Telegram does,
+    and with ``strict_edits`` so is an edit that changes nothing ("message is not modified")."""
 
     def __init__(self) -> None:
         self.calls: list[Call] = []
         self.next_id = 500
-        # served (in order) to the fail_methods before success: a response, or an exception to raise
-        self.failures: list[httpx.Response | Exception] = []
+        # served (in order) to the fail_methods before success: a response, an exception to raise,
+        # an Unanswered (carried out, then its exception), or None (answered normally)
+        self.failures: list[httpx.Response | Exception | Unanswered | None] = []
         self.fail_methods = {"sendMessage"}
+        self.messages: dict[tuple[int, int], str] = {}  # (chat, message id) → current text, in creation order
+        self.deleted: set[tuple[int, int]] = set()
+        self.strict_edits = False
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         method = request.url.path.rsplit("/", 1)[-1]
@@ -107,21 +126,55 @@ class FakeBotApi:
         if method == "getUpdates":
             return httpx.Response(200, json={"ok": True, "result": []})
         self.calls.append(Call(method, params, files))
+        lost: Exception | None = None
         if method in self.fail_methods and self.failures:
             failure = self.failures.pop(0)
-            if isinstance(failure, Exception) or failure.status_code != 200:
+            if isinstance(failure, Unanswered) and failure.only not in (None, method):
                 self.calls[-1].ok = False
-            if isinstance(failure, Exception):
-                raise failure
-            return failure
+                raise failure.error
+            if isinstance(failure, Unanswered):
+                lost = failure.error
+            elif failure is not None:
+                if isinstance(failure, Exception) or failure.status_code != 200:
+                    self.calls[-1].ok = False
+                if isinstance(failure, Exception):
+                    raise failure
+                return failure
+        refused = self._refused(method, params)
+        if refused is not None:
+            self.calls[-1].ok = False
+            return refused
         result = self._result(method, params)
         if isinstance(result, dict) and "message_id" in result:
             self.calls[-1].message_id = result["message_id"]
+        if lost is not None:
+            self.calls[-1].ok = False  # carried out, but the bot cannot know
+            raise lost
         return httpx.Response(200, json={"ok": True, "result": result})
+
+    def _refused(self, method: str, params: dict[str, Any]) -> httpx.Response | None:
+        if method != "editMessageText" or "message_id" not in params:
+            return None
+        key = (int(params.get("chat_id", 0)), int(params["message_id"]))
+        if key in self.deleted:
+            return bad_request("message to edit not found")
+        if self.strict_edits and self.messages.get(key) == params.get("text", ""):
+            return bad_request("message is not modified: specified new message content and reply markup are "
+                               "exactly the same as a current content and reply markup of the message")
+        return None
 
     def _result(self, method: str, params: dict[str, Any]) -> Any:
         if method == "getMe":
             return BOT_USER
+        if method == "deleteMessage" and "message_id" in params:
+            key = (int(params.get("chat_id", 0)), int(params["message_id"]))
+            if key in self.messages:
+                del self.messages[key]
+                self.deleted.add(key)
+        if method == "editMessageText" and "message_id" in params:
+            key = (int(params.get("chat_id", 0)), int(params["message_id"]))
+            if key in self.messages:
+                self.messages[key] = str(params.get("text", ""))
         if method in ("sendMessage", "sendPhoto", "editMessageText"):
             self.next_id += 1
             chat = {"id": int(params.get("chat_id", 0)), "type": "private"}
@@ -132,8 +185,20 @@ class FakeBotApi:
                 msg["caption"] = params.get("caption", "")
             else:
                 msg["text"] = params.get("text", "")
+            if method != "editMessageText":
+                key = (int(params.get("chat_id", 0)), int(msg["message_id"]))
+                self.messages[key] = str(params.get("text") or params.get("caption") or "")
             return msg
         return True
+
+    def delete_by_user(self, chat_id: int, message_id: int) -> None:
+        """The admin deleted that message in their chat."""
+        self.messages.pop((chat_id, message_id), None)
+        self.deleted.add((chat_id, message_id))
+
+    def screen(self, chat_id: int) -> list[str]:
+        """What the chat shows now: the current text of each message the bot sent there, oldest first."""
+        return [text for (chat, _), text in self.messages.items() if chat == chat_id]
 
     # --- what tests look at ---
 
@@ -220,6 +285,16 @@ class Tg:
 
     async def drain_alerts(self) -> None:
         await self.parts.notifier.drain()
+
+    async def drain_retrying(self, rounds: int = 10) -> list[float]:
+        """Drain again after each failure (without sleeping) until all went out; the waits asked."""
+        waits: list[float] = []
+        for _ in range(rounds):
+            wait = await self.parts.notifier.drain()
+            if wait == 0:
+                break
+            waits.append(wait)
+        return waits
 
 
 def make_cfg(tmp: Path, **extra: str) -> AppConfig:

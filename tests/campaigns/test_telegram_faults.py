@@ -14,7 +14,7 @@ import httpx
 
 from bot.alerts import EventKind
 from storage.models import AlertRecord
-from tests.tg_harness import ADMIN, ADMIN2, Tg, open_tg
+from tests.tg_harness import ADMIN, ADMIN2, Tg, Unanswered, open_tg
 
 N = int(os.environ.get("QQQ_CAMPAIGN_TG", "120"))
 
@@ -62,6 +62,75 @@ async def test_no_alert_is_lost_or_reordered_under_bot_api_faults(tmp_path: Path
             seen = [int(m) for c in tg.api.of("sendMessage", admin, delivered=True)
                     for m in re.findall(r"alert #(\d{4})", c.text)]
             assert seen == list(range(N)), admin  # every alert, once, in order
+
+
+def thread_faults(rng: random.Random, n: int) -> list[httpx.Response | Exception | Unanswered | None]:
+    """Like ``faults``, for sends and edits alike; an answer is lost only after an edit Telegram
+    carried out (a send whose answer is lost is sent again: at least once, by design), and calls in
+    between are answered by the fake itself (so it keeps the messages' texts)."""
+    out: list[httpx.Response | Exception | Unanswered | None] = []
+    for fault in faults(rng, n):
+        if isinstance(fault, httpx.Response) and fault.status_code == 200:
+            out.append(Unanswered(httpx.ReadTimeout("timed out"), only="editMessageText") if rng.random() < 0.3
+                       else None)
+        else:
+            out.append(fault)
+    return out
+
+
+async def test_order_threads_stay_one_message_each_under_bot_api_faults(tmp_path: Path) -> None:
+    """Plain alerts and the alerts of several orders at once (sent, partial fills, filled, the
+    summary), under faults on sends and edits: on each admin's screen every alert shows once, plain
+    ones in order, and each order's alerts in order in one message of its own."""
+    rng = random.Random(23)
+    errors: list[BaseException] = []
+    async for tg in open_tg(tmp_path, handler_errors=errors):
+        await tg.parts.notifier.drain()  # start-up's own alerts
+        tg.api.strict_edits = True
+        tg.api.fail_methods = {"sendMessage", "editMessageText"}
+        tg.api.failures = thread_faults(rng, N * 2)
+        open_orders: dict[str, int] = {}  # order ref → steps so far
+        stories: dict[str, int] = {}
+        filled: dict[str, bool] = {}
+        plain = 0
+        for _ in range(N):
+            roll = rng.random()
+            if roll < 0.3 or (roll < 0.5 and len(open_orders) >= 3):
+                tg.parts.engine.emit(EventKind.ERROR, f"alert #{plain:04d}")
+                plain += 1
+            elif roll < 0.5 or not open_orders:
+                ref = f"qqqbot-{len(stories) + len(open_orders):04d}"
+                open_orders[ref] = 1
+                filled[ref] = False
+                tg.parts.engine.emit(EventKind.ORDER_SENT, f"order {ref} step 0", order_ref=ref)
+            else:  # partial fills, the fill, then the summary the engine raises right after it
+                ref = rng.choice(sorted(open_orders))
+                step = open_orders[ref]
+                kind = (EventKind.RECYCLE if filled[ref] else
+                        EventKind.ORDER_FILLED if step >= 3 or rng.random() < 0.4 else EventKind.ORDER_PARTIAL)
+                filled[ref] = filled[ref] or kind == EventKind.ORDER_FILLED
+                tg.parts.engine.emit(kind, f"order {ref} step {step}", order_ref=ref)
+                open_orders[ref] = step + 1
+                if kind == EventKind.RECYCLE:
+                    stories[ref] = open_orders.pop(ref)
+            if rng.random() < 0.3:
+                await tg.parts.notifier.drain()
+        stories.update(open_orders)
+        rounds = await drain_until_empty(tg)
+        edits = len(tg.api.of("editMessageText", delivered=True))
+        print(f"\n{N} alerts, {len(stories)} orders through {N * 2} injected faults: {rounds} drain rounds, "
+              f"{edits} edits")
+        assert edits > 0
+        for admin in (ADMIN, ADMIN2):
+            screen = [m for m in tg.api.screen(admin) if "alert #" in m or "order qqqbot-" in m]
+            seen = [int(m) for text in screen for m in re.findall(r"alert #(\d{4})", text)]
+            assert seen == list(range(plain)), admin  # every plain alert, once, in order
+            for ref, steps in stories.items():
+                holding = [text for text in screen if f"order {ref} " in text]
+                assert len(holding) == 1, (admin, ref, holding)  # one message per order
+                shown = [int(s) for s in re.findall(rf"order {ref} step (\d+)", holding[0])]
+                assert shown == list(range(steps)), (admin, ref)  # each step once, in order
+                assert "alert #" not in holding[0] and len(set(re.findall(r"order (qqqbot-\d+)", holding[0]))) == 1
 
 
 async def test_commands_survive_bot_api_faults(tmp_path: Path) -> None:
