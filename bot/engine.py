@@ -125,8 +125,11 @@ class Engine:
                           f"recorded: {execution.side} {execution.qty} {what} @ {execution.price}")
                 return
             kind = EventKind.ORDER_FILLED if order.filled_qty >= order.qty else EventKind.ORDER_PARTIAL
+            # A manual order's fills while its admin waits for the reply are in that reply; a late one
+            # (after the reply was written) is news to them too.
             manual_by = json.loads(order.context or "{}").get("manual")
-            actor = actor_id(manual_by) if isinstance(manual_by, str) else None
+            actor = actor_id(manual_by) if isinstance(manual_by, str) and self.runner.is_running(order.order_ref) \
+                else None
             ins = execution.instrument
             amount = execution.price * execution.qty * (ins.multiplier if isinstance(ins, OptionContract) else 1)
             fee = f" + {execution.commission:,.2f} commission" if execution.commission else ""

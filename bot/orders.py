@@ -48,6 +48,11 @@ class OrderRunner:
         self.broker = broker
         self.clock = clock
         self._final_events: dict[str, asyncio.Event] = {}
+        self._running: set[str] = set()
+
+    def is_running(self, order_ref: str) -> bool:
+        """Whether ``run`` is still working this order (its outcome is not returned yet)."""
+        return order_ref in self._running
 
     def notify_final(self, order_ref: str) -> None:
         """Called by the engine's listener when an order reached a final state."""
@@ -100,6 +105,17 @@ class OrderRunner:
                                         context=context)
             if after_create is not None:
                 after_create(order)
+        ref = req.order_ref
+        self._running.add(ref)
+        try:
+            return await self._send_and_work(req, settings, quote, tick, max_buy_limit)
+        finally:
+            self._running.discard(ref)
+
+    async def _send_and_work(
+        self, req: OrderRequest, settings: StrategySettings, quote: QuoteFn, tick: Decimal,
+        max_buy_limit: Decimal | None,
+    ) -> OrderOutcome:
         ref = req.order_ref
         try:
             broker_id = await self.broker.place_order(req)
