@@ -32,10 +32,13 @@ from strategy.model import (
 from strategy.rules import (
     DailyLimits,
     can_afford,
+    capped_quantity,
     daily_limit_breach,
     is_fresh,
     limit_price,
+    option_commission,
     premium_within_limit,
+    sized_quantity,
     stock_commission,
     worst_limit,
 )
@@ -55,12 +58,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 TICK = Decimal("0.01")
-OPTION_FEE = Decimal("0.65")
-
-
-def option_commission(qty: int) -> Decimal:
-    """IBKR-like option commission estimate: 0.65 USD a contract, at least 1 USD."""
-    return max(OPTION_FEE * qty, Decimal(1))
 
 
 @dataclass
@@ -231,40 +228,65 @@ class BuyRefusal:
 
 
 async def plan_buy(desk: Desk, snap: MarketSnapshot, settings: StrategySettings) -> BuyPlan | BuyRefusal:
-    """Choose the contract and check premium, funds and the hard daily limits. Nothing is sent,
-    stored or alerted: the tick and a manual /enter each decide what to do with a refusal."""
+    """Choose the contract, size the lot and check premium, funds and the hard daily limits. Nothing
+    is sent, stored or alerted: the tick and a manual /enter each decide what to do with a refusal.
+
+    A fixed size (contracts) is bought whole or skipped, as the spec says; a share of net liquidation
+    is sized at the first limit and then cut down to what max premium, the funds and the day's
+    premium cap allow, and skipped only when not even one contract fits."""
     choice = await select_contract(desk, snap, settings)
     if isinstance(choice, Rejection):
         return BuyRefusal("no_contract", f"no eligible contract ({choice.reason})")
-    mid = choice.quote.mid
-    assert mid is not None
-    qty = settings.order_quantity
+    q = choice.quote
+    mid = q.mid
+    assert mid is not None and q.bid is not None and q.ask is not None
     mult = choice.contract.multiplier
-    premium = mid * mult * qty
-    if not premium_within_limit(mid, qty, mult, settings):
-        return BuyRefusal("premium", f"{choice.contract.key} costs {premium:,.2f} USD for {qty}, above the max "
-                          f"premium of {settings.max_premium:,.0f} USD")
-    account = await desk.broker.account_summary()
-    if not can_afford(account.available_funds_usd, premium, option_commission(qty)):
-        return BuyRefusal("funds", f"available funds {account.available_funds_usd:,.2f} USD < premium "
-                          f"{premium:,.2f} USD + commission")
     day = snap.session
+    size = settings.position_size
+    account = await desk.broker.account_summary()
+    if size.pct is not None:
+        limit0 = limit_price(q.bid, q.ask, "BUY", 0, settings, q.min_tick)
+        wanted = sized_quantity(size.pct, account.net_liquidation, limit0, mult)
+        room = desk.limits.max_premium_per_day - ledger.premium_bought_on(day)
+        qty = capped_quantity(wanted, mid, mult, settings.max_premium, account.available_funds_usd, room)
+        if qty == 0:
+            budget = account.net_liquidation * size.pct / 100
+            why = (f"{size.text} of net liquidation is {budget:,.2f} USD, less than one contract of "
+                   f"{choice.contract.key} at {limit0} ({limit0 * mult:,.2f} USD)" if wanted == 0 else
+                   f"{size.text} of net liquidation buys {wanted} contract{'s' if wanted > 1 else ''} of "
+                   f"{choice.contract.key}, but not even one fits within the max premium "
+                   f"({settings.max_premium:,.0f} USD), the available funds ({account.available_funds_usd:,.2f} "
+                   f"USD) and the day's premium cap ({max(room, Decimal(0)):,.2f} USD left)")
+            return BuyRefusal("size", why)
+        premium = mid * mult * qty
+    else:
+        qty = size.contracts or 1
+        premium = mid * mult * qty
+        if not premium_within_limit(mid, qty, mult, settings):
+            return BuyRefusal("premium", f"{choice.contract.key} costs {premium:,.2f} USD for {qty}, above the max "
+                              f"premium of {settings.max_premium:,.0f} USD")
+        if not can_afford(account.available_funds_usd, premium, option_commission(qty)):
+            return BuyRefusal("funds", f"available funds {account.available_funds_usd:,.2f} USD < premium "
+                              f"{premium:,.2f} USD + commission")
     breach = daily_limit_breach(ledger.orders_sent_on(day), ledger.premium_bought_on(day), premium, desk.limits)
     if breach is not None:
         return BuyRefusal("limit", breach)
     return BuyPlan(choice, qty, premium)
 
 
-_SKIP_ALERTS = {"no_contract": EventKind.NO_CONTRACT, "premium": EventKind.SKIPPED, "funds": EventKind.SKIPPED}
+_SKIP_ALERTS = {"no_contract": EventKind.NO_CONTRACT, "premium": EventKind.SKIPPED, "funds": EventKind.SKIPPED,
+                "size": EventKind.SKIPPED}
 
 
-async def _checked_buy(desk: Desk, snap: MarketSnapshot, settings: StrategySettings, what: str) -> BuyPlan | None:
-    """A tick's buy: the plan, or None after the refusal was journaled and alerted (once per session
-    and kind; a daily limit halts automatic orders for the rest of the session)."""
+async def _checked_buy(desk: Desk, snap: MarketSnapshot, settings: StrategySettings, what: str,
+                       report: TickReport) -> BuyPlan | None:
+    """A tick's buy: the plan, or None after the refusal was reported, journaled and alerted (once
+    per session and kind; a daily limit halts automatic orders for the rest of the session)."""
     plan = await plan_buy(desk, snap, settings)
     if isinstance(plan, BuyPlan):
         return plan
     day = snap.session
+    report.actions.append(f"{what} skipped: {plan.text}")
     desk.note(day, "entry", f"skipped:{plan.kind}", f"{what} signal; {plan.text}: skipped")
     if plan.kind == "limit":
         _limit_ok(desk, day, Decimal(0), what, breach=plan.text)
@@ -304,7 +326,7 @@ def _bought_text(out: OrderOutcome, plan: BuyPlan, snap: MarketSnapshot) -> str:
 
 
 async def _enter(desk: Desk, snap: MarketSnapshot, settings: StrategySettings, report: TickReport) -> None:
-    plan = await _checked_buy(desk, snap, settings, "Entry")
+    plan = await _checked_buy(desk, snap, settings, "Entry", report)
     if plan is None:
         return
     out = await _buy(desk, plan, snap, settings, OrderPurpose.ENTRY)
@@ -346,7 +368,7 @@ async def _roll(desk: Desk, old: Lot, snap: MarketSnapshot, settings: StrategySe
     if old_quote is None or old_quote.bid is None or old_quote.ask is None:
         report.actions.append(f"roll of lot #{old.id}: no quote for it")
         return
-    plan = await _checked_buy(desk, snap, settings, f"Roll of lot #{old.id}")
+    plan = await _checked_buy(desk, snap, settings, f"Roll of lot #{old.id}", report)
     if plan is None:
         return
     choice = plan.choice
@@ -411,7 +433,7 @@ async def _roll_buy(
 ) -> None:
     """The buy leg of a legged roll (first try, or a retry at a later tick of the session)."""
     if plan is None:
-        plan = await _checked_buy(desk, snap, settings, f"Roll #{roll_id} buy leg")
+        plan = await _checked_buy(desk, snap, settings, f"Roll #{roll_id} buy leg", report)
     out = await _buy(desk, plan, snap, settings, OrderPurpose.ROLL, roll_id=roll_id) if plan is not None else None
     if out is not None and out.filled > 0 and plan is not None:
         ledger.set_roll_status(roll_id, RollStatus.COMPLETED)

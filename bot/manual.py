@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from bot.actions import BuyPlan, BuyRefusal, buy_now, option_commission, plan_buy, sell_now
+from bot.actions import BuyPlan, BuyRefusal, buy_now, plan_buy, sell_now
 from bot.alerts import EventKind, actor_id
 from bot.engine import Engine
 from bot.orders import OrderOutcome
@@ -20,6 +20,7 @@ from storage.models import Order, OrderPurpose, OrderState, Roll
 from strategy import accounting
 from strategy.calendar import NY
 from strategy.model import Lot, OptionQuote
+from strategy.rules import option_commission
 from strategy.settings import PauseMode, SettingError
 
 ZERO = Decimal(0)

@@ -150,6 +150,37 @@ def premium_within_limit(mid: Decimal, quantity: int, multiplier: int, settings:
     return mid * multiplier * quantity <= settings.max_premium
 
 
+OPTION_FEE = Decimal("0.65")
+
+
+def option_commission(qty: int) -> Decimal:
+    """IBKR-like option commission estimate: 0.65 USD a contract, at least 1 USD."""
+    return max(OPTION_FEE * qty, Decimal(1))
+
+
+def sized_quantity(pct: Decimal, net_liquidation: Decimal, limit: Decimal, multiplier: int) -> int:
+    """A new lot sized as a share of net liquidation: floor(net liquidation × pct ÷ (limit × multiplier))."""
+    if limit <= 0 or net_liquidation <= 0:
+        return 0
+    return int((net_liquidation * pct / HUNDRED / (limit * multiplier)).to_integral_value(rounding=ROUND_FLOOR))
+
+
+def capped_quantity(qty: int, mid: Decimal, multiplier: int, max_premium: Decimal, available_funds: Decimal,
+                    premium_room: Decimal) -> int:
+    """The largest quantity up to ``qty`` that the existing guards still allow: the lot's premium at
+    the mid within max_premium and within the day's remaining premium (the hard daily cap), and the
+    premium plus commission within the available funds."""
+    if mid <= 0:
+        return 0
+    per = mid * multiplier
+    n = qty
+    n = min(n, int((max_premium / per).to_integral_value(rounding=ROUND_FLOOR)))
+    n = min(n, int((max(premium_room, Decimal(0)) / per).to_integral_value(rounding=ROUND_FLOOR)))
+    while n > 0 and not can_afford(available_funds, per * n, option_commission(n)):
+        n -= 1
+    return max(n, 0)
+
+
 # --- Roll: reset the leverage ------------------------------------------------------------------
 
 

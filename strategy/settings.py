@@ -33,7 +33,33 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Tier = tuple[int, Decimal]
-Kind = Literal["decimal", "int", "bool", "tiers", "choice"]
+Kind = Literal["decimal", "int", "bool", "tiers", "choice", "size"]
+
+SIZE_MAX_CONTRACTS = 100
+SIZE_MIN_PCT, SIZE_MAX_PCT = Decimal("0.1"), Decimal(100)
+
+
+@dataclass(frozen=True, slots=True)
+class PositionSize:
+    """How big a new lot is: a fixed number of contracts, or a share of net liquidation (percent)."""
+
+    contracts: int | None = 1
+    pct: Decimal | None = None
+
+    def problem(self) -> str | None:
+        """Why this size cannot be used, or None."""
+        if (self.contracts is None) == (self.pct is None):
+            return "a position size is either contracts or a percent of net liquidation"
+        if self.contracts is not None and not 1 <= self.contracts <= SIZE_MAX_CONTRACTS:
+            return f"contracts must be 1–{SIZE_MAX_CONTRACTS}"
+        if self.pct is not None and not SIZE_MIN_PCT <= self.pct <= SIZE_MAX_PCT:
+            return f"a share of net liquidation must be {_plain(SIZE_MIN_PCT)}–{_plain(SIZE_MAX_PCT)} %"
+        return None
+
+    @property
+    def text(self) -> str:
+        """As a user types it: ``2`` or ``10%``."""
+        return str(self.contracts) if self.pct is None else f"{self.pct.normalize():f}%"
 
 
 class PauseMode(StrEnum):
@@ -70,7 +96,7 @@ class StrategySettings(BaseModel):
     roll_drop_pct: Decimal = Field(Decimal("5.0"), ge=Decimal("0.5"), le=Decimal("50"))
     max_positions: int = Field(3, ge=1, le=20)
     min_dte: int = Field(365, ge=30, le=1200)
-    order_quantity: int = Field(1, ge=1, le=100)
+    position_size: PositionSize = PositionSize()
     max_premium: Decimal = Field(Decimal(12000), ge=Decimal(100), le=Decimal(1_000_000))
     max_spread_pct: Decimal = Field(Decimal("5.0"), ge=Decimal("0.1"), le=Decimal("50"))
     tp_tiers: tuple[Tier, ...] = DEFAULT_TIERS
@@ -94,6 +120,21 @@ class StrategySettings(BaseModel):
     def _pause_mode(cls, v: Any) -> Any:
         if isinstance(v, bool):  # a plain pause is a pause of everything, as before the two modes
             return PauseMode.ALL if v else PauseMode.OFF
+        return v
+
+    @field_validator("position_size", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):  # a plain number of contracts
+            return PositionSize(contracts=v)
+        return v
+
+    @field_validator("position_size")
+    @classmethod
+    def _size_valid(cls, v: PositionSize) -> PositionSize:
+        problem = v.problem()
+        if problem is not None:
+            raise ValueError(problem)
         return v
 
     @field_validator("tp_tiers")
@@ -173,8 +214,9 @@ _SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("max_positions", "int", "lots", "entry", "Max lots",
                 "lots held before entries stop and rolls start", ("max_pos", "positions", "max_lots"),
                 ("1", "2", "3", "4", "5")),
-    SettingSpec("order_quantity", "int", "contracts", "entry", "Contracts per entry",
-                "how many calls one entry buys", ("qty", "quantity"), ("1", "2", "3")),
+    SettingSpec("position_size", "size", "contracts", "entry", "Position size",
+                "a new lot's size: a number of contracts, or a share of net liquidation (10%) bought at the limit",
+                ("size", "order_quantity", "qty", "quantity", "contracts"), ("1", "2", "5%", "10%", "20%")),
     SettingSpec("max_premium", "decimal", "USD", "entry", "Max premium per entry",
                 "an entry costing more than this is skipped", ("premium",), ("5000", "10000", "12000", "20000")),
     SettingSpec("max_spread_pct", "decimal", "%", "entry", "Max bid/ask spread",
@@ -280,15 +322,21 @@ def unit_text(key: str, value: Any = None) -> str:
     spec = SETTING_SPECS[key]
     if spec.kind in ("bool", "choice", "tiers"):
         return ""
+    if spec.kind == "size":
+        if isinstance(value, PositionSize) and value.pct is not None:
+            return "of net liquidation"
+        return "contract" if isinstance(value, PositionSize) and value.contracts == 1 else "contracts"
     if value is not None and spec.unit in _SINGULAR and Decimal(value) == 1:
         return _SINGULAR[spec.unit]
     return spec.unit
 
 
 def display_value(key: str, value: Any) -> str:
-    """A value with its unit, as the replies show it ("1.5 %", "365 days", "on")."""
+    """A value with its unit, as the replies show it ("1.5 %", "365 days", "on", "10 % of net liquidation")."""
     unit = unit_text(key, value)
     text = format_value(key, value)
+    if isinstance(value, PositionSize) and value.pct is not None:
+        text = f"{_plain(value.pct)} %"
     return f"{text} {unit}" if unit else text
 
 
@@ -317,6 +365,9 @@ def range_text(key: str) -> str:
         return "on or off"
     if spec.kind == "choice":
         return ", ".join(spec.presets[:-1]) + " or " + spec.presets[-1]
+    if spec.kind == "size":
+        return (f"1–{SIZE_MAX_CONTRACTS} contracts, or {_plain(SIZE_MIN_PCT)}–{_plain(SIZE_MAX_PCT)} % of net "
+                "liquidation (e.g. 2, or 10%)")
     if key == "check_interval_min":
         return f"{_divisors_text()} min (a divisor of 60, so ticks align to the clock)"
     if spec.kind == "tiers":
@@ -349,6 +400,8 @@ def format_value(key: str, value: Any) -> str:
         return "on" if value else "off"
     if spec.kind == "choice":
         return str(value.value if isinstance(value, StrEnum) else value)
+    if spec.kind == "size":
+        return value.text if isinstance(value, PositionSize) else str(value)
     if spec.kind == "tiers":
         return ",".join(f"{d}:{_plain(p)}" for d, p in value)
     if isinstance(value, Decimal):
@@ -456,7 +509,31 @@ def _parse_raw(key: str, text: str, *, typed: bool = True) -> Any | _Problem:
         return _parse_choice(key, raw)
     if spec.kind == "tiers":
         return _parse_tiers(raw)
+    if spec.kind == "size":
+        return _parse_size(raw, typed)
     return _parse_numeric(key, raw, typed)
+
+
+def _parse_size(raw: str, typed: bool) -> PositionSize | _Problem:
+    """``2``, ``2 contracts`` → 2 contracts; ``10%``, ``10 %``, ``0,5%`` → that share of net liquidation."""
+    low = raw.lower().strip()
+    for suffix in ("% of net liquidation", "% of netliq", "%"):
+        if low.endswith(suffix):
+            number = parse_number(low.removesuffix(suffix))
+            if isinstance(number, str):
+                return _Problem(f"'{raw}' {number}")
+            return PositionSize(contracts=None, pct=number)
+    for suffix in ("contracts", "contract"):
+        if low.endswith(suffix) and len(low) > len(suffix):
+            low = low.removesuffix(suffix).strip()
+            break
+    number = parse_number(low, point_thousands_ambiguous=typed)
+    if isinstance(number, str):
+        return _Problem(f"'{raw}' {number}")
+    if number != number.to_integral_value():
+        return _Problem(f"'{raw}' is not a whole number of contracts (for a share of net liquidation add %, "
+                        "e.g. 10%)")
+    return PositionSize(contracts=int(number))
 
 
 def _split_unit(raw: str) -> tuple[str, str]:
@@ -532,9 +609,11 @@ def _parse_tiers(raw: str) -> tuple[Tier, ...] | _Problem:
 def _refusal(settings: StrategySettings, key: str, value: Any) -> SettingError | None:
     """Why ``value`` cannot be stored for ``key`` given the other settings, in the user's words,
     with the range that is valid *now* (a reprice interval below the current order timeout)."""
+    shown = f"{label_of(key)} = {display_value(key, value)} refused"
+    if isinstance(value, PositionSize):
+        return SettingError(f"{shown}: it must be {range_text(key)}.") if value.problem() else None
     if SETTING_SPECS[key].kind not in ("decimal", "int"):
         return None
-    shown = f"{label_of(key)} = {display_value(key, value)} refused"
     lo, hi = _bounds(key)
     if key == "reprice_s" and value >= settings.order_timeout_s:
         return SettingError(f"{shown}: it must be below Order timeout ({settings.order_timeout_s} s), so "
@@ -598,11 +677,12 @@ def settings_from_storage(stored: dict[str, str]) -> tuple[StrategySettings, lis
     """Settings from stored text, defaults for the rest; names of unusable stored values returned."""
     values: dict[str, Any] = {}
     bad: list[str] = []
-    for key, text in stored.items():
+    for stored_key, text in stored.items():
+        key = resolve_key(stored_key) or stored_key  # a setting renamed since (order_quantity → position_size)
         value = _parse_raw(key, text, typed=False) if key in SETTING_SPECS else _Problem(key)
         if isinstance(value, _Problem):
-            bad.append(key)
-        else:
+            bad.append(stored_key)
+        elif key not in values or stored_key == key:
             values[key] = value
     try:
         return StrategySettings.model_validate(values), bad
@@ -624,6 +704,8 @@ def effective_settings_json(settings: StrategySettings) -> dict[str, Any]:
         v = getattr(settings, key)
         if key == "tp_tiers":
             out[key] = [[d, float(p)] for d, p in v]
+        elif isinstance(v, PositionSize):
+            out[key] = v.text
         elif isinstance(v, Decimal):
             out[key] = float(v)
         else:

@@ -420,3 +420,17 @@ async def test_the_rate_setting_moves_the_fallback_delta_on_ib(ib_world: WorldFa
     assert choice.delta == quote_delta(choice.quote, spot, bars[1].day, w.settings.current)
     default = quote_delta(choice.quote, spot, bars[1].day, StrategySettings())
     assert default is not None and abs(choice.delta - default) > 0.005
+
+
+async def test_a_share_of_net_liquidation_sizes_the_lot_on_ib(ib_world: WorldFactory) -> None:
+    """position_size 10 %: the lot is sized from IB's net liquidation at the first limit."""
+    bars = bars_oc([(500, 500), (490, 489)])
+    w = await ib_world(bars, settings={"position_size": "10%", "max_premium": "100000"}, capital=Decimal(500_000))
+    await w.run_days(days(bars))
+    (lot,) = ledger.open_lots()
+    order = Order.get(Order.purpose == "entry")
+    account = await w.broker.account_summary()
+    assert lot.qty == order.qty > 1
+    assert order.qty * order.limit * 100 <= account.net_liquidation * Decimal("0.10") * Decimal("1.02")
+    held = [p for p in await w.broker.positions() if p.contract == lot.contract]
+    assert held and held[0].qty == lot.qty  # the gateway holds what the ledger says

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from strategy.settings import (
     GROUPS,
     SETTING_SPECS,
+    PositionSize,
     SettingChange,
     SettingError,
     StrategySettings,
@@ -34,7 +35,7 @@ VALIDATOR_WORDS = ("Input should", "Value error", "validation error", "pydantic"
 def test_defaults_match_the_spec() -> None:
     assert S.target_delta == Decimal("0.60") and S.delta_tolerance == Decimal("0.10")
     assert S.entry_drop_pct == 1 and S.roll_drop_pct == 5 and S.max_positions == 3
-    assert S.min_dte == 365 and S.order_quantity == 1 and S.max_premium == 12000
+    assert S.min_dte == 365 and S.position_size == PositionSize(contracts=1) and S.max_premium == 12000
     assert S.max_spread_pct == 5 and S.force_exit_days == 270 and S.min_exit_dte == 30
     assert S.recycle_threshold == 500 and S.check_interval_min == 5 and S.delay_after_open_min == 5
     assert S.reprice_s == 15 and S.reprice_step_pct == 20 and S.max_slippage_pct == 50
@@ -53,13 +54,16 @@ def test_defaults_match_the_spec() -> None:
     ("entry_drop", "1,25", "entry_drop_pct", Decimal("1.25")),
     ("entry_drop", "0,5 %", "entry_drop_pct", Decimal("0.5")),
     ("delta", ",65", "target_delta", Decimal("0.65")),
-    ("qty", "2,0", "order_quantity", 2),
+    ("qty", "2,0", "position_size", PositionSize(2)),
     ("threshold", "5,50", "recycle_threshold", Decimal("5.5")),
     ("premium", "12_500", "max_premium", Decimal("12500")),
     ("premium", "$9000", "max_premium", Decimal("9000")),
     ("premium", "12500 usd", "max_premium", Decimal("12500")),
     ("min-dte", "400 days", "min_dte", 400),
-    ("qty", "3 contracts", "order_quantity", 3),
+    ("qty", "3 contracts", "position_size", PositionSize(3)),
+    ("size", "10%", "position_size", PositionSize(contracts=None, pct=Decimal(10))),
+    ("position_size", "0,5 %", "position_size", PositionSize(contracts=None, pct=Decimal("0.5"))),
+    ("order_quantity", "4", "position_size", PositionSize(4)),
     ("threshold", "-0", "recycle_threshold", Decimal(0)),
     ("recycle", "off", "recycle_enabled", False),
     ("tiers", "0:40, 90:20, 200:5", "tp_tiers", ((0, Decimal(40)), (90, Decimal(20)), (200, Decimal(5)))),
@@ -106,7 +110,10 @@ def test_a_point_followed_by_three_digits_stays_decimal_where_three_decimals_mak
     ("delta", "2", "Delta of the call to buy = 2 refused: it must be 0.05–0.95."),
     ("entry_drop", "0", "Entry drop = 0 % refused: it must be 0.1–20 %."),
     ("entry_drop", "50", "Entry drop = 50 % refused: it must be 0.1–20 %."),
-    ("qty", "0", "Contracts per entry = 0 contracts refused: it must be 1–100 contracts."),
+    ("qty", "0", "Position size = 0 contracts refused: it must be 1–100 contracts, or 0.1–100 % of net liquidation "
+                 "(e.g. 2, or 10%)."),
+    ("size", "150%", "Position size = 150 % of net liquidation refused: it must be 1–100 contracts, or 0.1–100 % of "
+                     "net liquidation (e.g. 2, or 10%)."),
     ("premium", "50", "Max premium per entry = 50 USD refused: it must be 100–1000000 USD."),
     ("reprice", "200", "Reprice after = 200 s refused: it must be below Order timeout (120 s), so 1–119 s. "
                        "To go higher, raise Order timeout first."),
@@ -193,8 +200,10 @@ def test_every_setting_has_a_human_label_and_a_group() -> None:
 
 
 @pytest.mark.parametrize(("key", "value", "shown"), [
-    ("entry_drop_pct", Decimal("1.5"), "1.5 %"), ("order_quantity", 1, "1 contract"),
-    ("order_quantity", 2, "2 contracts"), ("min_dte", 365, "365 days"), ("force_exit_days", 1, "1 day"),
+    ("entry_drop_pct", Decimal("1.5"), "1.5 %"), ("position_size", PositionSize(1), "1 contract"),
+    ("position_size", PositionSize(2), "2 contracts"),
+    ("position_size", PositionSize(contracts=None, pct=Decimal(10)), "10 % of net liquidation"),
+    ("min_dte", 365, "365 days"), ("force_exit_days", 1, "1 day"),
     ("max_premium", Decimal(12000), "12000 USD"), ("target_delta", Decimal("0.60"), "0.6"),
     ("reprice_step_pct", Decimal(20), "20 % of spread"), ("recycle_enabled", True, "on"),
     ("paused", "entries", "entries"),

@@ -83,7 +83,7 @@ async def test_settings_is_a_short_menu_of_groups_with_human_labels(tg: Tg) -> N
     # the text lists every setting by its label, with its unit, and no internal name
     assert "Entry drop: <code>1</code> %" in menu.text and "Max premium per entry: <code>12000</code> USD" in menu.text
     assert "Take-profit tiers: <code>0:50,121:30,181:10</code>" in menu.text
-    assert "Contracts per entry: <code>1</code> contract" in menu.text
+    assert "Position size: <code>1</code> contract" in menu.text
     assert not SNAKE.search(re.sub(r"<[^>]+>", "", menu.text)), menu.text
 
 
@@ -218,7 +218,8 @@ async def test_a_typed_value_equal_to_the_current_one_offers_no_confirm(tg: Tg) 
 @pytest.mark.parametrize(("text", "reply"), [
     ("/set entry_drop 0,5", "✅ Entry drop: <code>1</code> % → <code>0.5</code> %"),
     ("/set delta 0,65", "✅ Delta of the call to buy: <code>0.6</code> → <code>0.65</code>"),
-    ("/set qty 2", "✅ Contracts per entry: <code>1</code> contract → <code>2</code> contracts"),
+    ("/set qty 2", "✅ Position size: <code>1</code> contract → <code>2</code> contracts"),
+    ("/set size 10%", "✅ Position size: <code>1</code> contract → <code>10%</code> of net liquidation"),
 ])
 async def test_set_replies_with_the_label_and_units(tg: Tg, text: str, reply: str) -> None:
     await tg.enroll_and_login()
