@@ -16,13 +16,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bot.alerts import MemorySink
-from bot.backtest_report import build_result
+from bot.backtest_report import CashFigures, build_result
 from bot.engine import Engine
+from bot.rates import RateError, parse_cash_rate
 from bot.settings_service import SettingsService
 from broker.clock import SimClock
 from broker.sim import SimBroker
 from broker.sim_market import (
     QQQM_RATIO,
+    CashRate,
     CsvError,
     DailyBar,
     IvSource,
@@ -59,6 +61,7 @@ class BacktestConfig:
     limits: DailyLimits = field(default_factory=DailyLimits)
     bars: list[DailyBar] | None = None  # fetched beforehand (``--source ib``)
     every_tick: bool = False  # evaluate every tick through the engine, not only those that can act
+    cash_rate: str = "0"  # interest on idle cash: a constant (4%) or PATH:COLUMN (percent a year)
 
 
 SYNTHETIC_END = date(2025, 12, 31)
@@ -119,6 +122,14 @@ async def fetch_ib_bars(host: str, port: int, client_id: int, start: date, end: 
         raise BacktestError(f"--source ib: {e}") from e
     finally:
         await broker.close()
+
+
+def load_cash_rate(cfg: BacktestConfig) -> CashRate:
+    """``--cash-rate``: a constant (0, 4%) or PATH:COLUMN, a dated series in percent a year."""
+    try:
+        return parse_cash_rate(cfg.cash_rate)
+    except RateError as e:
+        raise BacktestError(f"--cash-rate {cfg.cash_rate}: {e}") from e
 
 
 def load_iv(cfg: BacktestConfig) -> IvSource:
@@ -282,6 +293,7 @@ async def run_backtest(
     same trades, summary and equity curve. ``progress(done, total)`` is called after each session."""
     bars = load_bars(cfg)
     iv = load_iv(cfg)
+    cash_rate = load_cash_rate(cfg)
     if cfg.capital <= 0:
         raise BacktestError("--capital must be positive")
     cal = nyse()
@@ -300,10 +312,11 @@ async def run_backtest(
                 raise BacktestError(f"--set {text}: {change.message}")
             settings.update(change.key, text.partition("=")[2], "backtest")
         broker = SimBroker(clock, path, iv, calendar=cal, starting_cash=cfg.capital, mixed_account=False,
-                           seed=cfg.seed)
+                           seed=cfg.seed, cash_rate=cash_rate)
         engine = Engine(broker, clock, cal, settings, alerts, cfg.limits, persist_last_tick=False, journal=False)
         await engine.start()
         equity: list[tuple[date, Decimal]] = []
+        cash: list[Decimal] = []  # USD cash at each close, for the average share of equity held as cash
         positions: list[tuple[date, int]] = []
         total = len(sessions)
         ff = None if cfg.every_tick else FastForward(engine, clock, broker, path, iv)
@@ -326,13 +339,17 @@ async def run_backtest(
                 clock.advance_to(session.close)
             account = await broker.account_summary()
             equity.append((session.day, account.net_liquidation))
+            cash.append(account.cash_by_currency.get("USD", Decimal(0)))
             positions.append((session.day, len(engine.state(session.day).open_lots)))
             alerts.events.clear()
             if progress is not None:
                 progress(i + 1, total)
         await engine.stop()
         closes = {b.day: b.close for b in bars}
-        result = build_result(equity, closes, cfg.capital, settings.current)
+        carried = cash_rate.last_day if cash_rate.last_day is not None and cash_rate.last_day < bars[-1].day else None
+        money = CashFigures(broker.interest, cash, cash_rate.label, carried,
+                            cash_rate.rate(carried) if carried is not None else None)
+        result = build_result(equity, closes, cfg.capital, settings.current, money)
         first = closes[equity[0][0]]
         bh = [float(cfg.capital) * closes[d] / first for d, _ in equity]
         return BacktestRun(result, positions, bh, db_path, ticks_total, ticks_evaluated)

@@ -4,6 +4,7 @@ derived from the run's own fill ledger and equity curve."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -64,9 +65,21 @@ def trade_rows() -> list[dict[str, Any]]:
     return rows
 
 
+@dataclass(frozen=True, slots=True)
+class CashFigures:
+    """Interest on idle cash over a run: what was credited, the cash at each close, the rate's source,
+    and (for a series that ends before the run) from which day its last value was carried forward."""
+
+    interest: Decimal = Decimal(0)
+    cash: list[Decimal] = field(default_factory=list)
+    rate_label: str = "none"
+    carried_from: date | None = None
+    carried_rate: float | None = None
+
+
 def build_result(
     equity: list[tuple[date, Decimal]], closes: dict[date, float],
-    capital: Decimal, settings: StrategySettings,
+    capital: Decimal, settings: StrategySettings, money: CashFigures | None = None,
 ) -> dict[str, Any]:
     trades = trade_rows()
     values = [float(v) for _, v in equity]
@@ -80,6 +93,8 @@ def build_result(
     bh = [capital * Decimal(str(closes[d])) / Decimal(str(closes[start])) for d, _ in equity]
     bh_values = [float(v) for v in bh]
     final = equity[-1][1]
+    m = money or CashFigures()
+    shares_of_cash = [float(c / v) * 100 for c, (_, v) in zip(m.cash, equity, strict=False) if v > 0]
     return {
         "summary": {
             "start": start.isoformat(), "end": end.isoformat(), "sessions": len(equity),
@@ -92,6 +107,10 @@ def build_result(
             "qqqm_shares": shares, "qqqm_deployed": str(deployed.quantize(Decimal("0.01"))),
             "pool": str(ledger.recycling_pool().quantize(Decimal("0.01"))),
             "starting_capital": str(capital), "final_equity": str(final.quantize(Decimal("0.01"))),
+            "interest": str(m.interest.quantize(Decimal("0.01"))),
+            "avg_cash_pct": sum(shares_of_cash) / len(shares_of_cash) if shares_of_cash else 0.0,
+            "cash_rate": m.rate_label,
+            "cash_rate_carried_from": m.carried_from.isoformat() if m.carried_from else None,
             "buy_hold": {
                 "cagr": metrics.cagr(float(capital), bh_values[-1], start, end),
                 "max_drawdown_pct": metrics.max_drawdown_pct(bh_values),
@@ -122,7 +141,14 @@ def format_report(result: dict[str, Any]) -> str:
         f"win rate {s['win_rate'] * 100:.1f}% of closed lots, realized option P&L {float(s['realized_pnl']):,.2f} USD",
         f"QQQM bought by recycling: {s['qqqm_shares']} shares for {float(s['qqqm_deployed']):,.2f} USD; "
         f"pool left {float(s['pool']):,.2f} USD",
+        f"interest on idle cash ({s['cash_rate']}): {float(s['interest']):,.2f} USD; cash held on average "
+        f"{s['avg_cash_pct']:.1f} % of equity",
     ]
+    if s.get("cash_rate_carried_from"):
+        lines.append(f"the cash rate's series ends {s['cash_rate_carried_from']}: its last value is carried forward "
+                     f"to {s['end']}")
+    lines.append("buy & hold and the QQQM core are price returns: neither includes QQQ's dividends (the CSV's "
+                 "Adj Close has them; about 0.5–1 % a year)")
     exits = [t for t in option_trades if t["side"] == "SELL"][-10:]
     if exits:
         lines += ["", "last option sales:"]

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--capital", type=_money, default=Decimal(100_000), help="starting cash in USD")
     bt.add_argument("--iv", default="0.25",
                     help="implied volatility: a constant (0.25 or 25%%), a column of --csv, or PATH:COLUMN")
+    bt.add_argument("--cash-rate", default="0", metavar="RATE",
+                    help="interest on idle cash: a constant (0, 4%%) or PATH:COLUMN, a dated series in percent a year "
+                         "(e.g. ../shared/data/tbill_3m.csv:TB3MS); default 0")
     bt.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="change a setting (repeatable; same names and checks as /set)")
     bt.add_argument("--chart", type=Path, help="write an equity/positions PNG here")
@@ -90,6 +93,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     from bot.backtest_report import format_report, write_chart
 
     cfg = BacktestConfig(csv=args.csv, synthetic_years=args.synthetic_years, seed=args.seed, start=args.start,
+                         cash_rate=args.cash_rate,
                          end=args.end, capital=args.capital, iv=args.iv, overrides=list(args.overrides),
                          every_tick=args.every_tick)
     # Progress goes to stderr, so --json's stdout stays only the result.

@@ -26,6 +26,7 @@ class AppConfig(BaseSettings):
     max_premium_per_day: Decimal = Field(Decimal(25000), ge=0, le=Decimal(10_000_000), alias="MAX_PREMIUM_PER_DAY")
     sim_seed: int = Field(7, alias="SIM_SEED")
     sim_capital: Decimal = Field(Decimal(100_000), gt=0, alias="SIM_CAPITAL")
+    sim_cash_rate: str = Field("0", alias="SIM_CASH_RATE")
     # Telegram control plane
     telegram_bot_token: SecretStr | None = Field(None, alias="TELEGRAM_BOT_TOKEN")
     admin_user_ids_text: str = Field("", alias="ADMIN_USER_IDS")
@@ -38,6 +39,17 @@ class AppConfig(BaseSettings):
     ib_client_id: int = Field(1, ge=0, le=2**31 - 1, alias="IB_CLIENT_ID")
     allow_live_trading: bool = Field(False, alias="ALLOW_LIVE_TRADING")
     ib_quiet_window: str = Field("23:45-00:30", alias="IB_QUIET_WINDOW")
+
+    @field_validator("sim_cash_rate")
+    @classmethod
+    def _cash_rate(cls, v: str) -> str:
+        from bot.rates import RateError, parse_cash_rate
+
+        try:
+            parse_cash_rate(v)
+        except RateError as e:
+            raise ValueError(str(e)) from None
+        return v
 
     @field_validator("database_url")
     @classmethod

@@ -16,6 +16,7 @@ from bot.alerts import LogSink, mode_label
 from bot.config import AppConfig
 from bot.engine import Engine
 from bot.jobs import announce_start, heartbeat
+from bot.rates import parse_cash_rate
 from bot.settings_service import SettingsService
 from broker.base import Broker, BrokerError, LiveAccountRefused
 from broker.clock import WallClock
@@ -24,6 +25,7 @@ from strategy.calendar import nyse
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 30
+SIM_INTEREST_KEY = "sim_interest"
 
 
 def make_sim_broker(cfg: AppConfig, clock: WallClock) -> Broker:
@@ -34,7 +36,7 @@ def make_sim_broker(cfg: AppConfig, clock: WallClock) -> Broker:
     today = clock.now().date()
     path = PricePath.wall_clock(cal, cfg.sim_seed, today - timedelta(days=400), today + timedelta(days=60))
     return SimBroker(clock, path, IvSource.constant(0.24), calendar=cal, starting_cash=cfg.sim_capital,
-                     mixed_account=True, seed=cfg.sim_seed)
+                     mixed_account=True, seed=cfg.sim_seed, cash_rate=parse_cash_rate(cfg.sim_cash_rate))
 
 
 def make_broker(cfg: AppConfig, clock: WallClock) -> Broker:
@@ -67,7 +69,17 @@ def adopt_ledger(broker: Broker, starting_cash: Decimal) -> None:
     shares, deployed = ledger.qqqm_bought()
     if shares:
         broker.adopt_position(StockContract("QQQM"), shares, deployed / shares)
-    broker.account.cash["USD"] = starting_cash + ledger.cash_flow()
+    from storage import kv
+
+    stored = kv.get(SIM_INTEREST_KEY)
+    earned = Decimal(stored) if stored else Decimal(0)
+    broker.interest = earned
+    broker.account.cash["USD"] = starting_cash + ledger.cash_flow() + earned
+
+    def remember(total: Decimal) -> None:  # the interest credited so far survives a restart too
+        kv.put(SIM_INTEREST_KEY, str(total), broker.clock.now())
+
+    broker.on_interest = remember
 
 
 async def _heartbeat(engine: Engine, clock: WallClock, cfg: AppConfig) -> None:

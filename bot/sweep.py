@@ -73,6 +73,7 @@ class Data:
     end: date | None
     capital: Decimal
     iv: str
+    cash_rate: str = "0"
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,8 @@ def make_config(data: Data, start: date | None, end: date | None, overrides: Ite
     from bot.backtest import BacktestConfig
 
     return BacktestConfig(csv=data.csv, synthetic_years=data.synthetic_years, seed=data.seed, start=start,
-                          end=end, capital=data.capital, iv=data.iv, overrides=list(overrides), bars=bars)
+                          end=end, capital=data.capital, iv=data.iv, overrides=list(overrides), bars=bars,
+                          cash_rate=data.cash_rate)
 
 
 def parse_grid(texts: list[str]) -> list[Axis]:
@@ -241,14 +243,19 @@ def _context(data: Data, fixed: tuple[str, ...], split: date | None, first: date
     path, sep, column = iv.rpartition(":")
     if sep and path:
         iv = f"{Path(path).name}:{column} sha256:{_digest(Path(path))}"
-    return {"data": source, "start": first.isoformat(), "end": last.isoformat(), "iv": iv,
-            "capital": str(data.capital), "seed": str(data.seed), "set": " ".join(fixed),
-            "split": split.isoformat() if split else ""}
+    context = {"data": source, "start": first.isoformat(), "end": last.isoformat(), "iv": iv,
+               "capital": str(data.capital), "seed": str(data.seed), "set": " ".join(fixed),
+               "split": split.isoformat() if split else ""}
+    if data.cash_rate.strip() not in ("", "0"):  # a results file of a sweep without interest stays reusable
+        rate = data.cash_rate
+        path, sep, column = rate.rpartition(":")
+        context["cash_rate"] = f"{Path(path).name}:{column} sha256:{_digest(Path(path))}" if sep and path else rate
+    return context
 
 
 def build_plan(args: argparse.Namespace) -> Plan:
     """Check everything the sweep needs before anything runs or is written (SweepError if not)."""
-    from bot.backtest import BacktestError, load_bars, load_iv
+    from bot.backtest import BacktestError, load_bars, load_cash_rate, load_iv
     from strategy.calendar import nyse
 
     axes = parse_grid(args.grid)
@@ -271,11 +278,13 @@ def build_plan(args: argparse.Namespace) -> Plan:
                for values in itertools.product(*(a.values for a in axes))]
     check_configs(fixed, axes, configs)
     data = Data(csv=args.csv.resolve() if args.csv else None, synthetic_years=args.synthetic_years or 0,
-                seed=args.seed, start=args.start, end=args.end, capital=args.capital, iv=_absolute_iv(args.iv))
+                seed=args.seed, start=args.start, end=args.end, capital=args.capital, iv=_absolute_iv(args.iv),
+                cash_rate=_absolute_iv(args.cash_rate))
     try:
         base = make_config(data, data.start, data.end, (), None)
         bars = load_bars(base)
         load_iv(base)
+        load_cash_rate(base)
     except BacktestError as e:
         raise SweepError(str(e)) from None
     cal = nyse()

@@ -15,7 +15,7 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from broker.base import (
@@ -40,7 +40,7 @@ from broker.base import (
 from broker.clock import Clock
 from broker.sim_account import MIXED_EUR_CASH, SimAccount, mixed_holdings, multiplier
 from broker.sim_fills import SimFillModel, base36, check_limit, check_request, combo_prices, crosses, order_commission
-from broker.sim_market import QQQM_RATIO, IvSource, PricePath
+from broker.sim_market import QQQM_RATIO, CashRate, IvSource, PricePath
 from broker.sim_options import CENT, OptionPricer, chain_strikes, expiry_close
 from strategy.calendar import NY, Session, SessionCalendar
 from strategy.model import OptionContract, OptionQuote, Quote
@@ -78,6 +78,7 @@ class SimBroker:
         self, clock: Clock, path: PricePath, iv: IvSource, *, calendar: SessionCalendar,
         starting_cash: Decimal = Decimal(100_000), mixed_account: bool = True, seed: int = 0,
         fill: SimFillModel | None = None, rate: float = 0.04, dividend_yield: float = 0.006,
+        cash_rate: CashRate | None = None,
     ) -> None:
         self.clock = clock
         self.path = path
@@ -92,6 +93,10 @@ class SimBroker:
         static = mixed_holdings(clock.now().astimezone(NY).date()) if mixed_account else ()
         self.account = SimAccount(cash, static)
         self._settled_day: date | None = None
+        self.cash_rate = cash_rate or CashRate.none()
+        self._accrued_to: date | None = None  # interest is credited up to (not including) this day
+        self.interest = Decimal(0)  # all the interest credited so far, USD
+        self.on_interest: Callable[[Decimal], None] | None = None  # told the total after each credit
         self._orders: dict[str, _Order] = {}
         self._working: dict[str, _Order] = {}
         self._executions: list[Execution] = []
@@ -320,10 +325,33 @@ class SimBroker:
         except Exception:
             log.exception("sim: the listener failed on %s", update.order_ref)
 
+    def _accrue_interest(self, today: date) -> None:
+        """Credit interest on positive USD cash for every calendar day since the last credit (ACT/365,
+        each day at that day's rate on the balance carried into it), once per day."""
+        start = self._accrued_to
+        self._accrued_to = today
+        if start is None or start >= today or self.cash_rate.is_zero:
+            return
+        day = start
+        while day < today:
+            cash = self.account.usd
+            if cash > 0:
+                credit = (cash * Decimal(str(self.cash_rate.rate(day))) / 365).quantize(Decimal("0.000001"))
+                self.account.cash["USD"] = cash + credit
+                self.interest += credit
+            day += timedelta(days=1)
+        if self.on_interest is not None:
+            try:
+                self.on_interest(self.interest)
+            except Exception:
+                log.exception("sim: could not record the interest credited")
+
     def _on_time(self, now: datetime) -> None:
-        """A clock step: settle options past their expiry, expire DAY orders at the close, match
-        the others."""
+        """A clock step: credit interest on idle cash, settle options past their expiry, expire DAY
+        orders at the close, match the others."""
         day = now.astimezone(NY).date()
+        if day != self._accrued_to:
+            self._accrue_interest(day)
         if day != self._settled_day and self.account.holdings:  # expiries settle once a day, not every step
             self._settled_day = day
             for ins in self.account.settle_expired(lambda c: expiry_close(c.expiry) <= now, self._expiry_value):

@@ -172,6 +172,79 @@ class IvSource:
         return self._values[max(i, 0)]
 
 
+class CashRate:
+    """The interest rate on idle cash by day, a fraction a year: a constant, or a dated series (the
+    value in force on a day is the latest on or before it; before the first, the first; past the
+    last, the last, carried forward)."""
+
+    def __init__(self, constant: float | None = None, series: dict[date, float] | None = None,
+                 label: str = "") -> None:
+        if constant is None and not series:
+            raise ValueError("CashRate needs a constant or a non-empty series")
+        if constant is not None and not 0 <= constant < 1:
+            raise ValueError(f"an interest rate must be a fraction a year in 0..1, got {constant}")
+        self._constant = constant
+        self._days = sorted(series) if series else []
+        self._values = [series[d] for d in self._days] if series else []
+        self.label = label or (f"{constant * 100:g} % a year" if constant is not None else "a dated series")
+
+    @classmethod
+    def constant(cls, rate: float) -> CashRate:
+        return cls(constant=rate)
+
+    @classmethod
+    def none(cls) -> CashRate:
+        return cls(constant=0.0, label="none")
+
+    @property
+    def is_zero(self) -> bool:
+        return self._constant == 0.0
+
+    @property
+    def last_day(self) -> date | None:
+        """The series' last date (None for a constant)."""
+        return self._days[-1] if self._days else None
+
+    def rate(self, day: date) -> float:
+        if self._constant is not None:
+            return self._constant
+        i = bisect.bisect_right(self._days, day) - 1
+        return self._values[max(i, 0)]
+
+
+def load_rate_series_csv(path: Path | str, column: str) -> dict[date, float]:
+    """A column of rates in percent a year by date (FRED's TB3MS, a daily or monthly series) as
+    fractions; empty, "null" or "." values are skipped. A rate must be 0–100 %."""
+    path = Path(path)
+    header, body = _open_rows(path)
+    if "date" not in header:
+        raise CsvError(f"{path}: no Date column (found {','.join(header)})")
+    col = column.strip().lower()
+    if col not in header:
+        raise CsvError(f"{path}: no column '{column}' (found {','.join(header)})")
+    di, ci = header.index("date"), header.index(col)
+    out: dict[date, float] = {}
+    last: date | None = None
+    for line, row in body:
+        if max(di, ci) >= len(row):
+            raise CsvError(f"{path}, line {line}: too few columns")
+        day = _date_at(path, line, row[di], last)
+        last = day
+        text = row[ci].strip()
+        if text.lower() in _NULLS:
+            continue
+        try:
+            v = float(text)
+        except ValueError:
+            raise CsvError(f"{path}, line {line}: '{text}' is not a number") from None
+        if not math.isfinite(v) or not 0 <= v <= 100:
+            raise CsvError(f"{path}, line {line}: a rate must be 0–100 % a year, got {text}")
+        out[day] = v / 100
+    if not out:
+        raise CsvError(f"{path}: column '{column}' has no values")
+    return out
+
+
 def synthetic_bars(
     sessions: list[Session], seed: int, s0: float = 100.0, mu: float = 0.10, sigma: float = 0.22
 ) -> list[DailyBar]:

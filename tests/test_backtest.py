@@ -13,7 +13,8 @@ from tests.conftest import shared_file
 
 SUMMARY_KEYS = {"start", "end", "sessions", "entries", "exits", "rolls", "realized_pnl", "win_rate",
                 "max_drawdown_pct", "cagr", "sharpe", "qqqm_shares", "qqqm_deployed", "pool",
-                "starting_capital", "final_equity", "buy_hold"}
+                "starting_capital", "final_equity", "buy_hold", "interest", "avg_cash_pct", "cash_rate",
+                "cash_rate_carried_from"}
 TRADE_KEYS = {"time", "lot_id", "symbol", "sec_type", "expiry", "strike", "right", "side", "qty", "price",
               "commission", "reason", "underlying_price", "prev_close", "delta", "held_days", "pnl_pct"}
 

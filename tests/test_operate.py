@@ -4,6 +4,7 @@ not per tick), the "started" message, and a sim account that survives a restart.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from decimal import Decimal
 from itertools import pairwise
 from pathlib import Path
@@ -106,3 +107,22 @@ async def test_status_shows_the_pause_and_the_session(tg: Tg) -> None:
     await tg.enroll_and_login()
     await tg.send(ADMIN, "/status")
     assert "Your session: open until" in tg.api.last(ADMIN).text
+
+
+async def test_a_sim_restart_keeps_the_interest_earned(db: Database) -> None:
+    from bot.runner import SIM_INTEREST_KEY
+    from broker.sim_market import CashRate
+    from storage import kv
+
+    bars = bars_oc([(500, 500), (500, 501), (501, 502), (502, 502)])
+    w = await make_world(bars)
+    first = SimBroker(w.clock, w.path, IvSource.constant(0.22), calendar=w.cal, starting_cash=Decimal(100_000),
+                      mixed_account=False, seed=3, cash_rate=CashRate.constant(0.05))
+    adopt_ledger(first, Decimal(100_000))  # wires the interest into the database
+    w.clock.advance_to(w.clock.now() + timedelta(minutes=1))
+    w.clock.advance_to(w.clock.now() + timedelta(days=3))
+    assert first.interest > 0 and Decimal(kv.get(SIM_INTEREST_KEY) or "0") == first.interest
+    again = SimBroker(w.clock, w.path, IvSource.constant(0.22), calendar=w.cal, starting_cash=Decimal(100_000),
+                      mixed_account=False, seed=3)
+    adopt_ledger(again, Decimal(100_000))
+    assert again.account.usd == first.account.usd  # cash does not fall back by the interest
