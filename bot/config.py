@@ -27,6 +27,9 @@ class AppConfig(BaseSettings):
     sim_seed: int = Field(7, alias="SIM_SEED")
     sim_capital: Decimal = Field(Decimal(100_000), gt=0, alias="SIM_CAPITAL")
     sim_cash_rate: str = Field("0", alias="SIM_CASH_RATE")
+    backtest_csv: str | None = Field(None, alias="BACKTEST_CSV")
+    backtest_iv: str | None = Field(None, alias="BACKTEST_IV")
+    backtest_cash_rate: str = Field("0", alias="BACKTEST_CASH_RATE")
     # Telegram control plane
     telegram_bot_token: SecretStr | None = Field(None, alias="TELEGRAM_BOT_TOKEN")
     admin_user_ids_text: str = Field("", alias="ADMIN_USER_IDS")
@@ -40,7 +43,7 @@ class AppConfig(BaseSettings):
     allow_live_trading: bool = Field(False, alias="ALLOW_LIVE_TRADING")
     ib_quiet_window: str = Field("23:45-00:30", alias="IB_QUIET_WINDOW")
 
-    @field_validator("sim_cash_rate")
+    @field_validator("sim_cash_rate", "backtest_cash_rate")
     @classmethod
     def _cash_rate(cls, v: str) -> str:
         from bot.rates import RateError, parse_cash_rate

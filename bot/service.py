@@ -16,7 +16,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, TypeVar, cast
 
-from bot import manual, reports
+from bot import chat_backtest, manual, reports
 from bot.engine import Engine
 from bot.manual import Done, EntryPreview, Refusal, SellPreview, WorkingOrder
 from bot.report import TickReport
@@ -218,12 +218,38 @@ def last_tick(engine: Engine) -> tuple[str | None, str | None]:
     return None, None
 
 
+@dataclass(frozen=True, slots=True)
+class BacktestSources:
+    """Where /backtest takes its data when not from the broker (BACKTEST_CSV / BACKTEST_IV), and the
+    interest on idle cash it credits (BACKTEST_CASH_RATE)."""
+
+    csv: str | None = None
+    iv: str | None = None
+    cash_rate: str = "0"
+
+
+@dataclass(frozen=True, slots=True)
+class ComparisonView:
+    years: int
+    start: str
+    end: str
+    source: str
+    capital: Decimal
+    curves: tuple[chat_backtest.Curve, ...]
+    png: bytes
+    notes: tuple[str, ...]
+    wall_s: float
+
+
 class BotService:
-    def __init__(self, engine: Engine, settings: SettingsService, mode: str) -> None:
+    def __init__(self, engine: Engine, settings: SettingsService, mode: str,
+                 backtest: BacktestSources | None = None) -> None:
         self.engine = engine
         self.settings = settings
         self.mode = mode
         self.cache = BrokerCache(engine.clock.now)
+        self.backtest_sources = backtest or BacktestSources()
+        self.backtests = chat_backtest.Runner()
 
     async def _ask(self, key: str, what: str, factory: Callable[[], Awaitable[T]], notes: list[str]) -> T | None:
         snap = self.engine.last_snapshot
@@ -419,6 +445,62 @@ class BotService:
 
     def market_open(self) -> bool:
         return self.engine.calendar.open_session(self.engine.clock.now()) is not None
+
+    # --- what would this change have done? --------------------------------------------------------
+
+    def backtest_busy(self) -> str | None:
+        """Why a new backtest must wait, or None."""
+        r = self.backtests
+        if r.running_since is None:
+            return None
+        return (f"a backtest is already running (asked at {r.running_since.astimezone(NY):%H:%M:%S} ET"
+                f"{' by ' + r.who if r.who else ''}); wait for its answer, then ask again")
+
+    async def backtest(self, request: chat_backtest.Request, who: str) -> ComparisonView | Refusal:
+        """The current settings, and the same with the request's changes, backtested over the last
+        ``request.years`` years in a separate process. One at a time."""
+        busy = self.backtest_busy()
+        if busy is not None:
+            return Refusal(busy)
+        r = self.backtests
+        now = self.engine.clock.now()
+        r.running_since, r.who = now, who
+        try:
+            return await self._backtest(request, now)
+        except chat_backtest.BacktestRefusal as e:
+            return Refusal(str(e))
+        finally:
+            r.running_since, r.who = None, ""
+
+    async def _backtest(self, request: chat_backtest.Request, now: datetime) -> ComparisonView:
+        import tempfile
+        from pathlib import Path
+
+        src = self.backtest_sources
+        current = self.settings.current
+        notes: list[str] = []
+        account = await self._ask("account", "account summary", self.engine.broker.account_summary, notes)
+        capital = account.net_liquidation.quantize(Decimal(1)) if account is not None and \
+            account.net_liquidation > 0 else Decimal(100_000)
+        runs = [("current settings", tuple(chat_backtest.overrides_of(current)))]
+        if request.changes:
+            runs.append((chat_backtest.describe(request.changes),
+                         tuple(chat_backtest.overrides_of(request.changes[-1].settings))))
+        with tempfile.TemporaryDirectory(prefix="qqq-chat-data-") as tmp:
+            data = await asyncio.wait_for(chat_backtest.load_data(
+                self.engine.broker, now.astimezone(NY).date(), now, request.years, src.csv, src.iv, Path(tmp)),
+                CHECK_TIMEOUT_S * 2)
+            job = chat_backtest.Job(data.bars, data.iv, capital, src.cash_rate, self.engine.limits, tuple(runs))
+            try:
+                outcome = await chat_backtest.run_in_process(job)
+            except TimeoutError:
+                raise chat_backtest.BacktestRefusal("the backtest took too long and was stopped") from None
+            except Exception as e:  # a setting or data problem the worker met: one line, logged
+                log.exception("chat backtest failed")
+                raise chat_backtest.BacktestRefusal(f"the backtest failed: {type(e).__name__}: {e}") from e
+        first = outcome.curves[0].summary
+        return ComparisonView(request.years, first["start"], first["end"], data.source, capital,
+                              tuple(outcome.curves), outcome.png, tuple(data.notes) + tuple(notes), outcome.wall_s)
 
     # --- understanding -----------------------------------------------------------------------------
 

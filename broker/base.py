@@ -353,6 +353,12 @@ class Broker(Protocol):
         ``BrokerError`` when ``end < start`` or the broker has no bars of the symbol at all."""
         ...
 
+    async def historical_implied_vol(self, symbol: str, start: date, end: date) -> dict[date, float]:
+        """The underlying's daily implied volatility (a fraction a year) from ``start`` to ``end``:
+        IB's historical ``OPTION_IMPLIED_VOLATILITY``, the sim's own input. Empty when the broker has
+        none (the caller falls back to a constant); ``BrokerError`` as ``historical_daily_bars``."""
+        ...
+
     async def option_chain(self, symbol: str) -> OptionChain:
         """Listed expiries (none before today) and strikes, ascending; raises ``BrokerError`` when
         the broker lists no options on ``symbol``."""

@@ -187,6 +187,13 @@ class SimBroker:
                 for s, b in zip(self.path.sessions, self.path.bars, strict=True)
                 if start <= s.day <= end and s.close <= now]
 
+    async def historical_implied_vol(self, symbol: str, start: date, end: date) -> dict[date, float]:
+        """The volatility input the simulated QQQ options are priced with, by closed session."""
+        if symbol != "QQQ":
+            return {}
+        bars = await self.historical_daily_bars(symbol, start, end)
+        return {b.day: self.iv.iv(b.day) for b in bars}
+
     async def option_chain(self, symbol: str) -> OptionChain:
         if symbol != "QQQ":
             raise BrokerError(f"sim: no options on {symbol}")

@@ -37,7 +37,7 @@ from bot.config import AppConfig
 from bot.engine import Engine
 from bot.notifier import TelegramNotifier, parse_window
 from bot.runner import make_broker
-from bot.service import BotService
+from bot.service import BacktestSources, BotService
 from bot.settings_service import SettingsService
 from broker.base import Broker, LiveAccountRefused
 from broker.clock import Clock, WallClock
@@ -103,7 +103,8 @@ def build(
     sink = FanoutSink([LogSink(label), notifier])
     settings = SettingsService(sink, clock.now)
     engine = Engine(broker, clock, calendar or nyse(), settings, sink, cfg.limits)
-    service = BotService(engine, settings, broker.mode)
+    service = BotService(engine, settings, broker.mode,
+                         BacktestSources(cfg.backtest_csv or None, cfg.backtest_iv or None, cfg.backtest_cash_rate))
     deps = Deps(service, cfg.admin_user_ids, fernet, timedelta(minutes=cfg.session_ttl_min), label, clock.now,
                 notifier)
     parts = BotParts(app, engine, notifier, deps, db, clock, cfg)

@@ -22,6 +22,7 @@ from bot.settings_service import pause_text
 from handlers import format as fmt
 from handlers import manual
 from handlers.auth import Handler, guarded, who
+from handlers.backtest import backtest_command
 from handlers.context import BotContext
 from handlers.settings_kb import settings_command
 from storage import auth, kv
@@ -351,6 +352,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("enter", manual.enter_command, "buy a new lot now, without waiting for a dip (confirm)"),
     Command("cancel", manual.cancel_command, "/cancel ID or /cancel all: cancel working orders (confirm)"),
     Command("stop", manual.stop_command, "emergency: pause everything and cancel every order (confirm)"),
+    Command("backtest", backtest_command, "/backtest [YEARS] [KEY=VALUE ...]: what the settings, or a change, "
+            "would have done (needs a session)"),
     Command("logs", logs, "/logs [N]: the last N log lines (redacted)"),
     Command("version", version, "the bot's version"),
 )

@@ -13,7 +13,7 @@ from bot.alerts import Event, EventKind
 from bot.manual import EntryPreview, SellPreview, WorkingOrder
 from bot.report import TickReport
 from bot.reports import DayJournal, LotStory, PeriodRow
-from bot.service import AccountView, OrdersView, PnlView, PositionsView, StatusView, TradeRow
+from bot.service import AccountView, ComparisonView, OrdersView, PnlView, PositionsView, StatusView, TradeRow
 from strategy.calendar import NY
 from strategy.settings import (
     GROUP_TITLES,
@@ -456,4 +456,40 @@ def sell_all_ask_text(v: PositionsView) -> str:
         lines.append(f"#{lot.id} {e(lot.contract)} × {lot.qty}: mid {e(money(lot.mid, ''))}, "
                      f"{e(money(lot.pnl_usd, 'USD', signed=True))}")
     lines.append("Each is a limit order at the mid, repriced toward the bid.")
+    return "\n".join(lines)
+
+
+# --- /backtest ---------------------------------------------------------------------------------------
+
+
+def _pct_cell(x: float) -> str:
+    return f"{x * 100:+.1f}%"
+
+
+def comparison_text(v: ComparisonView, label: str) -> str:
+    """A short table, monospaced so its columns line up on a phone: one column per strategy."""
+    curves = v.curves
+    names = ["now", "change"][: len(curves)]
+    rows: list[tuple[str, list[str]]] = [
+        ("CAGR", [_pct_cell(c.summary["cagr"]) for c in curves]),
+        ("Max drawdown", [f"{c.summary['max_drawdown_pct']:.1f}%" for c in curves]),
+        ("Sharpe", [f"{c.summary['sharpe']:.2f}" for c in curves]),
+        ("Entries", [str(c.summary["entries"]) for c in curves]),
+        ("Realized", [f"{float(c.summary['realized_pnl']):,.0f}" for c in curves]),
+        ("QQQM bought", [f"{float(c.summary['qqqm_deployed']):,.0f}" for c in curves]),
+        ("Final equity", [f"{float(c.summary['final_equity']):,.0f}" for c in curves]),
+    ]
+    width = max(10, *(len(cell) for _, cells in rows for cell in cells))
+    table = [f"{'':<13}" + "".join(f"{n:>{width + 1}}" for n in names)]
+    table += [f"{name:<13}" + "".join(f"{cell:>{width + 1}}" for cell in cells) for name, cells in rows]
+    bh = curves[0].summary["buy_hold"]
+    lines = [f"<b>Backtest</b> {e(label)}".rstrip(),
+             f"{e(v.start)} → {e(v.end)} ({v.years} y, {e(v.source)}), {e(money(v.capital))} to start"]
+    if len(curves) > 1:
+        lines.append(f"now = current settings; change = {e(curves[1].label)}")
+    lines += [f"<pre>{e(chr(10).join(table))}</pre>",
+              f"QQQ buy &amp; hold: CAGR {e(_pct_cell(bh['cagr']))}, max drawdown {bh['max_drawdown_pct']:.1f}%, "
+              f"final {e(money(Decimal(bh['final_equity'])))}",
+              "<i>USD figures; the past, on model option prices: not a promise.</i>"]
+    lines += notes_lines(v.notes)
     return "\n".join(lines)

@@ -34,6 +34,7 @@ from telegram.error import BadRequest
 from bot.alerts import EventKind
 from handlers import format as fmt
 from handlers.auth import guarded, who
+from handlers.backtest import compare_request, run_and_reply
 from handlers.context import BotContext, Deps
 from storage import auth, outbox
 from strategy.settings import (
@@ -57,7 +58,7 @@ TYPE_TTL = timedelta(minutes=5)
 PREFIX = "s:"
 MAX_TOKENS = 5000
 EXPIRED = "This button has expired; send /settings again."
-CHANGES = frozenset({"confirm", "level"})  # the actions that need an open session
+CHANGES = frozenset({"confirm", "level", "compare"})  # the actions that need an open session (compare costs CPU)
 ROW_CHARS = 28  # buttons share a row while their texts fit a phone's width
 
 
@@ -267,9 +268,11 @@ def confirm_screen(p: Panel, key: str, value_text: str) -> tuple[Screen, bool]:
 
 def _confirm_rows(p: Panel, change: SettingChange) -> list[list[InlineKeyboardButton]]:
     """The confirm screen's buttons. The confirm carries the value as it will be stored and the old
-    value it replaces; a future "🧪 Compare" button (another issue) joins this row."""
+    value it replaces; 🧪 Compare backtests the change beside the current settings, and leaves it
+    pending."""
     new, old = format_value(change.key, change.new), format_value(change.key, change.old)
-    return [[p.button("✅ Confirm", "confirm", change.key, new, old), p.button("✖ Cancel", "edit", change.key)]]
+    return [[p.button("✅ Confirm", "confirm", change.key, new, old), p.button("✖ Cancel", "edit", change.key)],
+            [p.button("🧪 Compare", "compare", change.key, new, old)]]
 
 
 def _level_summary(kinds: Sequence[EventKind]) -> str:
@@ -344,6 +347,9 @@ def _act(p: Panel, button: Button, user: str) -> Screen:
         return type_screen(p, key)
     if action == "confirm":
         return _confirm(p, button, user)
+    if action == "compare":  # the change stays pending: the same confirm screen, redrawn
+        screen, _ = confirm_screen(p, key, button.value)
+        return screen
     if action == "alerts":
         return alerts_screen(p)
     if action == "alert_group":
@@ -421,6 +427,12 @@ async def settings_callback(update: Update, context: BotContext) -> None:
     screen = _act(Panel(deps, user.id, button.panel), button, who(update))
     await query.answer()
     await _show(update, screen)
+    if button.action == "compare":
+        request = compare_request(deps, button.key, button.value)
+        if isinstance(request, SettingError):
+            await context.bot.send_message(user.id, fmt.error_text(request), parse_mode=ParseMode.HTML)
+        else:
+            await run_and_reply(update, context, request)
 
 
 @guarded("read")

@@ -24,7 +24,7 @@ from strategy.model import OptionContract
 from strategy.selection import quote_delta
 from strategy.settings import StrategySettings
 from tests.fake_gateway import FillMode
-from tests.fake_gateway.testing import DAY, IbErrorGuard, Rig, RigFactory, ib_errors, rig_factory
+from tests.fake_gateway.testing import DAY, START, IbErrorGuard, Rig, RigFactory, ib_errors, rig_factory
 
 __all__ = ["ib_errors", "rig_factory"]
 
@@ -418,3 +418,11 @@ async def test_connectivity_never_restored_forces_a_reconnect(rig_factory: RigFa
 
 def test_new_york_is_the_session_zone() -> None:
     assert str(NY) == "America/New_York"
+
+
+async def test_historical_implied_volatility_from_ib(rig_factory: RigFactory) -> None:
+    """IB's daily OPTION_IMPLIED_VOLATILITY of QQQ, for /backtest: one value per session."""
+    rig = await rig_factory()
+    iv = await rig.broker.historical_implied_vol("QQQ", START, DAY)
+    bars = await rig.broker.historical_daily_bars("QQQ", START, DAY)
+    assert set(iv) == {b.day for b in bars} and all(v == pytest.approx(0.22) for v in iv.values())

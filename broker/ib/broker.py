@@ -134,6 +134,9 @@ class IBBroker:
     async def historical_daily_bars(self, symbol: str, start: date, end: date) -> list[DailyBar]:
         return await self._market.historical_daily_bars(symbol, start, end)
 
+    async def historical_implied_vol(self, symbol: str, start: date, end: date) -> dict[date, float]:
+        return await self._market.historical_implied_vol(symbol, start, end)
+
     # --- orders (IBOrders) -----------------------------------------------------------------------
 
     async def place_order(self, request: OrderRequest) -> str:

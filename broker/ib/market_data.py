@@ -202,9 +202,27 @@ class IBMarketData:
         return [DailyBar(cv.bar_day(b.date), b.open, b.high, b.low, b.close) for b in bars
                 if start <= cv.bar_day(b.date) <= end]
 
-    async def _history(self, symbol: str, end: datetime | str, duration: str, limit_s: float | None = None
-                       ) -> list[BarData]:
-        """Daily bars, retried twice (with backoff) after a pacing error."""
+    async def historical_implied_vol(self, symbol: str, start: date, end: date) -> dict[date, float]:
+        """IB's daily OPTION_IMPLIED_VOLATILITY of the underlying (its close, a fraction a year), or
+        {} when IB has none for it (no options data, a pacing error after the retries)."""
+        if end < start:
+            raise BrokerError("ib: the end of a range is before its start")
+        days = (end - start).days + 1
+        duration = f"{days} D" if days <= 365 else f"{math.ceil(days / 365)} Y"
+        end_at = datetime.combine(end, time(23, 59, 59), NY)
+        try:
+            bars = await self._history(symbol, end_at, duration, max(self._conn.request_timeout, 60.0),
+                                       what="OPTION_IMPLIED_VOLATILITY")
+        except BrokerError as e:
+            log.warning("ib: no implied volatility history for %s: %s", symbol, e)
+            return {}
+        return {cv.bar_day(b.date): float(b.close) for b in bars
+                if start <= cv.bar_day(b.date) <= end and math.isfinite(b.close) and 0 < b.close < 5}
+
+    async def _history(self, symbol: str, end: datetime | str, duration: str, limit_s: float | None = None,
+                       what: str = "TRADES") -> list[BarData]:
+        """Daily bars (``what``: TRADES, or OPTION_IMPLIED_VOLATILITY), retried twice (with backoff)
+        after a pacing error."""
         c = await self._contracts.contract(StockContract(symbol))
         limit = limit_s or self._conn.request_timeout
         code: int | None = None
@@ -212,7 +230,7 @@ class IBMarketData:
             self._req_errors.pop(c.conId, None)
             self._conn.stats["history"] += 1
             bars = await self._conn.call(
-                lambda: self._conn.ib.reqHistoricalDataAsync(c, end, duration, "1 day", "TRADES", True, 1, False, [],
+                lambda: self._conn.ib.reqHistoricalDataAsync(c, end, duration, "1 day", what, True, 1, False, [],
                                                              timeout=limit),
                 f"daily bars of {symbol}", limit + 1)
             if bars:

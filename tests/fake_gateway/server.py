@@ -432,9 +432,14 @@ class FakeGateway:
         if end_s:
             end = datetime.strptime(end_s[:17], "%Y%m%d %H:%M:%S").replace(tzinfo=UTC)
         bars = self.market.daily_bars(c.instrument.symbol, self.now(), end, days)
+        what = f[19] if len(f) > 19 else "TRADES"
         msg: list[p.Field] = [17, req_id, "", "", len(bars)]
         for b in bars:
-            msg += [b.day.strftime("%Y%m%d"), b.open, b.high, b.low, b.close, 1000000.0, b.close, 1000]
+            if what == "OPTION_IMPLIED_VOLATILITY":  # the market's own volatility input, as IB's index of it
+                v = self.market.iv.iv(b.day)
+                msg += [b.day.strftime("%Y%m%d"), v, v, v, v, -1, v, -1]
+            else:
+                msg += [b.day.strftime("%Y%m%d"), b.open, b.high, b.low, b.close, 1000000.0, b.close, 1000]
         s.send(msg)
 
     # --- account -------------------------------------------------------------------------------------
