@@ -34,13 +34,14 @@ from broker.sim_market import (
     synthetic_bars,
 )
 from broker.sim_options import YEAR_S, expiry_close
+from storage import ledger
 from storage.db import close_database, open_database
 from storage.models import database_proxy
 from strategy.calendar import nyse
 from strategy.fastforward import Band, due_exit, quiet_band, take_profit_price, trigger_spot
 from strategy.model import Lot
 from strategy.pricing import bs_time_bound
-from strategy.rules import DailyLimits
+from strategy.rules import DailyLimits, has_expired
 from strategy.settings import SettingError, parse_assignment
 
 
@@ -210,8 +211,17 @@ class FastForward:
         span = (min(prices), max(prices))
         self._lots.clear()
         evaluated = 0
-        must = True  # the session's first tick does the day-boundary work
         low, high = math.inf, -math.inf
+        # The clock steps to the first tick as in the every-tick run (the broker then answers for this
+        # session: its previous close, the day's expiries and interest); the tick itself is evaluated
+        # when there is day-boundary work, else only when its price is outside the day's quiet band.
+        if ticks[0] >= clock.now():
+            clock.advance_to(ticks[0])
+        must = self._day_work_pending(day)
+        if not must:
+            band = await self.band(day, ticks, span)
+            must = bool(band.always)
+            low, high = band.low, band.high
         j, n = 0, len(ticks)
         while j < n:
             if not must:
@@ -233,6 +243,21 @@ class FastForward:
                 must = bool(band.always)
                 low, high = band.low, band.high
         return evaluated
+
+    def _day_work_pending(self, day: date) -> bool:
+        """Whether the engine has day-boundary work at its first tick of session ``day``, so that tick
+        must be evaluated whatever the price: a reconciliation due, an order unresolved, a roll's buy
+        leg pending (it is dropped at the next session), or a lot past its expiry (settled then).
+        Otherwise the engine's day-boundary work is empty, and doing it at a later tick of the
+        session, or at the next session's first, changes nothing (nor does the sim's: its expiry
+        settlement and interest depend on the day, not on the time of the first step)."""
+        engine = self.engine
+        if not engine.ready:
+            return True
+        state = engine.state(day)
+        if state.unresolved_order or ledger.rolls_with_pending_buy():
+            return True
+        return any(has_expired(lot, day) for lot in state.open_lots)
 
     @staticmethod
     def _changes() -> int:
@@ -313,7 +338,8 @@ async def run_backtest(
             settings.update(change.key, text.partition("=")[2], "backtest")
         broker = SimBroker(clock, path, iv, calendar=cal, starting_cash=cfg.capital, mixed_account=False,
                            seed=cfg.seed, cash_rate=cash_rate)
-        engine = Engine(broker, clock, cal, settings, alerts, cfg.limits, persist_last_tick=False, journal=False)
+        engine = Engine(broker, clock, cal, settings, alerts, cfg.limits, persist_last_tick=False, journal=False,
+                        private_db=True)
         await engine.start()
         equity: list[tuple[date, Decimal]] = []
         cash: list[Decimal] = []  # USD cash at each close, for the average share of equity held as cash

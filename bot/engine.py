@@ -60,6 +60,7 @@ class Engine:
         *,
         persist_last_tick: bool = True,
         journal: bool = True,
+        private_db: bool = False,
     ) -> None:
         self.broker = broker
         self.clock = clock
@@ -68,6 +69,7 @@ class Engine:
         self.alerts = alerts
         self.limits = limits or DailyLimits()
         self.persist_last_tick = persist_last_tick
+        self.private_db = private_db  # only this engine's connection writes the database (a backtest)
         self.runner = OrderRunner(broker, clock)
         self.journal = Journal(clock.now, enabled=journal)
         self.desk = Desk(broker, clock, self.runner, self.limits, self.emit, self.report_error, self.journal.note)
@@ -218,7 +220,7 @@ class Engine:
         """The bot's own book as the rules see it at the start of a tick of session ``day``,
         derived from the ledger. Cached under the database's write version, so any write anywhere
         makes the next call read the ledger again: no caller has to remember to say so."""
-        version = ledger.write_version()
+        version = ledger.write_version(other_connections=not self.private_db)
         cached = self._state
         if cached is not None and cached[0] == version:
             cached_day, st = cached[1], cached[2]
@@ -356,7 +358,8 @@ class Engine:
         snap, state = await self.snapshot(day)
         plan = decide_tick(state, snap, settings)
         report = TickReport(now, day, plan.change, snap.qqq.price, snap.prev_close, plan, dry_run, settings.paused)
-        report.reasons = explain_tick(state, snap, settings, plan) + self._pause_reasons(plan, settings)
+        if dry_run or self.journal.enabled:  # the reasons are for /check and the journal (a backtest has neither)
+            report.reasons = explain_tick(state, snap, settings, plan) + self._pause_reasons(plan, settings)
         if not dry_run:
             self.journal.record(day, report.reasons)
         if dry_run or plan.is_empty:

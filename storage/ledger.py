@@ -36,11 +36,15 @@ ACTIVE_VALUES = tuple(state.value for state in ACTIVE_STATES)  # as prepared que
 ZERO = Decimal(0)
 
 
-def write_version() -> tuple[int, int]:
+def write_version(other_connections: bool = True) -> tuple[int, int]:
     """A key that changes whenever anything is written to the database: rows changed through this
     thread's connection (SQLite's ``total_changes``) and commits made by any other connection
-    (``PRAGMA data_version``). A cache keyed on it cannot miss a write, wherever the write came from."""
+    (``PRAGMA data_version``). A cache keyed on it cannot miss a write, wherever the write came from.
+    ``other_connections=False`` leaves out the second (a query) for a private database only this
+    connection writes: a backtest's."""
     conn = database_proxy.connection()
+    if not other_connections:
+        return conn.total_changes, 0
     (other,) = database_proxy.execute_sql("PRAGMA data_version").fetchone()
     return conn.total_changes, int(other)
 

@@ -34,6 +34,7 @@ class SessionCalendar:
         self._sessions = sessions
         self._days = [s.day for s in sessions]
         self._by_day = {s.day: s for s in sessions}
+        self._ticks: dict[tuple[date, int, int], tuple[datetime, ...]] = {}
 
     @property
     def first(self) -> date:
@@ -75,7 +76,17 @@ class SessionCalendar:
 
     def tick_times(self, session: Session, interval_min: int, delay_min: int) -> list[datetime]:
         """The session's ticks: wall-clock aligned to ``interval_min`` (09:35, 09:40, …), the
-        first no earlier than ``delay_min`` after the open, the last strictly before the close."""
+        first no earlier than ``delay_min`` after the open, the last strictly before the close
+        (computed once per session and settings)."""
+        key = (session.day, interval_min, delay_min)
+        cached = self._ticks.get(key)
+        if cached is None or self._by_day.get(session.day) is not session:
+            cached = tuple(self._tick_times(session, interval_min, delay_min))
+            if self._by_day.get(session.day) is session:
+                self._ticks[key] = cached
+        return list(cached)
+
+    def _tick_times(self, session: Session, interval_min: int, delay_min: int) -> list[datetime]:
         first = session.open + timedelta(minutes=delay_min)
         local = first.astimezone(NY)
         minute = local.hour * 60 + local.minute
