@@ -40,10 +40,34 @@ def sql_for(name: str, build: Callable[[], Query], params: Sequence[Any]) -> str
     return sql
 
 
+_COLUMNS: dict[tuple[type, str], dict[str, Any]] = {}
+# What peewee's model row wrappers work out in ``initialize`` from the result's columns (peewee 3.x):
+# a prepared query's SQL fixes its columns, so the answer is kept per query.
+_INIT_STATE = ("columns", "fields", "converters", "no_convert", "convert", "ncols", "unique_columns")
+
+
+class _Wrapper(ModelObjectCursorWrapper):
+    """peewee's own row wrapper, resolving a query's columns once per query rather than per run."""
+
+    def __init__(self, cursor: Any, model: type[Model], key: tuple[type, str]) -> None:
+        super().__init__(cursor, model, [], model)
+        self._key = key
+
+    def initialize(self) -> None:
+        state = _COLUMNS.get(self._key)
+        if state is None:
+            super().initialize()
+            _COLUMNS[self._key] = {name: getattr(self, name) for name in _INIT_STATE if hasattr(self, name)}
+            return
+        for name, value in state.items():
+            setattr(self, name, value)
+
+
 def rows(model: type[M], name: str, build: Callable[[], Query], params: Sequence[Any]) -> list[M]:
     """The model rows of ``build()`` run with ``params``, made as ``model.raw`` makes them."""
-    cursor = database_proxy.execute_sql(sql_for(name, build, params), list(params))
-    return list(ModelObjectCursorWrapper(cursor, model, [], model))
+    sql = sql_for(name, build, params)
+    cursor = database_proxy.execute_sql(sql, list(params))
+    return list(_Wrapper(cursor, model, (model, sql)))
 
 
 def first(model: type[M], name: str, build: Callable[[], Query], params: Sequence[Any]) -> M | None:
