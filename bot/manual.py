@@ -91,6 +91,14 @@ def _day(engine: Engine) -> tuple[datetime, Refusal | None]:
     return now, Refusal(problem) if problem else None
 
 
+async def _ready(engine: Engine) -> tuple[datetime, Refusal | None]:
+    """Inside the engine's lock, before a manual order: may it be sent now (reconciled first)?"""
+    now, problem = _day(engine)
+    if problem is None and not engine.ready:
+        await engine.reconcile()
+    return now, problem
+
+
 # --- sell a lot now ---------------------------------------------------------------------------------
 
 
@@ -142,11 +150,9 @@ async def sell_preview(engine: Engine, lot_id: int) -> SellPreview | Refusal:
 async def sell(engine: Engine, lot_id: int, who: str) -> Done | Refusal:
     """Sell the whole lot now (limit at the mid, repriced like every order), reason manual."""
     async with engine.exclusive():
-        now, problem = _day(engine)
+        now, problem = await _ready(engine)
         if problem is not None:
             return problem
-        if not engine.ready:
-            await engine.reconcile()
         session = engine.calendar.open_session(now)
         assert session is not None
         lot = _open_lot(lot_id)
@@ -221,11 +227,9 @@ async def enter(engine: Engine, who: str, expected: str) -> Done | EntryPreview 
     """Buy the previewed contract now. When the best contract changed since the preview, nothing is
     bought: the new preview comes back, to be confirmed again."""
     async with engine.exclusive():
-        now, problem = _day(engine)
+        now, problem = await _ready(engine)
         if problem is not None:
             return problem
-        if not engine.ready:
-            await engine.reconcile()
         plan = await _entry_plan(engine, now)
         if isinstance(plan, Refusal):
             return plan

@@ -8,7 +8,7 @@ import csv
 import logging
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from itertools import pairwise
@@ -111,9 +111,9 @@ def load_ohlc_csv(path: Path | str) -> list[DailyBar]:
     return result.bars
 
 
-def load_series_csv(path: Path | str, column: str) -> dict[date, float]:
-    """One volatility column by date (e.g. VXN) as fractions; values above 3 are taken as percent
-    (25.3 → 0.253). Empty/"null" values are skipped."""
+def _dated_column(path: Path | str, column: str, value: Callable[[float, str], float]) -> dict[date, float]:
+    """One numeric column of a dated CSV, by date, each value checked and converted by ``value``
+    (which raises CsvError's message as ValueError); empty/"null" values are skipped."""
     path = Path(path)
     header, body = _open_rows(path)
     if "date" not in header:
@@ -136,12 +136,25 @@ def load_series_csv(path: Path | str, column: str) -> dict[date, float]:
             v = float(text)
         except ValueError:
             raise CsvError(f"{path}, line {line}: '{text}' is not a number") from None
-        if not math.isfinite(v) or v <= 0:
-            raise CsvError(f"{path}, line {line}: a volatility must be positive, got {text}")
-        out[day] = v / 100 if v > 3 else v
+        try:
+            out[day] = value(v, text)
+        except ValueError as e:
+            raise CsvError(f"{path}, line {line}: {e}") from None
     if not out:
         raise CsvError(f"{path}: column '{column}' has no values")
     return out
+
+
+def _volatility(v: float, text: str) -> float:
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"a volatility must be positive, got {text}")
+    return v / 100 if v > 3 else v
+
+
+def load_series_csv(path: Path | str, column: str) -> dict[date, float]:
+    """One volatility column by date (e.g. VXN) as fractions; values above 3 are taken as percent
+    (25.3 → 0.253). Empty/"null" values are skipped."""
+    return _dated_column(path, column, _volatility)
 
 
 class IvSource:
@@ -212,37 +225,16 @@ class CashRate:
         return self._values[max(i, 0)]
 
 
+def _rate(v: float, text: str) -> float:
+    if not math.isfinite(v) or not 0 <= v <= 100:
+        raise ValueError(f"a rate must be 0–100 % a year, got {text}")
+    return v / 100
+
+
 def load_rate_series_csv(path: Path | str, column: str) -> dict[date, float]:
     """A column of rates in percent a year by date (FRED's TB3MS, a daily or monthly series) as
     fractions; empty, "null" or "." values are skipped. A rate must be 0–100 %."""
-    path = Path(path)
-    header, body = _open_rows(path)
-    if "date" not in header:
-        raise CsvError(f"{path}: no Date column (found {','.join(header)})")
-    col = column.strip().lower()
-    if col not in header:
-        raise CsvError(f"{path}: no column '{column}' (found {','.join(header)})")
-    di, ci = header.index("date"), header.index(col)
-    out: dict[date, float] = {}
-    last: date | None = None
-    for line, row in body:
-        if max(di, ci) >= len(row):
-            raise CsvError(f"{path}, line {line}: too few columns")
-        day = _date_at(path, line, row[di], last)
-        last = day
-        text = row[ci].strip()
-        if text.lower() in _NULLS:
-            continue
-        try:
-            v = float(text)
-        except ValueError:
-            raise CsvError(f"{path}, line {line}: '{text}' is not a number") from None
-        if not math.isfinite(v) or not 0 <= v <= 100:
-            raise CsvError(f"{path}, line {line}: a rate must be 0–100 % a year, got {text}")
-        out[day] = v / 100
-    if not out:
-        raise CsvError(f"{path}: column '{column}' has no values")
-    return out
+    return _dated_column(path, column, _rate)
 
 
 def synthetic_bars(

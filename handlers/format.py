@@ -14,6 +14,7 @@ from bot.manual import EntryPreview, SellPreview, WorkingOrder
 from bot.report import TickReport
 from bot.reports import DayJournal, LotStory, PeriodRow
 from bot.service import AccountView, ComparisonView, OrdersView, PnlView, PositionsView, StatusView, TradeRow
+from bot.settings_service import pause_text
 from strategy.calendar import NY
 from strategy.settings import (
     GROUP_TITLES,
@@ -114,11 +115,9 @@ def help_text(mode_label: str, commands: Iterable[tuple[str, str]]) -> str:
 
 
 def pause_line(mode: PauseMode) -> str:
-    if mode is PauseMode.ALL:
-        return "⏸ <b>paused</b>: every automatic order held back, exits included"
-    if mode is PauseMode.ENTRIES:
-        return "⏸ <b>entries paused</b>: no new entries, rolls or recycling buys; exits run"
-    return "▶️ running"
+    """/status's line: what a pause holds back, bold where it matters."""
+    head, _, rest = pause_text(mode).partition(": ")
+    return f"⏸ <b>{e(head.lower())}</b>: {e(rest)}" if mode else "▶️ running"
 
 
 def status_text(v: StatusView, label: str) -> str:
