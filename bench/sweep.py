@@ -1,6 +1,6 @@
 """Benchmark: `qqq-bot sweep` throughput with 1 and with 2 worker processes, in the same run.
 
-    python bench/sweep.py [--configs 12] [--start 2022-01-01] [--end 2024-12-31] [--synthetic]
+    python bench/sweep.py [--configs 24] [--start 2015-01-01] [--end 2024-12-31] [--synthetic]
 
 Uses ../shared/data/qqq_daily.csv with VXN when present (else a seeded synthetic path). Each
 configuration is one whole backtest; the wall time is end to end, worker start-up included.
@@ -42,8 +42,8 @@ def cpu_model() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--configs", type=int, default=12)
-    ap.add_argument("--start", default="2022-01-01")
+    ap.add_argument("--configs", type=int, default=24)
+    ap.add_argument("--start", default="2015-01-01")
     ap.add_argument("--end", default="2024-12-31")
     ap.add_argument("--synthetic", action="store_true", help="a synthetic path even when the real CSV is present")
     ap.add_argument("--repeat", type=int, default=2, help="alternate 1 and 2 workers this many times; best of each")

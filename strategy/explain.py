@@ -30,6 +30,10 @@ def _pct(x: Decimal) -> str:
     return f"{x:+.2f} %"
 
 
+def _plain(x: Decimal) -> str:
+    return f"{x.normalize():f}"
+
+
 def _usd(x: Decimal) -> str:
     return f"{x:,.2f} USD"
 
@@ -115,7 +119,7 @@ def _explain_opening(state: StrategyState, snap: MarketSnapshot, settings: Strat
     """Why a new position is, or is not, opened (an entry, or a roll when the book is full)."""
     change = plan.change
     now = f"QQQ {_pct(change * HUNDRED)}" if change is not None else "QQQ change unknown"
-    drop, roll_drop = settings.entry_drop_pct, settings.roll_drop_pct
+    drop, roll_drop = _plain(settings.entry_drop_pct), _plain(settings.roll_drop_pct)
     remaining = len(state.open_lots) - len(plan.exits)
     full = remaining >= settings.max_positions
     if plan.retry_roll_buy is not None:

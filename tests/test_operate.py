@@ -126,3 +126,46 @@ async def test_a_sim_restart_keeps_the_interest_earned(db: Database) -> None:
                       mixed_account=False, seed=3)
     adopt_ledger(again, Decimal(100_000))
     assert again.account.usd == first.account.usd  # cash does not fall back by the interest
+
+
+async def test_check_says_why_not_and_previews_the_next_open(tmp_path: Path) -> None:
+    bars = tg_bars([(500, 500), (490, 483), (483, 484)])
+    async for tg in open_tg(tmp_path, bars, settings={"recycle_enabled": "off"}):
+        await tg.world.run_days([tg.world.path.sessions[0].day])
+        await tg.world.run_session(tg.world.path.sessions[1].day, max_ticks=6)  # the dip: one entry
+        await tg.send(ADMIN, "/check")
+        text = tg.api.last(ADMIN).text
+        assert "already entered this session" in text and "<b>Why</b>" in text
+        assert "tier from day 0" in text  # the lot's exit rule, and how far it is
+        await tg.world.close_session(tg.world.path.sessions[1].day)
+        await tg.send(ADMIN, "/check")
+        text = tg.api.last(ADMIN).text
+        assert "The market is closed: this is the first tick of" in text
+        assert "entry needs −1 %" in text and "QQQ ≤" in text  # at the next open, from the last price
+
+
+async def test_period_reports_logs_and_version(tmp_path: Path) -> None:
+    import logging
+
+    from bot.logs import setup_logging
+
+    bars = tg_bars([(500, 500), (490, 489), (575, 575), (576, 576)])
+    async for tg in open_tg(tmp_path, bars, settings={"recycle_enabled": "off"}):
+        await tg.world.run_days([s.day for s in tg.world.path.sessions])
+        await tg.send(ADMIN, "/daily 10")
+        text = tg.api.last(ADMIN).text
+        assert "Realized P&amp;L by day" in text and "1 sale, 1 won" in text and "(nothing closed)" in text
+        await tg.send(ADMIN, "/monthly")
+        assert "March 2024" in tg.api.last(ADMIN).text
+        await tg.send(ADMIN, "/weekly 0")
+        assert "Usage" in tg.api.last(ADMIN).text
+        setup_logging("INFO", secrets=["s3cr3t-value"])
+        logging.getLogger("bot.test").info("a line with s3cr3t-value inside")
+        logging.getLogger("apscheduler.executors.default").info('Running job "tick" (scheduled at …)')
+        await tg.send(ADMIN, "/logs 5")
+        text = tg.api.last(ADMIN).text
+        assert "a line with *** inside" in text and "s3cr3t-value" not in text
+        assert "Running job" not in text  # the scheduler's per-run chatter is DEBUG
+        assert "+00:00" in text  # every line's time carries its zone
+        await tg.send(ADMIN, "/version")
+        assert "qqq-leaps-bot" in tg.api.last(ADMIN).text
