@@ -56,7 +56,7 @@ def main() -> None:
     else:
         source = ["--synthetic-years", "6", "--seed", "1"]
         what = "synthetic 6 years, seed 1"
-    deltas = ",".join(f"{0.45 + 0.03 * i:.2f}" for i in range(args.configs))
+    deltas = ",".join(f"{0.45 + 0.45 * i / max(args.configs - 1, 1):.3f}" for i in range(args.configs))
     plan = build_plan(build_parser().parse_args(["sweep", *source, "--grid", f"target_delta={deltas}"]))
     n = len(plan.configs)
     print(f"sweep benchmark: {n} configurations of one backtest each, {what} ({plan.periods[0].sessions} sessions)")
