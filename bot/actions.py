@@ -86,7 +86,7 @@ async def execute_plan(
     if kv.get(f"halted:{day.isoformat()}") is not None:
         report.actions.append("automatic orders halted for this session (daily limit)")
         return True
-    ok = True
+    guard = _Guard(desk)
     lots = {lot.id: lot for lot in state.open_lots}
     for decision in plan.exits:
         lot = lots.get(decision.lot_id)
@@ -95,29 +95,37 @@ async def execute_plan(
             continue
         ctx = _context(snap, deltas={lot.contract.key: _delta(quote, snap, settings)},
                        held_days=decision.held_days, pnl_pct=decision.pnl_pct, reason=decision.reason.value)
-        ok, out = await _guarded(desk, f"exit of lot #{lot.id}", _sell_lot(
-            desk, lot, quote, OrderPurpose.for_exit(decision.reason), day, settings, ctx), ok)
+        out = await guard.run(f"exit of lot #{lot.id}", _sell_lot(
+            desk, lot, quote, OrderPurpose.for_exit(decision.reason), day, settings, ctx))
         if out is not None:
             report.actions.append(f"sold lot #{lot.id} ({decision.reason.label}): {out.status.label} "
                                   f"{out.filled}/{out.qty}")
     if plan.retry_roll_buy is not None:
-        ok, _ = await _guarded(desk, "roll buy leg", _roll_buy(desk, plan.retry_roll_buy, snap, settings, report), ok)
+        await guard.run("roll buy leg", _roll_buy(desk, plan.retry_roll_buy, snap, settings, report))
     elif plan.roll is not None:
-        ok, _ = await _guarded(desk, "roll", _roll(desk, lots[plan.roll.lot_id], snap, settings, report), ok)
+        await guard.run("roll", _roll(desk, lots[plan.roll.lot_id], snap, settings, report))
     elif plan.entry is not None:
-        ok, _ = await _guarded(desk, "entry", _enter(desk, snap, settings, report), ok)
+        await guard.run("entry", _enter(desk, snap, settings, report))
     if plan.recycle is not None:
-        ok, _ = await _guarded(desk, "recycling", _recycle(desk, plan.recycle, snap, settings, report), ok)
-    return ok
+        await guard.run("recycling", _recycle(desk, plan.recycle, snap, settings, report))
+    return not guard.failed
 
 
-async def _guarded(desk: Desk, what: str, action: Awaitable[T], ok: bool) -> tuple[bool, T | None]:
-    """Run one action; a failure is logged and alerted, and the tick goes on with the next."""
-    try:
-        return ok, await action
-    except Exception as e:
-        desk.report_error(f"{what} failed", e)
-        return False, None
+class _Guard:
+    """Runs a tick's actions one by one: a failure is logged and alerted, remembered, and the tick
+    goes on with the next action."""
+
+    def __init__(self, desk: Desk) -> None:
+        self.desk = desk
+        self.failed = False
+
+    async def run(self, what: str, action: Awaitable[T]) -> T | None:
+        try:
+            return await action
+        except Exception as e:
+            self.desk.report_error(f"{what} failed", e)
+            self.failed = True
+            return None
 
 
 def _delta(q: OptionQuote, snap: MarketSnapshot, settings: StrategySettings) -> float | None:
@@ -146,30 +154,35 @@ def _option_quote_fn(desk: Desk, contract: OptionContract) -> QuoteFn:
     return quote
 
 
-def _limit_ok(desk: Desk, day: date, premium: Decimal, what: str, breach: str | None = None) -> bool:
+def _limit_ok(desk: Desk, day: date, premium: Decimal, what: str) -> bool:
     """The hard daily limits; a breach halts automatic orders for the rest of the session."""
-    if breach is None:
-        breach = daily_limit_breach(ledger.orders_sent_on(day), ledger.premium_bought_on(day), premium, desk.limits)
-    if breach is None:
-        return True
+    breach = daily_limit_breach(ledger.orders_sent_on(day), ledger.premium_bought_on(day), premium, desk.limits)
+    if breach is not None:
+        _halt(desk, day, breach, what)
+    return breach is None
+
+
+def _halt(desk: Desk, day: date, breach: str, what: str) -> None:
+    """A hard daily limit is reached: automatic orders stop for the rest of the session, alerted."""
     kv.put(f"halted:{day.isoformat()}", breach, desk.clock.now())
-    desk.emit(EventKind.LIMIT_REACHED,
-                f"{breach}: {what} not sent; automatic orders stop for the rest of the session")
-    return False
+    desk.emit(EventKind.LIMIT_REACHED, f"{breach}: {what} not sent; automatic orders stop for the rest of the session")
 
 
 async def _sell_lot(
     desk: Desk, lot: Lot, quote: OptionQuote, purpose: OrderPurpose, day: date, settings: StrategySettings,
-    context: dict[str, Any], roll_id: int | None = None,
+    context: dict[str, Any], roll_id: int | None = None, who: str | None = None,
 ) -> OrderOutcome | None:
+    """Sell the whole lot (limit at the mid, repriced). An automatic sale respects the hard daily
+    limits; a manual one (``who``) does not: selling reduces risk."""
     if quote.bid is None or quote.ask is None:
         return None
-    if not _limit_ok(desk, day, Decimal(0), f"sell of lot #{lot.id}"):
+    if who is None and not _limit_ok(desk, day, Decimal(0), f"sell of lot #{lot.id}"):
         return None
     req = OrderRequest(new_order_ref(), (OrderLeg(lot.contract, "SELL"),), lot.qty,
                        limit_price(quote.bid, quote.ask, "SELL", 0, settings, quote.min_tick))
-    desk.emit(EventKind.ORDER_SENT, f"SELL {lot.qty} {lot.contract.key} @ {req.limit} ({purpose.label}, lot #{lot.id})",
-              order_ref=req.order_ref)
+    why = f"{purpose.label}, lot #{lot.id}" if who is None else f"manual sale of lot #{lot.id} by {who}"
+    desk.emit(EventKind.ORDER_SENT, f"SELL {lot.qty} {lot.contract.key} @ {req.limit} ({why})",
+              order_ref=req.order_ref, actor=actor_id(who) if who is not None else None)
     return await desk.runner.run(req, purpose=purpose, session_day=day, settings=settings,
                                  quote=_option_quote_fn(desk, lot.contract), tick=quote.min_tick,
                                  lot_id=None if roll_id else lot.id, roll_id=roll_id, context=context)
@@ -221,7 +234,7 @@ class BuyPlan:
 
 @dataclass(frozen=True, slots=True)
 class BuyRefusal:
-    """Why no new lot is bought: ``kind`` is no_contract, premium, funds or limit."""
+    """Why no new lot is bought: ``kind`` is no_contract, size, premium, funds or limit."""
 
     kind: str
     text: str
@@ -244,10 +257,11 @@ async def plan_buy(desk: Desk, snap: MarketSnapshot, settings: StrategySettings)
     day = snap.session
     size = settings.position_size
     account = await desk.broker.account_summary()
+    bought_today = ledger.premium_bought_on(day)
     if size.pct is not None:
         limit0 = limit_price(q.bid, q.ask, "BUY", 0, settings, q.min_tick)
         wanted = sized_quantity(size.pct, account.net_liquidation, limit0, mult)
-        room = desk.limits.max_premium_per_day - ledger.premium_bought_on(day)
+        room = desk.limits.max_premium_per_day - bought_today
         qty = capped_quantity(wanted, mid, mult, settings.max_premium, account.available_funds_usd, room)
         if qty == 0:
             budget = account.net_liquidation * size.pct / 100
@@ -268,7 +282,7 @@ async def plan_buy(desk: Desk, snap: MarketSnapshot, settings: StrategySettings)
         if not can_afford(account.available_funds_usd, premium, option_commission(qty)):
             return BuyRefusal("funds", f"available funds {account.available_funds_usd:,.2f} USD < premium "
                               f"{premium:,.2f} USD + commission")
-    breach = daily_limit_breach(ledger.orders_sent_on(day), ledger.premium_bought_on(day), premium, desk.limits)
+    breach = daily_limit_breach(ledger.orders_sent_on(day), bought_today, premium, desk.limits)
     if breach is not None:
         return BuyRefusal("limit", breach)
     return BuyPlan(choice, qty, premium)
@@ -289,7 +303,7 @@ async def _checked_buy(desk: Desk, snap: MarketSnapshot, settings: StrategySetti
     report.actions.append(f"{what} skipped: {plan.text}")
     desk.note(day, "entry", f"skipped:{plan.kind}", f"{what} signal; {plan.text}: skipped")
     if plan.kind == "limit":
-        _limit_ok(desk, day, Decimal(0), what, breach=plan.text)
+        _halt(desk, day, plan.text, what)
     elif kv.put_once(f"{plan.kind}_skip:{day.isoformat()}", plan.text, desk.clock.now()):
         desk.emit(_SKIP_ALERTS[plan.kind], f"{what} skipped: {plan.text}"
                   if plan.kind != "no_contract" else f"{what}: signal, but {plan.text}")
@@ -298,7 +312,7 @@ async def _checked_buy(desk: Desk, snap: MarketSnapshot, settings: StrategySetti
 
 async def _buy(
     desk: Desk, plan: BuyPlan, snap: MarketSnapshot, settings: StrategySettings, purpose: OrderPurpose,
-    roll_id: int | None = None, extra: dict[str, Any] | None = None,
+    roll_id: int | None = None, who: str | None = None,
 ) -> OrderOutcome:
     choice = plan.choice
     q = choice.quote
@@ -306,13 +320,13 @@ async def _buy(
     qty = plan.qty
     req = OrderRequest(new_order_ref(), (OrderLeg(choice.contract, "BUY"),), qty,
                        limit_price(q.bid, q.ask, "BUY", 0, settings, q.min_tick))
-    who = (extra or {}).get("manual")
     desk.emit(EventKind.ORDER_SENT,
               f"BUY {qty} {choice.contract.key} @ {req.limit} ({purpose.label}, delta {choice.delta:.2f}): "
               f"{req.limit * qty * choice.contract.multiplier:,.2f} USD", order_ref=req.order_ref,
-              actor=actor_id(who) if isinstance(who, str) else None)
+              actor=actor_id(who) if who is not None else None)
     ctx = _context(snap, deltas={choice.contract.key: choice.delta},
-                   reason="roll_in" if purpose == OrderPurpose.ROLL else "entry", **(extra or {}))
+                   reason="roll_in" if purpose == OrderPurpose.ROLL else "entry",
+                   **({"manual": who} if who is not None else {}))
     return await desk.runner.run(req, purpose=purpose, session_day=snap.session, settings=settings,
                                  quote=_option_quote_fn(desk, choice.contract), tick=q.min_tick,
                                  roll_id=roll_id, context=ctx,
@@ -339,7 +353,7 @@ async def buy_now(desk: Desk, plan: BuyPlan, snap: MarketSnapshot, settings: Str
                   who: str) -> OrderOutcome:
     """A manual /enter: the checked plan, bought through the same order runner as an entry (it is the
     session's entry). Returns the outcome; the fill alerts come from the listener as for any order."""
-    out = await _buy(desk, plan, snap, settings, OrderPurpose.ENTRY, extra={"manual": who})
+    out = await _buy(desk, plan, snap, settings, OrderPurpose.ENTRY, who=who)
     if out.filled:
         desk.emit(EventKind.ENTRY, _bought_text(out, plan, snap) + f"; bought by hand ({who})",
                   order_ref=out.order_ref, actor=actor_id(who))
@@ -348,19 +362,10 @@ async def buy_now(desk: Desk, plan: BuyPlan, snap: MarketSnapshot, settings: Str
 
 async def sell_now(desk: Desk, lot: Lot, quote: OptionQuote, snap: MarketSnapshot, settings: StrategySettings,
                    who: str) -> OrderOutcome | None:
-    """A manual /sell: the whole lot through the same order runner (limit at the mid, repriced),
-    reason manual. Not held back by the daily limits: selling reduces risk."""
-    if quote.bid is None or quote.ask is None:
-        return None
+    """A manual /sell: the whole lot through the same order runner, reason manual."""
     ctx = _context(snap, deltas={lot.contract.key: _delta(quote, snap, settings)},
                    held_days=lot.held_days(snap.session), reason="manual", manual=who)
-    req = OrderRequest(new_order_ref(), (OrderLeg(lot.contract, "SELL"),), lot.qty,
-                       limit_price(quote.bid, quote.ask, "SELL", 0, settings, quote.min_tick))
-    desk.emit(EventKind.ORDER_SENT, f"SELL {lot.qty} {lot.contract.key} @ {req.limit} (manual sale of lot #{lot.id} "
-              f"by {who})", order_ref=req.order_ref, actor=actor_id(who))
-    return await desk.runner.run(req, purpose=OrderPurpose.MANUAL, session_day=snap.session, settings=settings,
-                                 quote=_option_quote_fn(desk, lot.contract), tick=quote.min_tick, lot_id=lot.id,
-                                 context=ctx)
+    return await _sell_lot(desk, lot, quote, OrderPurpose.MANUAL, snap.session, settings, ctx, who=who)
 
 
 async def _roll(desk: Desk, old: Lot, snap: MarketSnapshot, settings: StrategySettings, report: TickReport) -> None:

@@ -17,7 +17,7 @@ import pickle
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -115,9 +115,9 @@ def _bars_from_json(text: str) -> list[DailyBar]:
     return [DailyBar(date.fromisoformat(d), o, h, lo, c) for d, o, h, lo, c in json.loads(text)]
 
 
-async def broker_history(broker: Broker, today: date, now: datetime, years: int) -> tuple[list[DailyBar],
-                                                                                         dict[date, float]]:
-    """The broker's QQQ daily bars and implied volatility, cached once a day in the database."""
+async def broker_history(broker: Broker, today: date, now: datetime) -> tuple[list[DailyBar], dict[date, float]]:
+    """The broker's QQQ daily bars and implied volatility over the longest period /backtest takes
+    (so any YEARS is served from it), cached once a day in the database."""
     start = today - timedelta(days=int(365.25 * MAX_YEARS) + 7)
     key = f"{broker.name}:{today.isoformat()}"
     cached = kv.get(_BARS_KEY)
@@ -172,7 +172,7 @@ async def load_data(broker: Broker, today: date, now: datetime, years: int, csv_
         bars, iv, source = data.bars, data.iv, data.source
     else:
         try:
-            all_bars, ivs = await broker_history(broker, today, now, years)
+            all_bars, ivs = await broker_history(broker, today, now)
         except BrokerError as e:
             raise BacktestRefusal(f"no QQQ history from the broker ({e}); set BACKTEST_CSV to a daily-bars file") \
                 from e
@@ -241,6 +241,7 @@ def run_job(job: Job) -> Outcome:
     import time
 
     from bot.backtest import BacktestConfig, run_backtest
+    from bot.charts import equity_curves_png
 
     t0 = time.perf_counter()
     curves: list[Curve] = []
@@ -253,35 +254,8 @@ def run_job(job: Job) -> Outcome:
         curves.append(Curve(label, run.result["summary"], [e["date"] for e in run.result["equity"]],
                             [e["equity"] for e in run.result["equity"]]))
         buy_hold = run.buy_hold
-    return Outcome(curves, buy_hold, render_png(curves, buy_hold), time.perf_counter() - t0)
-
-
-def render_png(curves: Sequence[Curve], buy_hold: Sequence[float]) -> bytes:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.dates import date2num
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.4, 3.6), dpi=110)
-    ax = fig.add_subplot()
-    dates = [date.fromisoformat(d) for d in curves[0].days]
-    days = [float(date2num(d)) for d in dates]  # type: ignore[no-untyped-call]
-    for c in curves:
-        ax.plot(days, c.equity, label=c.label, lw=1.2)
-    ax.plot(days, list(buy_hold), label="QQQ buy & hold", lw=1.0, alpha=0.7, color="#888")
-    ax.set_ylabel("equity (USD)")
-    ax.set_title(f"Backtest {dates[0]} → {dates[-1]}")
-    ax.xaxis_date()
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    png = equity_curves_png(curves[0].days, [(c.label, c.equity) for c in curves], buy_hold)
+    return Outcome(curves, buy_hold, png, time.perf_counter() - t0)
 
 
 async def run_in_process(job: Job, timeout_s: float = JOB_TIMEOUT_S) -> Outcome:
@@ -313,4 +287,3 @@ class Runner:
 
     running_since: datetime | None = None
     who: str = ""
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)

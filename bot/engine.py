@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import date, datetime
 from decimal import Decimal
+from typing import Any
 
 from bot.actions import Desk, execute_plan
 from bot.alerts import AlertSink, Event, EventKind, actor_id
@@ -129,7 +130,8 @@ class Engine:
             kind = EventKind.ORDER_FILLED if order.filled_qty >= order.qty else EventKind.ORDER_PARTIAL
             # A manual order's fills while its admin waits for the reply are in that reply; a late one
             # (after the reply was written) is news to them too.
-            manual_by = json.loads(order.context or "{}").get("manual")
+            ctx = json.loads(order.context or "{}")
+            manual_by = ctx.get("manual")
             actor = actor_id(manual_by) if isinstance(manual_by, str) and self.runner.is_running(order.order_ref) \
                 else None
             ins = execution.instrument
@@ -140,7 +142,7 @@ class Engine:
                       f"{fee} ({order.purpose.label}, {order.filled_qty}/{order.qty} filled)",
                       order_ref=order.order_ref, purpose=order.purpose.value, actor=actor)
             if rec.lot_id is not None:
-                self._journal_fill(execution, order, rec.lot_id, amount)
+                self._journal_fill(execution, order, ctx, rec.lot_id, amount)
             if rec.closed_lot and rec.lot_id is not None:
                 lot = ledger.lot_row(rec.lot_id)
                 if lot is not None:
@@ -156,11 +158,10 @@ class Engine:
             self.emit(EventKind.ERROR, f"Could not record execution {execution.exec_id}; reconciliation will retry")
             self.ready = False
 
-    def _journal_fill(self, ex: Execution, order: Order, lot_id: int, amount: Decimal) -> None:
+    def _journal_fill(self, ex: Execution, order: Order, ctx: dict[str, Any], lot_id: int, amount: Decimal) -> None:
         """A lot's story: every fill of it, in the journal under the lot."""
         day = ex.time.astimezone(NY).date()
         verb = "bought" if ex.side == "BUY" else "sold"
-        ctx = json.loads(order.context or "{}")
         why = order.purpose.label + (f" by {ctx['manual']}" if ctx.get("manual") else "")
         qqq = f"; QQQ {ctx['underlying_price']:.2f}" if isinstance(ctx.get("underlying_price"), float) else ""
         delta = ctx.get("deltas", {}).get(ex.instrument.key) if isinstance(ctx.get("deltas"), dict) else None
@@ -302,6 +303,20 @@ class Engine:
             if self._tick_errors == 0:
                 self._last_error = ""  # the incident is over: the next error is a new one
         return report
+
+    def last_tick(self) -> tuple[str | None, str | None]:
+        """(ISO time, summary) of the last real tick: this process's, else the one stored before a
+        restart (what /status and the daily summary both show)."""
+        if self.last_report is not None:
+            return self.last_report.time.isoformat(timespec="seconds"), self.last_report.summary()
+        raw = kv.get("last_tick")
+        if raw:
+            try:
+                stored = json.loads(raw)
+                return str(stored["time"]), str(stored["summary"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("the stored last tick is unreadable")
+        return None, None
 
     @contextlib.asynccontextmanager
     async def exclusive(self) -> AsyncIterator[None]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
+from bot import reports
 from bot.alerts import EventKind
 from bot.config import AppConfig
 from bot.engine import Engine
@@ -17,6 +18,7 @@ from bot.health import write_heartbeat
 from bot.settings_service import pause_text
 from broker.clock import Clock
 from storage import kv, ledger
+from strategy.accounting import unrealized_pnl
 from strategy.calendar import NY, SessionCalendar
 
 log = logging.getLogger(__name__)
@@ -84,22 +86,6 @@ def daily_backup(cfg: AppConfig, today: date) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class DayFigures:
-    """A session's realized P&L (fills and lots that expired unsold) and its fills."""
-
-    realized: Decimal
-    realized_events: int
-    fills: int
-
-
-def day_figures(day: date) -> DayFigures:
-    start = datetime(day.year, day.month, day.day, tzinfo=NY)
-    end = start + timedelta(days=1)
-    events = ledger.realized_option_events(start, end)
-    return DayFigures(sum((e.pnl for e in events), ledger.ZERO), len(events), len(ledger.fills_between(start, end)))
-
-
-@dataclass(frozen=True, slots=True)
 class Marks:
     """What the broker says at the close, for the daily summary (None where it did not answer)."""
 
@@ -109,8 +95,8 @@ class Marks:
 
 
 async def closing_marks(engine: Engine, timeout_s: float = 10.0) -> Marks:
-    """Net liquidation, the bot's lots' unrealized P&L at the mid and QQQ's last price, each bounded
-    (a slow broker leaves a figure out, it never holds the summary back)."""
+    """Net liquidation, the bot's lots' unrealized P&L at the mid and QQQ's last price, within
+    ``timeout_s`` (a slow broker leaves the figures out, it never holds the summary back)."""
     async def ask() -> Marks:
         account = await engine.broker.account_summary()
         quote = await engine.broker.quote("QQQ")
@@ -123,7 +109,7 @@ async def closing_marks(engine: Engine, timeout_s: float = 10.0) -> Marks:
                 if q is None or q.mid is None or unrealized is None:
                     unrealized = None
                     continue
-                unrealized += (q.mid - lot.avg_price) * lot.qty * lot.contract.multiplier
+                unrealized += unrealized_pnl(lot.avg_price, q.mid, lot.qty, lot.contract.multiplier)
         return Marks(account.net_liquidation, unrealized, quote.price)
 
     try:
@@ -140,16 +126,16 @@ def _usd(x: Decimal | None, signed: bool = False) -> str:
 
 
 def daily_summary_text(engine: Engine, day: date, marks: Marks | None = None) -> str:
-    from bot.service import last_tick
-
-    f = day_figures(day)
+    (today,) = reports.period_report("day", day, 1)  # the one realized-P&L query /pnl and /daily use
+    start = datetime(day.year, day.month, day.day, tzinfo=NY)
+    fills = len(ledger.fills_between(start, start + timedelta(days=1)))
     lots = ledger.open_lots()
     s = engine.settings.current
     m = marks or Marks()
-    at, last = last_tick(engine)
+    at, last = engine.last_tick()
     when = f" ({datetime.fromisoformat(at).astimezone(NY):%H:%M} ET)" if at else ""
     close = f"QQQ closed at {m.qqq_close}; " if m.qqq_close is not None else ""
-    return (f"{day.isoformat()}: {close}{f.fills} fills, realized {f.realized:+.2f} USD today; "
+    return (f"{day.isoformat()}: {close}{fills} fills, realized {today.realized:+.2f} USD today; "
             f"{len(lots)}/{s.max_positions} lots open, unrealized {_usd(m.unrealized, signed=True)}; "
             f"net liquidation {_usd(m.net_liquidation)}; recycling pool {ledger.recycling_pool():,.2f} USD; "
             f"{pause_text(s.paused).split(':')[0].lower()}. Last tick{when}: {last or 'none yet'}")

@@ -5,8 +5,7 @@ the other admins (the acting one has the reply). Refusals are values with a mess
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
@@ -18,7 +17,6 @@ from broker.base import BrokerError
 from storage import journal, ledger
 from storage.models import Order, OrderPurpose, OrderState, Roll
 from strategy import accounting
-from strategy.calendar import NY
 from strategy.model import Lot, OptionQuote
 from strategy.rules import option_commission
 from strategy.settings import PauseMode, SettingError
@@ -76,7 +74,6 @@ class WorkingOrder:
     limit: Decimal
     created_at: datetime
     roll_note: str = ""
-    contracts: tuple[str, ...] = field(default=())
 
 
 def _announce(engine: Engine, who: str, action: str, text: str) -> None:
@@ -251,9 +248,9 @@ async def enter(engine: Engine, who: str, expected: str) -> Done | EntryPreview 
 # --- working orders -------------------------------------------------------------------------------------
 
 
-def _legs(order: Order) -> tuple[str, ...]:
-    return tuple(f"{leg['action']} {leg['symbol']} {leg.get('expiry', '')} {leg.get('strike', '')}"
-                 f"{leg.get('right', '')}".replace("  ", " ").strip() for leg in json.loads(order.request)["legs"])
+def _legs(order: Order) -> str:
+    """What an order trades, e.g. ``SELL QQQ 2027-01-15 480C / BUY QQQ 2027-06-17 470C``."""
+    return " / ".join(f"{leg.action} {leg.instrument.key}" for leg in ledger.request_from_json(order.request).legs)
 
 
 def roll_note(order: Order) -> str:
@@ -272,9 +269,8 @@ def roll_note(order: Order) -> str:
 def working_orders() -> list[WorkingOrder]:
     out = []
     for o in ledger.unresolved_orders():
-        legs = _legs(o)
-        out.append(WorkingOrder(o.id, o.order_ref, OrderPurpose(o.purpose).label, " / ".join(legs), o.side, o.qty,
-                                o.filled_qty, o.limit, o.created_at, roll_note(o), legs))
+        out.append(WorkingOrder(o.id, o.order_ref, OrderPurpose(o.purpose).label, _legs(o), o.side, o.qty,
+                                o.filled_qty, o.limit, o.created_at, roll_note(o)))
     return out
 
 
@@ -332,12 +328,3 @@ async def sell_all(engine: Engine, who: str) -> list[str]:
         result = await sell(engine, lot.id, who)
         lines.append(result.text)
     return lines or ["the bot holds no lot"]
-
-
-def age_text(created: datetime, now: datetime) -> str:
-    seconds = int((now - created).total_seconds())
-    return f"{seconds} s" if seconds < 120 else f"{seconds // 60} min"
-
-
-def ny_time(t: datetime) -> str:
-    return t.astimezone(NY).strftime("%H:%M:%S ET")

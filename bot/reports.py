@@ -43,29 +43,29 @@ def previous_start(start: date, period: Period) -> date:
     return (start - timedelta(days=1)).replace(day=1)
 
 
-def by_period(events: Sequence[ledger.RealizedEvent], period: Period, today: date, n: int) -> list[PeriodRow]:
-    """The last ``n`` periods up to the one holding ``today``, newest first, every one listed (a
-    quiet period shows 0), each with its realized P&L and counts."""
+def period_starts(period: Period, today: date, n: int) -> list[date]:
+    """The first days of the last ``n`` periods up to the one holding ``today``, newest first."""
     starts = [period_start(today, period)]
     while len(starts) < n:
         starts.append(previous_start(starts[-1], period))
-    sums: dict[date, list[Decimal | int]] = {s: [ZERO, 0, 0, 0] for s in starts}
+    return starts
+
+
+def by_period(events: Sequence[ledger.RealizedEvent], period: Period, today: date, n: int) -> list[PeriodRow]:
+    """The last ``n`` periods up to the one holding ``today``, newest first, every one listed (a
+    quiet period shows 0), each with its realized P&L and counts."""
+    grouped: dict[date, list[ledger.RealizedEvent]] = {s: [] for s in period_starts(period, today, n)}
     for e in events:
         key = period_start(e.time.astimezone(NY).date(), period)
-        row = sums.get(key)
-        if row is None:
-            continue
-        row[0] = Decimal(row[0]) + e.pnl
-        row[1 if e.kind == "sale" else 2] = int(row[1 if e.kind == "sale" else 2]) + 1
-        if e.pnl > 0:
-            row[3] = int(row[3]) + 1
-    return [PeriodRow(s, Decimal(r[0]), int(r[1]), int(r[2]), int(r[3])) for s, r in sums.items()]
+        if key in grouped:
+            grouped[key].append(e)
+    return [PeriodRow(start, sum((e.pnl for e in es), ZERO), sum(e.kind == "sale" for e in es),
+                      sum(e.kind == "expiry" for e in es), sum(e.pnl > 0 for e in es))
+            for start, es in grouped.items()]
 
 
 def period_report(period: Period, today: date, n: int) -> list[PeriodRow]:
-    first = period_start(today, period)
-    for _ in range(n - 1):
-        first = previous_start(first, period)
+    first = period_starts(period, today, n)[-1]
     start = datetime(first.year, first.month, first.day, tzinfo=NY)
     return by_period(ledger.realized_option_events(start), period, today, n)
 

@@ -6,23 +6,32 @@ through the engine and the settings service."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
-import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, TypeVar, cast
+from typing import TypeVar
 
 from bot import chat_backtest, manual, reports
+from bot.broker_cache import BROKER_TIMEOUT_S, BrokerCache
 from bot.engine import Engine
-from bot.manual import Done, EntryPreview, Refusal, SellPreview, WorkingOrder
+from bot.manual import Done, EntryPreview, Refusal, SellPreview
 from bot.report import TickReport
 from bot.settings_service import SettingsService
-from broker.base import AccountSummary, Position
-from storage import auth, kv, ledger
+from bot.views import (
+    AccountView,
+    ComparisonView,
+    LotRow,
+    OrdersView,
+    PnlView,
+    PositionsView,
+    StatusView,
+    TradeRow,
+)
+from broker.base import Position
+from storage import auth, ledger
+from strategy.accounting import unrealized_pnl
 from strategy.calendar import NY
 from strategy.model import OptionContract, OptionQuote
 from strategy.rules import lot_pnl_pct, take_profit_target
@@ -30,192 +39,12 @@ from strategy.settings import PauseMode, SettingChange, SettingError, StrategySe
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-BROKER_TIMEOUT_S = 10.0  # a broker call the chat made is abandoned after this
-REPLY_BUDGET_S = 0.08  # ... and a reply waits for it at most this long when an earlier answer can be shown
-FIRST_ANSWER_BUDGET_S = 3.0  # ... or this long when there is no earlier answer at all
 CHECK_TIMEOUT_S = 60.0
 ZERO = Decimal(0)
 
 
-@dataclass(frozen=True, slots=True)
-class StatusView:
-    mode: str
-    broker: str
-    connection: str
-    paused: PauseMode
-    market_open: bool
-    qqq_last: Decimal | None
-    prev_close: Decimal | None
-    change_pct: Decimal | None
-    next_tick: datetime | None
-    last_tick_time: str | None
-    last_tick_summary: str | None
-    open_lots: int
-    max_positions: int
-    notes: tuple[str, ...] = ()
-    connection_detail: str = ""
-    market_data: str | None = None
-    session_until: datetime | None = None  # the asking admin's /login session, when open
-
-
-@dataclass(frozen=True, slots=True)
-class LotRow:
-    id: int
-    contract: str
-    qty: int
-    entry: Decimal
-    mid: Decimal | None
-    pnl_pct: Decimal | None
-    pnl_usd: Decimal | None
-    held_days: int
-    target_pct: Decimal
-    days_to_force_exit: int
-    dte: int
-    value: Decimal | None = None  # at the mid
-
-
-@dataclass(frozen=True, slots=True)
-class PositionsView:
-    lots: tuple[LotRow, ...]
-    others: dict[str, tuple[Position, ...]]
-    cash: dict[str, Decimal]
-    notes: tuple[str, ...] = ()
-
-    @property
-    def lots_value(self) -> Decimal | None:
-        """The bot's lots at the mid (None when one has no quote)."""
-        if any(lot.value is None for lot in self.lots):
-            return None
-        return sum((lot.value or ZERO for lot in self.lots), ZERO)
-
-    @property
-    def lots_pnl(self) -> Decimal | None:
-        if any(lot.pnl_usd is None for lot in self.lots):
-            return None
-        return sum((lot.pnl_usd or ZERO for lot in self.lots), ZERO)
-
-
-@dataclass(frozen=True, slots=True)
-class AccountView:
-    account: AccountSummary | None
-    qqqm_shares: int
-    qqqm_cost: Decimal
-    qqqm_value: Decimal | None
-    pool: Decimal
-    notes: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class TradeRow:
-    time: datetime
-    side: str
-    qty: int
-    what: str
-    price: Decimal
-    commission: Decimal | None
-    realized: Decimal | None
-    purpose: str
-
-
-@dataclass(frozen=True, slots=True)
-class OrdersView:
-    """The working orders, each with the quote of what it trades (bid, ask) when the broker gave one."""
-
-    orders: tuple[WorkingOrder, ...]
-    quotes: dict[str, tuple[Decimal | None, Decimal | None]]
-    now: datetime
-    notes: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class PnlView:
-    realized_options: Decimal
-    unrealized_options: Decimal | None
-    qqqm_cost: Decimal
-    qqqm_value: Decimal | None
-    pool: Decimal
-    closed_lots: int
-    wins: int
-    curve: tuple[tuple[datetime, Decimal], ...] = field(default=())
-    notes: tuple[str, ...] = ()
-
-
 async def _nothing() -> None:
     return None
-
-
-class BrokerCache:
-    """Broker answers for the chat, each asked at most once at a time (a hung broker is not asked
-    again and again). A reply waits ``budget_s`` when it could show an earlier answer (with its
-    time) instead, and ``first_budget_s`` when there is none yet (IB snapshots take a few hundred
-    milliseconds; a first /status should show a price, not "unavailable")."""
-
-    def __init__(self, now: Callable[[], datetime], budget_s: float = REPLY_BUDGET_S,
-                 timeout_s: float = BROKER_TIMEOUT_S, first_budget_s: float = FIRST_ANSWER_BUDGET_S) -> None:
-        self.now = now
-        self.budget_s = budget_s
-        self.first_budget_s = first_budget_s
-        self.timeout_s = timeout_s
-        self._inflight: dict[str, asyncio.Task[Any]] = {}
-        self._last: dict[str, tuple[datetime, Any]] = {}
-
-    def remember(self, key: str, value: Any, at: datetime) -> None:
-        old = self._last.get(key)
-        if old is None or old[0] <= at:
-            self._last[key] = (at, value)
-
-    def _done(self, key: str, task: asyncio.Task[Any]) -> None:
-        if task.cancelled():
-            return
-        e = task.exception()  # retrieved here, so a failure is never "never retrieved"
-        if e is None:
-            self.remember(key, task.result(), self.now())
-        elif not isinstance(e, TimeoutError):
-            log.warning("broker call %s failed: %s: %s", key, type(e).__name__, e)
-
-    async def get(self, key: str, what: str, factory: Callable[[], Awaitable[T]], notes: list[str]) -> T | None:
-        task = self._inflight.get(key)
-        if task is None or task.done():
-            task = asyncio.ensure_future(asyncio.wait_for(factory(), self.timeout_s))
-            task.add_done_callback(functools.partial(self._done, key))
-            self._inflight[key] = task
-        try:
-            budget = self.budget_s if key in self._last else self.first_budget_s
-            return cast(T, await asyncio.wait_for(asyncio.shield(task), budget))
-        except TimeoutError:
-            reason = ("the broker did not answer" if task.done() else "the broker is slow")
-        except Exception as e:
-            reason = f"{type(e).__name__}: {e}"
-        last = self._last.get(key)
-        if last is None:
-            notes.append(f"{what} unavailable: {reason} (it has not answered yet)")
-            return None
-        notes.append(f"{what}: {reason}; showing its answer from {last[0].astimezone(NY):%H:%M:%S} ET")
-        return cast(T, last[1])
-
-    async def close(self) -> None:
-        for task in self._inflight.values():
-            task.cancel()
-        for task in self._inflight.values():
-            with contextlib.suppress(BaseException):
-                await task
-        self._inflight.clear()
-
-
-def last_tick(engine: Engine) -> tuple[str | None, str | None]:
-    """(ISO time, summary) of the last real tick: this process's, else the one stored before a
-    restart (what /status and the daily summary both show)."""
-    report = engine.last_report
-    if report is not None:
-        return report.time.isoformat(timespec="seconds"), report.summary()
-    raw = kv.get("last_tick")
-    if raw:
-        try:
-            stored = json.loads(raw)
-            return str(stored["time"]), str(stored["summary"])
-        except (ValueError, KeyError, TypeError):
-            log.warning("the stored last tick is unreadable")
-    return None, None
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,19 +55,6 @@ class BacktestSources:
     csv: str | None = None
     iv: str | None = None
     cash_rate: str = "0"
-
-
-@dataclass(frozen=True, slots=True)
-class ComparisonView:
-    years: int
-    start: str
-    end: str
-    source: str
-    capital: Decimal
-    curves: tuple[chat_backtest.Curve, ...]
-    png: bytes
-    notes: tuple[str, ...]
-    wall_s: float
 
 
 class BotService:
@@ -276,7 +92,7 @@ class BotService:
         change = (last / prev - 1) * 100 if last is not None and prev else None
         if eng.blocked:
             notes.insert(0, f"NOT TRADING: {eng.blocked}")
-        last_time, last_summary = last_tick(eng)
+        last_time, last_summary = eng.last_tick()
         return StatusView(
             mode=self.mode, broker=eng.broker.name, connection=eng.broker.state.value, paused=s.paused,
             market_open=session is not None, qqq_last=last, prev_close=prev, change_pct=change,
@@ -309,7 +125,7 @@ class BotService:
             mid = q.mid if q is not None else None
             held = lot.held_days(today)
             pct = lot_pnl_pct(mid, lot.avg_price) if mid is not None and lot.avg_price > 0 else None
-            usd = (mid - lot.avg_price) * lot.qty * lot.contract.multiplier if mid is not None else None
+            usd = unrealized_pnl(lot.avg_price, mid, lot.qty, lot.contract.multiplier) if mid is not None else None
             value = mid * lot.qty * lot.contract.multiplier if mid is not None else None
             rows.append(LotRow(lot.id, lot.contract.key, lot.qty, lot.avg_price, mid, pct, usd, held,
                                take_profit_target(held, s.tp_tiers), s.force_exit_days - held,

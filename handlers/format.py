@@ -13,8 +13,8 @@ from bot.alerts import Event, EventKind
 from bot.manual import EntryPreview, SellPreview, WorkingOrder
 from bot.report import TickReport
 from bot.reports import DayJournal, LotStory, PeriodRow
-from bot.service import AccountView, ComparisonView, OrdersView, PnlView, PositionsView, StatusView, TradeRow
 from bot.settings_service import pause_text
+from bot.views import AccountView, ComparisonView, OrdersView, PnlView, PositionsView, StatusView, TradeRow
 from strategy.calendar import NY
 from strategy.settings import (
     GROUP_TITLES,

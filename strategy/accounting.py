@@ -28,6 +28,11 @@ def closing_pnl(
     return (price - avg_price) * qty * multiplier - exit_commission - entry_share
 
 
+def unrealized_pnl(avg_price: Decimal, mid: Decimal, qty: int, multiplier: int) -> Decimal:
+    """An open lot's unrealized P&L at the mid (before the commissions of a sale)."""
+    return (mid - avg_price) * qty * multiplier
+
+
 def recycling_pool(realized_option_pnl: Iterable[Decimal], qqqm_deployed: Iterable[Decimal]) -> Decimal:
     """pool = Σ realized option P&L (net of all commissions) − Σ QQQM deployed (fills + commissions)."""
     return sum(realized_option_pnl, Decimal(0)) - sum(qqqm_deployed, Decimal(0))

@@ -9,7 +9,7 @@ numbers."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 
 from strategy.model import NY, ExitDecision, ExitReason, Lot, MarketSnapshot, StrategyState, TickPlan
 from strategy.rules import HUNDRED, is_fresh, lot_pnl_pct, take_profit_target
@@ -39,13 +39,14 @@ def _usd(x: Decimal) -> str:
 
 
 def entry_trigger_price(prev_close: Decimal, settings: StrategySettings) -> Decimal:
-    """The QQQ price at or below which the entry signal fires: prev_close × (1 − entry_drop_pct)."""
-    return (prev_close * (1 - settings.entry_drop_pct / HUNDRED)).quantize(Decimal("0.01"))
+    """The QQQ price at or below which the entry signal fires: prev_close × (1 − entry_drop_pct),
+    rounded down to the cent (a price at or below the shown one always fires)."""
+    return (prev_close * (1 - settings.entry_drop_pct / HUNDRED)).quantize(Decimal("0.01"), rounding=ROUND_FLOOR)
 
 
 def roll_trigger_price(prev_close: Decimal, settings: StrategySettings) -> Decimal:
     """The QQQ price at or below which a full book rolls: prev_close × (1 − roll_drop_pct)."""
-    return (prev_close * (1 - settings.roll_drop_pct / HUNDRED)).quantize(Decimal("0.01"))
+    return (prev_close * (1 - settings.roll_drop_pct / HUNDRED)).quantize(Decimal("0.01"), rounding=ROUND_FLOOR)
 
 
 def tier_from_day(held: int, tiers: tuple[Tier, ...]) -> int:
