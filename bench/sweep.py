@@ -25,7 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.cli import build_parser
-from bot.sweep import ProcessBackend, build_plan, run_sweep
+from bot.sweep import build_plan, run_job, run_sweep
+from bot.sweep_backends import ProcessBackend
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -69,7 +70,7 @@ def main() -> None:
         for workers in (1, 2):
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
-            outcome = run_sweep(plan, ProcessBackend(workers), None)
+            outcome = run_sweep(plan, ProcessBackend(workers, run_job), None)
             wall = time.perf_counter() - t0
             after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the pool's workers, joined at its end
             cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)

@@ -1,5 +1,5 @@
 """`qqq-bot sweep` on the command line: its flags, the JSON it prints and the command itself.
-The sweep runs in `bot.sweep`; its report is `bot.sweep_report`."""
+The sweep runs in `bot.sweep` (on `bot.sweep_backends`); its report is `bot.sweep_report`."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from bot.sweep import (
     Plan,
     Progress,
     ResultsFile,
-    SweepError,
     SweepOutcome,
     build_plan,
     make_backend,
     run_sweep,
 )
+from bot.sweep_backends import SweepError
 
 
 def add_sweep_parser(sub: Any, date_type: Callable[[str], date], money_type: Callable[[str], Decimal]) -> None:

@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 
-from bot import sweep
+from bot import sweep_backends
 from bot.cli import build_parser, main
-from bot.sweep import Job, ProcessBackend, RayBackend, ResultsFile, build_plan, calmar, run_job, run_sweep
+from bot.sweep import Job, ResultsFile, build_plan, calmar, run_job, run_sweep
+from bot.sweep_backends import ProcessBackend, RayBackend
 from bot.sweep_report import rho_sentence
 from broker.sim_market import synthetic_bars
 from strategy.calendar import nyse
@@ -257,7 +258,7 @@ def test_ray_problems_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Cap
     out = tmp_path / "results.csv"
     cases = [(f"127.0.0.1:{free_port()}", "no Ray cluster answers there"),
              (silent_server, "no Ray cluster answered within 3 s")]
-    monkeypatch.setattr(sweep, "RAY_CONNECT_TIMEOUT_S", 3.0)
+    monkeypatch.setattr(sweep_backends, "RAY_CONNECT_TIMEOUT_S", 3.0)
     try:
         import ray  # noqa: F401 - the addresses are only probed with the extra installed
     except ImportError:
@@ -273,9 +274,9 @@ def test_ray_problems_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Cap
                "ray.exceptions.AuthenticationError: RPC error: InvalidAuthToken: Authentication token is missing\n"
                "\nThe above exception was the direct cause of the following exception:\n"
                "ConnectionError: Failed to connect to Ray cluster at 10.0.0.1:6379\n")
-    assert sweep._probe_error(chained, 1) == ("ConnectionError: Failed to connect to Ray cluster at 10.0.0.1:6379 "
-                                              "(cause: ray.exceptions.AuthenticationError: RPC error: "
-                                              "InvalidAuthToken: Authentication token is missing)")
+    assert sweep_backends._probe_error(chained, 1) == (
+        "ConnectionError: Failed to connect to Ray cluster at 10.0.0.1:6379 "
+        "(cause: ray.exceptions.AuthenticationError: RPC error: InvalidAuthToken: Authentication token is missing)")
     monkeypatch.setitem(sys.modules, "ray", None)  # the extra not installed
     assert main(["sweep", *SHORT, "--grid", "delta=0.5", "--ray", "local", "--out", str(out)]) == 2
     err = capsys.readouterr().err
