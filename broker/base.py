@@ -214,6 +214,11 @@ class BrokerError(Exception):
     """A broker answer the user should hear about (rejected order, no market data, ...)."""
 
 
+class NotSent(BrokerError):
+    """The request never left the bot (no connection to the broker): nothing changed at the broker.
+    A cancel that raises it leaves the order working there."""
+
+
 class LiveAccountRefused(BrokerError):
     """The account is live (real money) and ALLOW_LIVE_TRADING is not set: the bot must not run."""
 
@@ -385,7 +390,9 @@ class Broker(Protocol):
         ...
 
     async def cancel_order(self, order_ref: str) -> None:
-        """Cancel a working order. Raises ``BrokerError`` for an unknown or finished order. The
+        """Cancel a working order. Raises ``NotSent`` when the cancel could not be sent (no
+        connection: the order keeps working at the broker), ``BrokerError`` for an unknown or
+        finished order. The
         CANCELLED update is an event (the sim's inside the call); IB waits up to
         ``request_timeout`` for the cancel to be done and returns without raising when it is not
         (fills may still come)."""

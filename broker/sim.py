@@ -29,6 +29,7 @@ from broker.base import (
     Execution,
     Instrument,
     MarketDataKind,
+    NotSent,
     OptionChain,
     OrderLeg,
     OrderRequest,
@@ -254,7 +255,7 @@ class SimBroker:
         problems (funds, selling more than held) emit a REJECTED update and then raise BrokerError."""
         now = self.clock.now()
         if self._state != ConnectionState.CONNECTED:
-            raise BrokerError("sim: not connected")
+            raise NotSent("sim: not connected")
         if request.order_ref in self._orders:
             raise BrokerError(f"sim: order reference {request.order_ref} was already used; duplicate refused")
         self._validate(request, now)

@@ -26,6 +26,7 @@ from broker.base import (
     ConnectionState,
     LiveAccountRefused,
     MarketDataKind,
+    NotSent,
 )
 
 log = logging.getLogger(__name__)
@@ -289,7 +290,7 @@ class IBConnection:
 
     def require_connected(self) -> None:
         if not self.ib.isConnected():
-            raise BrokerError(f"ib: not connected to IB Gateway ({self.detail})")
+            raise NotSent(f"ib: not connected to IB Gateway ({self.detail})")
 
     async def call(self, make: Callable[[], Awaitable[T]], what: str, limit_s: float | None = None) -> T:
         """One request, bounded by ``limit_s`` (default ``request_timeout``); no connection, a

@@ -19,6 +19,7 @@ from broker.base import (
     BrokerOrder,
     CommissionReport,
     Execution,
+    NotSent,
     OrderLeg,
     OrderRequest,
     OrderStatus,
@@ -81,7 +82,7 @@ class IBOrders:
             trade = self._conn.ib.placeOrder(contract, order)
         except ConnectionError as e:
             self._requests.pop(ref, None)
-            raise BrokerError(f"ib: order {ref} not sent, connection lost: {e}") from e
+            raise NotSent(f"ib: order {ref} not sent, connection lost: {e}") from e
         self._by_ref[ref] = trade
         timeout = self._conn.request_timeout
         acked = await self._conn.until(lambda: trade.orderStatus.status not in PENDING, timeout)
@@ -116,7 +117,7 @@ class IBOrders:
         try:
             self._conn.ib.placeOrder(trade.contract, trade.order)
         except (ConnectionError, AssertionError) as e:
-            raise BrokerError(f"ib: modify of {order_ref} not sent: {e}") from e
+            raise NotSent(f"ib: modify of {order_ref} not sent: {e}") from e
 
     async def cancel_order(self, order_ref: str) -> None:
         """Ask IB to cancel and wait (bounded) until the order is done; the final status (and any
@@ -125,7 +126,7 @@ class IBOrders:
         try:
             self._conn.ib.cancelOrder(trade.order)
         except ConnectionError as e:
-            raise BrokerError(f"ib: cancel of {order_ref} not sent: {e}") from e
+            raise NotSent(f"ib: cancel of {order_ref} not sent: {e}") from e
         await self._conn.until(trade.isDone, self._conn.request_timeout)
 
     # --- reconciliation --------------------------------------------------------------------------
