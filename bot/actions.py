@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from bot.alerts import Emit, EventKind, actor_id
 from bot.orders import OrderOutcome, OrderRunner, QuoteFn, new_order_ref
+from bot.reconcile import sellable
 from bot.report import TickReport
 from broker.base import Broker, BrokerError, OrderLeg, OrderRequest, StockContract
 from broker.clock import Clock
@@ -176,6 +177,8 @@ async def _sell_lot(
     limits; a manual one (``who``) does not: selling reduces risk."""
     if quote.bid is None or quote.ask is None:
         return None
+    if not await _holds(desk, lot, day):
+        return None
     if who is None and not _limit_ok(desk, day, Decimal(0), f"sell of lot #{lot.id}"):
         return None
     req = OrderRequest(new_order_ref(), (OrderLeg(lot.contract, "SELL"),), lot.qty,
@@ -186,6 +189,22 @@ async def _sell_lot(
     return await desk.runner.run(req, purpose=purpose, session_day=day, settings=settings,
                                  quote=_option_quote_fn(desk, lot.contract), tick=quote.min_tick,
                                  lot_id=None if roll_id else lot.id, roll_id=roll_id, context=context)
+
+
+async def _holds(desk: Desk, lot: Lot, day: date) -> bool:
+    """Before any sale of a lot: does the account hold it (long, beyond what working sells already
+    offer)? If not, nothing is sent (it would open a short call), once alerted per lot and session;
+    the reconciliation closes a lot the account no longer holds."""
+    can = await sellable(desk.broker, lot.contract)
+    if can >= lot.qty:
+        return True
+    text = (f"Lot #{lot.id} {lot.contract.key} x{lot.qty}: the account holds only {can} that the bot may sell, so "
+            "the sale is not sent (it would open a short call). If the lot was sold or exercised outside the bot, "
+            "the next reconciliation closes it")
+    desk.note(day, f"lot:{lot.id}", "not_held", text)
+    if kv.put_once(f"not_held:{day.isoformat()}:{lot.id}", str(can), desk.clock.now()):
+        desk.emit(EventKind.SKIPPED, text, lot_id=lot.id)
+    return False
 
 
 async def select_contract(desk: Desk, snap: MarketSnapshot, settings: StrategySettings) -> Candidate | Rejection:
@@ -372,6 +391,9 @@ async def _roll(desk: Desk, old: Lot, snap: MarketSnapshot, settings: StrategySe
     old_quote = snap.lot_quotes.get(old.id)
     if old_quote is None or old_quote.bid is None or old_quote.ask is None:
         report.actions.append(f"roll of lot #{old.id}: no quote for it")
+        return
+    if not await _holds(desk, old, snap.session):
+        report.actions.append(f"roll of lot #{old.id}: the account does not hold it")
         return
     plan = await _checked_buy(desk, snap, settings, f"Roll of lot #{old.id}", report)
     if plan is None:

@@ -24,6 +24,7 @@ class EventKind(StrEnum):
     FORCE_EXIT = "force_exit"
     EXPIRY_GUARD = "expiry_guard"
     EXPIRED = "expired"
+    EXTERNAL_CLOSE = "external_close"  # a lot the account no longer holds (sold or exercised outside the bot)
     EXIT_HELD = "exit_held"
     MANUAL = "manual"
     ENTRY = "entry"

@@ -339,7 +339,7 @@ async def run_backtest(
         broker = SimBroker(clock, path, iv, calendar=cal, starting_cash=cfg.capital, mixed_account=False,
                            seed=cfg.seed, cash_rate=cash_rate)
         engine = Engine(broker, clock, cal, settings, alerts, cfg.limits, persist_last_tick=False, journal=False,
-                        private_db=True)
+                        private_db=True, reconcile_every=None)
         await engine.start()
         equity: list[tuple[date, Decimal]] = []
         cash: list[Decimal] = []  # USD cash at each close, for the average share of equity held as cash

@@ -10,7 +10,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -35,10 +35,18 @@ from storage.models import Order, OrderPurpose, OrderState, RollStatus
 from strategy.calendar import NY, SessionCalendar
 from strategy.explain import Reason, explain_tick
 from strategy.model import MarketSnapshot, OptionContract, OptionQuote, StrategyState, TickPlan
-from strategy.rules import DailyLimits, allowed_under_pause, decide_tick, expiry_settlement, has_expired
+from strategy.rules import (
+    DailyLimits,
+    allowed_under_pause,
+    decide_tick,
+    expiry_settlement,
+    has_expired,
+    held_by_pause,
+)
 from strategy.settings import StrategySettings
 
 log = logging.getLogger(__name__)
+RECONCILE_EVERY = timedelta(minutes=5)  # while connected, the broker's orders and fills are compared this often
 
 # The alert a sale that closes a lot raises, by the purpose of its order (a roll's sale: ROLL).
 LOT_CLOSED_EVENT: dict[OrderPurpose, EventKind] = {
@@ -62,6 +70,7 @@ class Engine:
         persist_last_tick: bool = True,
         journal: bool = True,
         private_db: bool = False,
+        reconcile_every: timedelta | None = RECONCILE_EVERY,
     ) -> None:
         self.broker = broker
         self.clock = clock
@@ -71,7 +80,9 @@ class Engine:
         self.limits = limits or DailyLimits()
         self.persist_last_tick = persist_last_tick
         self.private_db = private_db  # only this engine's connection writes the database (a backtest)
-        self.runner = OrderRunner(broker, clock)
+        self.reconcile_every = reconcile_every  # None: only at start-up, after a reconnect or a failure
+        self._reconciled_at: datetime | None = None
+        self.runner = OrderRunner(broker, clock, self._send_gate)
         self.journal = Journal(clock.now, enabled=journal)
         self.desk = Desk(broker, clock, self.runner, self.limits, self.emit, self.report_error, self.journal.note)
         self.ready = False
@@ -110,6 +121,22 @@ class Engine:
             self.alerts.emit(Event(kind, text, self.clock.now(), dict(data)))
         except Exception:
             log.exception("alert sink failed for %s", kind)
+
+    def _send_gate(self, purpose: OrderPurpose, manual: bool) -> str | None:
+        """Why an order must not leave now, read at the last moment before it is sent: the engine is
+        blocked, or (automatic orders) a pause holds this purpose back."""
+        if self.blocked:
+            return f"not trading: {self.blocked}"
+        paused = self.settings.current.paused
+        if not manual and held_by_pause(purpose.is_exit, paused):
+            return f"paused ({paused.value}) before it was sent"
+        return None
+
+    @property
+    def send_lock(self) -> asyncio.Lock:
+        """Held while an order is between its last look at the pause and the broker: whoever changes
+        the pause takes it, so no order leaves after their reply."""
+        return self.runner.send_lock
 
     # --- the broker's listener -----------------------------------------------------------------
 
@@ -198,7 +225,14 @@ class Engine:
     def on_connection(self, state: ConnectionState, detail: str) -> None:
         if state == ConnectionState.DOWN:
             self.ready = False
-            self.emit(EventKind.DISCONNECT, f"Broker connection down: {detail}")
+            try:
+                lost = ledger.orders_unknown_after_disconnect(self.clock.now())
+            except Exception:
+                log.exception("could not mark the working orders unknown")
+                lost = 0
+            extra = (f"; {lost} working order{'s' if lost > 1 else ''} unknown until the broker answers again"
+                     if lost else "")
+            self.emit(EventKind.DISCONNECT, f"Broker connection down: {detail}{extra}")
         elif state == ConnectionState.CONNECTED:
             self.emit(EventKind.RECONNECT, f"Broker connected: {detail}")
             self.ready = False  # reconcile before the next order
@@ -209,11 +243,32 @@ class Engine:
     # --- reconciliation ------------------------------------------------------------------------
 
     async def reconcile(self) -> list[str]:
-        """Align the ledger with the broker: record missed executions, settle orders the bot was
-        working when it stopped, and only then allow new orders."""
-        notes = await reconcile(self.broker, self.clock, self.on_execution, self.emit)
+        """Align the ledger with the broker: adopt strays, record missed executions, settle the orders
+        the bot is not working, close lots the account no longer holds; only then allow new orders.
+        The caller holds the engine's lock (or nothing else runs yet: start-up)."""
+        notes = await reconcile(self.broker, self.clock, self.runner, self.on_execution, self.emit)
         self.ready = True
+        self._reconciled_at = self.clock.now()
         return notes
+
+    async def reconcile_if_due(self) -> list[str] | None:
+        """The periodic reconciliation (the heartbeat calls it): when connected, every
+        ``reconcile_every``, never beside a tick or a manual action (it waits for the next beat)."""
+        due = self.reconcile_every
+        now = self.clock.now()
+        if due is None or self.blocked or self._starting or self.broker.state == ConnectionState.DOWN \
+                or self._lock.locked():
+            return None
+        if self._reconciled_at is not None and now - self._reconciled_at < due and self.ready:
+            return None
+        async with self._lock:
+            self._holder = "reconcile"
+            try:
+                return await self.reconcile()
+            except Exception as e:
+                self.ready = False
+                self.report_error("Reconciliation failed", e)
+                return None
 
     # --- the tick ------------------------------------------------------------------------------
 
@@ -363,8 +418,13 @@ class Engine:
             return TickReport(now, day, skipped="connecting and reconciling: nothing evaluated yet")
         if self.broker.state == ConnectionState.DOWN:
             return TickReport(now, day, skipped="broker connection down: nothing evaluated")
-        if not self.ready and not dry_run:
-            await self.reconcile()
+        if not dry_run:
+            due = self.reconcile_every
+            if not self.ready or (due is not None and self._reconciled_at is not None
+                                  and now - self._reconciled_at >= due):
+                await self.reconcile()
+            if ledger.has_cancel_pending():
+                await self.runner.retry_cancels()
         if day != self._last_day:
             self._expire_old_roll_buys(day)
             await self._settle_expired_lots(day)

@@ -59,13 +59,15 @@ def new_york_day(t: datetime) -> date:
 
 
 async def heartbeat(engine: Engine, clock: Clock, cfg: AppConfig, backed_up: date | None) -> date:
-    """Write the heartbeat `qqq-bot health` reads; once per New York day, the daily backup (in a
-    thread). Returns the day of the last backup."""
+    """Write the heartbeat `qqq-bot health` reads; the reconciliation when it is due (every few
+    minutes while connected); once per New York day, the daily backup (in a thread). Returns the day
+    of the last backup."""
     now = clock.now()
     try:
         write_heartbeat(now, engine.broker.state.value)
     except Exception:
         log.exception("could not write the heartbeat")
+    await engine.reconcile_if_due()
     today = new_york_day(now)
     if backed_up != today:
         await asyncio.to_thread(daily_backup, cfg, today)

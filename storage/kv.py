@@ -26,3 +26,7 @@ def put_once(key: str, value: str, now: datetime) -> bool:
             return False
         KeyValue.create(key=key, value=value, updated_at=now)
         return True
+
+
+def delete(key: str) -> None:
+    KeyValue.delete().where(KeyValue.key == key).execute()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
+from zoneinfo import ZoneInfo
 
 from peewee import SQL, fn
 
@@ -30,10 +31,12 @@ from storage.models import (
 from strategy import accounting
 from strategy.model import Lot as LotView
 from strategy.model import OptionContract
+from strategy.order_lifecycle import after_fill, sources_of
 
 ACTIVE = ACTIVE_STATES
 ACTIVE_VALUES = tuple(state.value for state in ACTIVE_STATES)  # as prepared queries take them
 ZERO = Decimal(0)
+_NY = ZoneInfo("America/New_York")
 
 
 def write_version(other_connections: bool = True) -> tuple[int, int]:
@@ -113,10 +116,44 @@ def set_limit(order_ref: str, limit: Decimal) -> None:
 
 
 def finish_order(order_ref: str, status: OrderState, at: datetime, message: str = "") -> bool:
-    """Move an order to a final status once; returns False when it already was final."""
-    n = prepared.execute("finish_order", lambda: Order.update(status=status, finished_at=at, message=message).where(
-        (Order.order_ref == order_ref) & (Order.status.in_(ACTIVE))),
-        (OrderState(status).value, Order.finished_at.db_value(at), message, order_ref, *ACTIVE_VALUES))
+    """Move an order to a final status once, as the lifecycle allows; returns False when it
+    already was final (or the move is not allowed)."""
+    assert status.is_final, status
+    return move_order(order_ref, status, at, message)
+
+
+def move_order(order_ref: str, status: OrderState, at: datetime, message: str | None = None) -> bool:
+    """Move an order to ``status`` if the lifecycle allows it from where it stands (one guarded
+    UPDATE: a racing writer cannot make it skip a state). A final status stamps ``finished_at``; a
+    live one clears it. ``message`` None keeps the order's message. Returns whether it moved."""
+    sources = tuple(s.value for s in sources_of(status))
+    finished = at if status.is_final else None
+    if message is None:
+        n = prepared.execute(f"move_order:{status.value}", lambda: Order.update(
+            status=status, finished_at=finished).where(
+            (Order.order_ref == order_ref) & (Order.status.in_(sources))),
+            (OrderState(status).value, Order.finished_at.db_value(finished), order_ref, *sources))
+    else:
+        n = prepared.execute(f"move_order_msg:{status.value}", lambda: Order.update(
+            status=status, finished_at=finished, message=message).where(
+            (Order.order_ref == order_ref) & (Order.status.in_(sources))),
+            (OrderState(status).value, Order.finished_at.db_value(finished), message, order_ref, *sources))
+    return bool(n)
+
+
+def orders_unknown_after_disconnect(at: datetime) -> int:
+    """The connection to the broker was lost: every order working there is *unknown* until the
+    broker's open orders and executions settle it. Returns how many."""
+    n = 0
+    for order in unresolved_orders():
+        if order.status in (OrderState.SUBMITTED, OrderState.PARTIALLY_FILLED):
+            n += move_order(order.order_ref, OrderState.UNKNOWN, at)
+    return n
+
+
+def has_cancel_pending() -> bool:
+    ((n,),) = prepared.values("has_cancel_pending", lambda: Order.select(fn.COUNT(Order.id)).where(
+        Order.status == OrderState.CANCEL_PENDING), (OrderState.CANCEL_PENDING.value,))
     return bool(n)
 
 
@@ -281,8 +318,8 @@ def _update_filled(order: Order) -> None:
         ((total,),) = prepared.values("filled_stock", leg_fills, (0, order.id, first.action, ins.symbol))
     filled = int(total or 0) // max(first.ratio, 1)
     status = order.status
-    if status in ACTIVE and filled > 0:
-        status = OrderState.FILLED if filled >= order.qty else OrderState.PARTIALLY_FILLED
+    if status in ACTIVE:
+        status = after_fill(status, filled, order.qty)
     prepared.execute("set_filled", lambda: Order.update(filled_qty=filled, status=status).where(Order.id == order.id),
                      (OrderState(status).value, filled, order.id))
 
@@ -413,6 +450,67 @@ def close_expired_lot(lot_id: int, underlying_close: Decimal | None, settlement:
         lot.exit_reason = LotExit.EXPIRED
         lot.save()
         return realized
+
+
+def close_lots_outside(contract: OptionContract, qty: int, executions: list[Execution], estimate: Decimal,
+                       at: datetime) -> list[tuple[int, int, Decimal, str]]:
+    """The account holds ``qty`` fewer of ``contract`` than the bot's lots: close that many, oldest
+    lot first, as "closed outside the bot". Each closing is a fill without an order of the bot's, at
+    the broker's execution (``executions``: sales made outside the bot, oldest first) where there is
+    one, else at ``estimate`` per share. Returns (lot id, qty closed, price, where the price came from)."""
+    out: list[tuple[int, int, Decimal, str]] = []
+    execs = sorted(executions, key=lambda e: (e.time, e.exec_id))
+    used = [0] * len(execs)  # how much of each execution was already applied
+    left = qty
+    with database_proxy.atomic():
+        ids = [v.id for v in sorted(open_lots(), key=lambda v: (v.opened_at, v.id)) if v.contract == contract]
+        for lot in (_lot_by_id(i) for i in ids):
+            while left > 0 and lot.qty_open > 0:
+                n = min(lot.qty_open, left)
+                i = next((k for k, e in enumerate(execs) if used[k] < e.qty), None)
+                ex = execs[i] if i is not None else None
+                part = 0
+                if i is not None and ex is not None:
+                    part = used[i]
+                    n = min(n, ex.qty - part)
+                    used[i] += n
+                price = ex.price if ex is not None else estimate
+                commission = (ex.commission or ZERO) if ex is not None and part == 0 else ZERO
+                exec_id = (ex.exec_id if part == 0 else f"{ex.exec_id}#{part}") if ex is not None \
+                    else f"outside:{lot.id}:{at.isoformat()}"
+                share = accounting.entry_commission_share(lot.commission, n, lot.qty_opened)
+                realized = accounting.closing_pnl(lot.avg_price, price, n, lot.multiplier, commission, share)
+                Fill.create(exec_id=exec_id, order=None, lot=lot.id, symbol=contract.symbol, sec_type="OPT",
+                            expiry=contract.expiry, strike=contract.strike, right=contract.right, side="SELL",
+                            qty=n, price=price, commission=commission, realized_pnl=realized,
+                            time=ex.time if ex is not None else at, recorded_at=at)
+                lot.qty_open -= n
+                lot.realized_pnl += realized
+                if lot.qty_open == 0:
+                    lot.closed_at = at
+                    lot.exit_reason = LotExit.OUTSIDE
+                lot.save()
+                left -= n
+                out.append((lot.id, n, price, "the broker's execution" if ex is not None else "an estimate: the mid"))
+            if left <= 0:
+                break
+    return out
+
+
+def adopt_order(req: OrderRequest, broker_order_id: str, now: datetime) -> Order:
+    """An order of the bot's found working at the broker that the ledger does not know: written as
+    working, so it counts as live and its fills land where they belong (a sale on the oldest open lot
+    of its contract, a buy on a new lot)."""
+    lot_id = None
+    first = req.legs[0].instrument
+    if not req.is_combo and req.action == "SELL" and isinstance(first, OptionContract):
+        held = sorted((v for v in open_lots() if v.contract == first), key=lambda v: (v.opened_at, v.id))
+        lot_id = held[0].id if held else None
+    day = now.astimezone(_NY).date()
+    order = create_order(req, OrderPurpose.ADOPTED, day, now, lot_id=lot_id,
+                         context={"adopted": True, "broker_order_id": broker_order_id})
+    mark_sent(req.order_ref, broker_order_id, now)
+    return order
 
 
 class RealizedEvent(NamedTuple):

@@ -23,6 +23,8 @@ from peewee import (
 )
 
 from strategy.model import ExitReason
+from strategy.order_lifecycle import ACTIVE_STATES as ACTIVE_STATES
+from strategy.order_lifecycle import OrderState as OrderState
 
 database_proxy = DatabaseProxy()
 
@@ -40,6 +42,7 @@ class OrderPurpose(StrEnum):
     ROLL = "roll"
     RECYCLE = "recycle"
     MANUAL = "manual"  # a sale an admin asked for (/sell)
+    ADOPTED = "adopted"  # found working at the broker with the bot's reference, unknown to the ledger
 
     @property
     def label(self) -> str:
@@ -59,32 +62,8 @@ class OrderPurpose(StrEnum):
 _PURPOSE_LABELS = {
     OrderPurpose.ENTRY: "entry", OrderPurpose.TAKE_PROFIT: "take profit", OrderPurpose.FORCE_EXIT: "force exit",
     OrderPurpose.EXPIRY_GUARD: "expiry guard", OrderPurpose.ROLL: "roll", OrderPurpose.RECYCLE: "recycling into QQQM",
-    OrderPurpose.MANUAL: "manual sale",
+    OrderPurpose.MANUAL: "manual sale", OrderPurpose.ADOPTED: "found at the broker",
 }
-
-
-class OrderState(StrEnum):
-    """Where an order stands. The first three are active: the bot still works it or waits for it."""
-
-    PENDING_SUBMIT = "pending_submit"  # written, not yet acknowledged as sent
-    SUBMITTED = "submitted"
-    PARTIALLY_FILLED = "partially_filled"
-    FILLED = "filled"
-    CANCELLED = "cancelled"
-    REJECTED = "rejected"
-    ABANDONED = "abandoned"  # never reached the broker (the bot stopped before sending)
-
-    @property
-    def is_active(self) -> bool:
-        return self in ACTIVE_STATES
-
-    @property
-    def label(self) -> str:
-        """The state in the user's words."""
-        return "not sent (the bot stopped first)" if self is OrderState.ABANDONED else self.value.replace("_", " ")
-
-
-ACTIVE_STATES = (OrderState.PENDING_SUBMIT, OrderState.SUBMITTED, OrderState.PARTIALLY_FILLED)
 
 
 class RollStatus(StrEnum):
@@ -105,13 +84,15 @@ class LotExit(StrEnum):
     EXPIRED = "expired"  # reached its expiry unsold
     MANUAL = "manual"  # sold because an admin asked (/sell)
     UNKNOWN = "unknown"  # a sale the bot cannot attribute to one of its orders
+    OUTSIDE = "outside"  # the account no longer holds it: sold (or exercised) outside the bot
 
     @property
     def label(self) -> str:
         """How the lot ended, in the user's words."""
         return {LotExit.TAKE_PROFIT: "take profit", LotExit.FORCE_EXIT: "force exit",
                 LotExit.EXPIRY_GUARD: "expiry guard", LotExit.ROLL: "rolled", LotExit.EXPIRED: "expired unsold",
-                LotExit.MANUAL: "sold by hand", LotExit.UNKNOWN: "sold outside the bot"}[self]
+                LotExit.MANUAL: "sold by hand", LotExit.UNKNOWN: "sold outside the bot",
+                LotExit.OUTSIDE: "closed outside the bot"}[self]
 
 
 class EnumField(CharField):

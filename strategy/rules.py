@@ -309,6 +309,18 @@ def daily_limit_breach(
 # --- Pause --------------------------------------------------------------------------------------
 
 
+def sellable_qty(held_long: int, working_sells: int) -> int:
+    """Never sell more than the account holds long minus the sells already working: a sale beyond
+    it would open a short call."""
+    return max(held_long - max(working_sells, 0), 0)
+
+
+def held_by_pause(is_exit: bool, mode: PauseMode) -> bool:
+    """Whether a pause holds back an automatic order: pause all holds every one, pause entries every
+    one but the exits."""
+    return mode is PauseMode.ALL or (mode is PauseMode.ENTRIES and not is_exit)
+
+
 def allowed_under_pause(plan: TickPlan, mode: PauseMode) -> TickPlan:
     """What a pause lets through: pause entries halts entries, rolls (and a roll's pending buy leg)
     and recycling buys while exits keep running; pause all halts every automatic order."""
