@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
+from functools import partial
 from typing import Any, TypeVar
 
 from bot.alerts import Emit, EventKind, actor_id
@@ -184,11 +185,12 @@ async def _sell_lot(
     req = OrderRequest(new_order_ref(), (OrderLeg(lot.contract, "SELL"),), lot.qty,
                        limit_price(quote.bid, quote.ask, "SELL", 0, settings, quote.min_tick))
     why = f"{purpose.label}, lot #{lot.id}" if who is None else f"manual sale of lot #{lot.id} by {who}"
-    desk.emit(EventKind.ORDER_SENT, f"SELL {lot.qty} {lot.contract.key} @ {req.limit} ({why})",
+    announce = partial(desk.emit, EventKind.ORDER_SENT, f"SELL {lot.qty} {lot.contract.key} @ {req.limit} ({why})",
               order_ref=req.order_ref, actor=actor_id(who) if who is not None else None)
     return await desk.runner.run(req, purpose=purpose, session_day=day, settings=settings,
                                  quote=_option_quote_fn(desk, lot.contract), tick=quote.min_tick,
-                                 lot_id=None if roll_id else lot.id, roll_id=roll_id, context=context)
+                                 lot_id=None if roll_id else lot.id, roll_id=roll_id, context=context,
+                                 announce=announce)
 
 
 async def _holds(desk: Desk, lot: Lot, day: date) -> bool:
@@ -339,7 +341,7 @@ async def _buy(
     qty = plan.qty
     req = OrderRequest(new_order_ref(), (OrderLeg(choice.contract, "BUY"),), qty,
                        limit_price(q.bid, q.ask, "BUY", 0, settings, q.min_tick))
-    desk.emit(EventKind.ORDER_SENT,
+    announce = partial(desk.emit, EventKind.ORDER_SENT,
               f"BUY {qty} {choice.contract.key} @ {req.limit} ({purpose.label}, delta {choice.delta:.2f}): "
               f"{req.limit * qty * choice.contract.multiplier:,.2f} USD", order_ref=req.order_ref,
               actor=actor_id(who) if who is not None else None)
@@ -348,7 +350,7 @@ async def _buy(
                    **({"manual": who} if who is not None else {}))
     return await desk.runner.run(req, purpose=purpose, session_day=snap.session, settings=settings,
                                  quote=_option_quote_fn(desk, choice.contract), tick=q.min_tick,
-                                 roll_id=roll_id, context=ctx,
+                                 roll_id=roll_id, context=ctx, announce=announce,
                                  max_buy_limit=worst_limit(q.bid, q.ask, "BUY", settings, q.min_tick))
 
 
@@ -436,11 +438,12 @@ async def _roll_combo(
         return n.bid - o.ask, n.ask - o.bid, TICK
 
     net = req.limit * old.qty * 100
-    desk.emit(EventKind.ORDER_SENT, f"ROLL combo: SELL {old.qty} {old.contract.key} / BUY {old.qty} "
-              f"{choice.contract.key} @ net {req.limit} ({'pays' if net >= 0 else 'receives'} {abs(net):,.2f} USD)",
+    announce = partial(desk.emit, EventKind.ORDER_SENT, f"ROLL combo: SELL {old.qty} {old.contract.key} / "
+              f"BUY {old.qty} {choice.contract.key} @ net {req.limit} "
+              f"({'pays' if net >= 0 else 'receives'} {abs(net):,.2f} USD)",
               order_ref=req.order_ref)
     out = await desk.runner.run(req, purpose=OrderPurpose.ROLL, session_day=snap.session, settings=settings,
-                                quote=net_quote, tick=TICK, roll_id=roll_id, context=ctx)
+                                quote=net_quote, tick=TICK, roll_id=roll_id, context=ctx, announce=announce)
     ledger.set_roll_status(roll_id, RollStatus.COMPLETED if out.filled > 0 else RollStatus.FAILED)
     report.actions.append(f"roll #{roll_id} combo: {out.status.label} {out.filled}/{out.qty}")
     if out.filled:
@@ -497,7 +500,7 @@ async def _recycle(
         q = await desk.broker.quote("QQQM")
         return (q.bid, q.ask, TICK) if q.bid is not None and q.ask is not None else None
 
-    desk.emit(EventKind.ORDER_SENT,
+    announce = partial(desk.emit, EventKind.ORDER_SENT,
               f"BUY {decision.shares} QQQM @ {req.limit} (recycling into QQQM: up to {cost:,.2f} USD of the "
               f"{decision.pool:,.2f} USD pool)", order_ref=req.order_ref)
     try:
@@ -505,7 +508,7 @@ async def _recycle(
             req, purpose=OrderPurpose.RECYCLE, session_day=day, settings=settings, quote=quote, tick=TICK,
             context=_context(snap, reason="recycle", pool=decision.pool),
             after_create=lambda order: ledger.create_recycle(order, decision.pool, decision.shares, desk.clock.now()),
-            max_buy_limit=decision.limit,
+            max_buy_limit=decision.limit, announce=announce,
         )
     except BrokerError as e:  # pragma: no cover - run() turns broker errors into outcomes
         desk.emit(EventKind.ERROR, f"Recycling order failed: {e}")

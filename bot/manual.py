@@ -12,8 +12,7 @@ from decimal import Decimal
 from bot.actions import BuyPlan, BuyRefusal, buy_now, plan_buy, sell_now
 from bot.alerts import EventKind, actor_id
 from bot.engine import Engine
-from bot.orders import OrderOutcome
-from broker.base import BrokerError
+from bot.orders import CancelResult, OrderOutcome
 from storage import journal, ledger
 from storage.models import Order, OrderPurpose, OrderState, Roll
 from strategy import accounting
@@ -274,8 +273,36 @@ def working_orders() -> list[WorkingOrder]:
     return out
 
 
+def working_order_lines() -> list[str]:
+    """Each live order of the bot's, one line: what it trades and where it stands."""
+    return [f"order {o.id} ({OrderPurpose(o.purpose).label}): {_legs(o)} x{o.qty}, {o.status.label}, "
+            f"{o.filled_qty}/{o.qty} filled" for o in ledger.unresolved_orders()]
+
+
+def _cancel_line(o: Order, result: CancelResult) -> str:
+    """What asking to cancel ``o`` did, in the user's words."""
+    label = f"order {o.id} ({OrderPurpose(o.purpose).label}, {_legs(o)} x{o.qty})"
+    fresh = ledger.order_by_ref(o.order_ref)
+    filled = fresh.filled_qty if fresh is not None else o.filled_qty
+    part = f" after {filled} of {o.qty} filled" if filled else ""
+    if result.status == OrderState.CANCELLED:
+        return f"{label}: cancelled{part}"
+    if result.status == OrderState.FILLED:
+        return f"{label}: it had already filled ({filled} of {o.qty})"
+    if result.status.is_final:
+        return f"{label}: already over ({result.status.label}){part}"
+    if result.status == OrderState.PENDING_SUBMIT:
+        return f"{label}: not acknowledged by the broker yet; the next reconciliation settles it"
+    if result.sent:
+        return (f"{label}: cancel sent; the broker has not confirmed it yet, so it can still fill{part} "
+                "(/orders shows it)")
+    return (f"{label}: {result.problem}{part}; the bot sends the cancel again when it can, and nothing new is sent "
+            "for it meanwhile (/orders shows it)")
+
+
 async def cancel(engine: Engine, order_id: int | None, who: str) -> list[str] | Refusal:
-    """Cancel one working order (by its number in /orders) or all (None). Returns one line per order."""
+    """Cancel one working order (by its number in /orders) or all (None). Returns one line per order,
+    saying what really became of it (cancelled, filled meanwhile, or cancel pending and why)."""
     orders = ledger.unresolved_orders()
     if order_id is not None:
         orders = [o for o in orders if o.id == order_id]
@@ -285,20 +312,14 @@ async def cancel(engine: Engine, order_id: int | None, who: str) -> list[str] | 
         return Refusal("no order is working")
     lines = []
     for o in orders:
-        label = f"order {o.id} ({OrderPurpose(o.purpose).label})"
-        if o.status == OrderState.PENDING_SUBMIT:
-            lines.append(f"{label}: not at the broker yet; it is settled at the next reconciliation")
-            continue
-        try:
-            await engine.broker.cancel_order(o.order_ref)
-        except BrokerError as e:
-            lines.append(f"{label}: the broker refused the cancel: {e}")
-            continue
+        result = await engine.runner.cancel(o.order_ref, f"by hand ({who})")
+        line = _cancel_line(o, result)
         note = roll_note(o)
-        extra = f"; {note}" if note else ""
-        if o.purpose == OrderPurpose.ENTRY:
-            extra += "; the strategy may enter again at a later tick while the signal holds (/pause entries stops it)"
-        lines.append(f"{label}: cancel sent{extra}")
+        if note and not result.status == OrderState.FILLED:
+            line += f"; {note}"
+        if o.purpose == OrderPurpose.ENTRY and result.status != OrderState.FILLED:
+            line += "; the strategy may enter again at a later tick while the signal holds (/pause entries stops it)"
+        lines.append(line)
     _announce(engine, who, "cancel", "Cancelled by hand: " + "; ".join(lines))
     return lines
 
@@ -307,9 +328,12 @@ async def cancel(engine: Engine, order_id: int | None, who: str) -> list[str] | 
 
 
 async def stop(engine: Engine, who: str) -> list[str]:
-    """The emergency stop: pause everything, then cancel every working order."""
+    """The emergency stop: pause everything, then cancel every working order. The pause is set under
+    the engine's send lock: once it is set, no automatic order leaves the bot (one being sent at that
+    moment is waited for, and then named below with what became of it)."""
     lines = []
-    change = engine.settings.update("paused", PauseMode.ALL.value, who)
+    async with engine.send_lock:
+        change = engine.settings.update("paused", PauseMode.ALL.value, who)
     lines.append(f"could not pause: {change.message}" if isinstance(change, SettingError) else
                  "every automatic order is paused, exits included")
     if ledger.unresolved_orders():

@@ -104,12 +104,15 @@ class OrderRunner:
         context: dict[str, Any] | None = None,
         after_create: Callable[[Order], None] | None = None,
         max_buy_limit: Decimal | None = None,
+        announce: Callable[[], object] | None = None,
     ) -> OrderOutcome:
         """Persist, send, reprice, time out. Returns what the ledger says when the bot stops working
         the order: final, or *cancel pending* when the broker has not confirmed the timeout's cancel
         (the order can still fill; nothing new is sent for its purpose until the broker settles it).
         ``max_buy_limit`` bounds a buy's reprices by the price its budget was checked against, so a
-        quote that moves up while the order works never spends more than was decided."""
+        quote that moves up while the order works never spends more than was decided. ``announce``
+        (the "order sent" alert) is called once the order passed the last look at the pause, right
+        before it goes to the broker."""
         from storage.models import database_proxy
 
         now = self.clock.now()
@@ -122,13 +125,13 @@ class OrderRunner:
         self._running.add(ref)
         try:
             return await self._send_and_work(req, purpose, settings, quote, tick, max_buy_limit,
-                                             manual=bool((context or {}).get("manual")))
+                                             manual=bool((context or {}).get("manual")), announce=announce)
         finally:
             self._running.discard(ref)
 
     async def _send_and_work(
         self, req: OrderRequest, purpose: OrderPurpose, settings: StrategySettings, quote: QuoteFn, tick: Decimal,
-        max_buy_limit: Decimal | None, *, manual: bool,
+        max_buy_limit: Decimal | None, *, manual: bool, announce: Callable[[], object] | None,
     ) -> OrderOutcome:
         ref = req.order_ref
         async with self.send_lock:
@@ -138,6 +141,8 @@ class OrderRunner:
             if held is not None:
                 ledger.finish_order(ref, OrderState.ABANDONED, self.clock.now(), f"not sent: {held}")
                 return self._outcome(ref)
+            if announce is not None:
+                announce()
             try:
                 broker_id = await self.broker.place_order(req)
             except NotSent as e:

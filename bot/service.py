@@ -196,11 +196,20 @@ class BotService:
 
     # --- changing ---------------------------------------------------------------------------------
 
-    def set_setting(self, key: str, value: str, who: str) -> SettingChange | SettingError:
-        return self.settings.update(key, value, who)
+    async def set_setting(self, key: str, value: str, who: str) -> SettingChange | SettingError:
+        """Change a setting. Taken under the engine's send lock: a pause (``paused``) is in force for
+        every order not yet sent once this returns."""
+        async with self.engine.send_lock:
+            return self.settings.update(key, value, who)
 
-    def set_paused(self, mode: PauseMode, who: str) -> SettingChange | SettingError:
-        return self.settings.update("paused", mode.value, who)
+    async def set_paused(self, mode: PauseMode, who: str) -> SettingChange | SettingError:
+        """Pause or resume; once this returns, no automatic order the pause holds back leaves the bot
+        (an order already at the broker keeps working: `working_order_lines` names them)."""
+        return await self.set_setting("paused", mode.value, who)
+
+    def working_order_lines(self) -> list[str]:
+        """The orders already at the broker, one line each, for the pause reply."""
+        return manual.working_order_lines()
 
     # --- manual control ---------------------------------------------------------------------------
 

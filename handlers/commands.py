@@ -184,7 +184,7 @@ async def set_(update: Update, context: BotContext) -> None:
         await reply(update, "Usage: <code>/set KEY VALUE</code>, e.g. <code>/set delta 0.6</code> or "
                     "<code>/set entry_drop 1.5%</code>. /settings lists the keys.")
         return
-    result = deps.service.set_setting(args[0], " ".join(args[1:]), who(update))
+    result = await deps.service.set_setting(args[0], " ".join(args[1:]), who(update))
     if isinstance(result, SettingError):
         await reply(update, fmt.error_text(result))
         return
@@ -213,7 +213,7 @@ async def resume(update: Update, context: BotContext) -> None:
 
 async def _set_pause(update: Update, context: BotContext, mode: PauseMode) -> None:
     deps = context.deps
-    result = deps.service.set_paused(mode, who(update))
+    result = await deps.service.set_paused(mode, who(update))
     if isinstance(result, SettingError):  # pragma: no cover - the modes always parse
         await reply(update, fmt.error_text(result))
         return
@@ -223,8 +223,11 @@ async def _set_pause(update: Update, context: BotContext, mode: PauseMode) -> No
         await reply(update, already[mode])
         return
     if mode:
+        working = deps.service.working_order_lines()
+        extra = ("\nAlready at the broker, still working (/cancel cancels them):\n"
+                 + "\n".join(f"• {fmt.e(line)}" for line in working)) if working else ""
         await reply(update, f"⏸ {fmt.e(pause_text(mode))}, until /resume. Ticks still run and report what they "
-                    "would do.")
+                    f"would do.{extra}")
     else:
         await reply(update, "▶️ Resumed: automatic orders are on again from the next tick.")
 

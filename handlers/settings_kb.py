@@ -330,7 +330,7 @@ def _user_data(context: BotContext) -> dict[Any, Any]:
     return data if data is not None else {}
 
 
-def _act(p: Panel, button: Button, user: str) -> Screen:
+async def _act(p: Panel, button: Button, user: str) -> Screen:
     """The screen a tap leads to, after doing what it asks (everything here is synchronous: no other
     update runs between the refusal checks, the revocation of the old buttons and the change)."""
     action, key = button.action, button.key
@@ -346,7 +346,7 @@ def _act(p: Panel, button: Button, user: str) -> Screen:
     if action == "type":
         return type_screen(p, key)
     if action == "confirm":
-        return _confirm(p, button, user)
+        return await _confirm(p, button, user)
     if action == "compare":  # the change stays pending: the same confirm screen, redrawn
         screen, _ = confirm_screen(p, key, button.value)
         return screen
@@ -364,7 +364,7 @@ def _act(p: Panel, button: Button, user: str) -> Screen:
     return "Settings closed. Send /settings to open them again.", None
 
 
-def _confirm(p: Panel, button: Button, user: str) -> Screen:
+async def _confirm(p: Panel, button: Button, user: str) -> Screen:
     settings = p.deps.service.current_settings()
     back = _markup([[p.button("« Settings", "menu")]])
     now_value = format_value(button.key, getattr(settings, button.key))
@@ -372,7 +372,7 @@ def _confirm(p: Panel, button: Button, user: str) -> Screen:
         label = SETTING_SPECS[button.key].label
         return (f"Not changed: <b>{fmt.e(label)}</b> is now {fmt.value_html(button.key, getattr(settings, button.key))}"
                 f", not <code>{fmt.e(button.old)}</code> as when you opened this.", back)
-    result = p.deps.service.set_setting(button.key, button.value, user)
+    result = await p.deps.service.set_setting(button.key, button.value, user)
     if isinstance(result, SettingError):
         return fmt.error_text(result), back
     if result.old == result.new:
@@ -424,7 +424,7 @@ async def settings_callback(update: Update, context: BotContext) -> None:
         data.pop("awaiting", None)
     if button.action == "type":
         data["awaiting"] = Awaiting(button.key, button.panel, deps.now() + TYPE_TTL)
-    screen = _act(Panel(deps, user.id, button.panel), button, who(update))
+    screen = await _act(Panel(deps, user.id, button.panel), button, who(update))
     await query.answer()
     await _show(update, screen)
     if button.action == "compare":

@@ -125,7 +125,7 @@ async def test_orders_lists_and_cancels_a_working_order(tmp_path: Path) -> None:
         assert "Cancel this order?" in confirm.text
         await tg.tap(ADMIN, confirm.button("✅ Cancel order"))
         assert Order.get_by_id(order.id).status == OrderState.CANCELLED
-        assert "cancel sent" in tg.api.of("editMessageText", ADMIN)[-1].text
+        assert ": cancelled" in tg.api.of("editMessageText", ADMIN)[-1].text  # confirmed by the broker
         assert AuditEntry.get(AuditEntry.action == "cancel").who.startswith(f"telegram:{ADMIN}")
         await tg.send(ADMIN, "/orders")
         assert "No order is working." in tg.api.last(ADMIN).text

@@ -274,7 +274,7 @@ async def test_an_alert_level_from_its_group_is_audited_and_shown(tg: Tg) -> Non
     change = SettingChange.get(SettingChange.key == "alert.exit_held")
     assert (change.old_value, change.new_value) == ("on", "silent") and change.who.startswith(f"telegram:{ADMIN}")
     await tg.tap(ADMIN, tg.api.last(ADMIN).button("« Alerts"))
-    assert "💰 Exits: 🔔4 🔕1" in [t for t, _ in buttons_of(tg.api.last(ADMIN))]
+    assert "💰 Exits: 🔔5 🔕1" in [t for t, _ in buttons_of(tg.api.last(ADMIN))]
 
 
 async def test_an_alert_level_needs_a_session(tg: Tg) -> None:
