@@ -44,7 +44,7 @@ from broker.sim_fills import SimFillModel, base36, check_limit, check_request, c
 from broker.sim_market import QQQM_RATIO, CashRate, IvSource, PricePath
 from broker.sim_options import CENT, OptionPricer, chain_strikes, expiry_close
 from strategy.calendar import NY, Session, SessionCalendar
-from strategy.model import OptionContract, OptionQuote, Quote
+from strategy.model import OptionContract, OptionQuote, Quote, Side
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,13 @@ class SimBroker:
         self, clock: Clock, path: PricePath, iv: IvSource, *, calendar: SessionCalendar,
         starting_cash: Decimal = Decimal(100_000), mixed_account: bool = True, seed: int = 0,
         fill: SimFillModel | None = None, rate: float = 0.04, dividend_yield: float = 0.006,
-        cash_rate: CashRate | None = None,
+        cash_rate: CashRate | None = None, short_options: bool = False,
     ) -> None:
         self.clock = clock
+        # Like an IB account allowed to write uncovered calls: a sale of an option beyond the holding
+        # opens a short position instead of being rejected (the order-safety campaign uses it to see
+        # a short the bot must never open).
+        self.short_options = short_options
         self.path = path
         self.iv = iv
         self.calendar = calendar
@@ -298,7 +302,7 @@ class SimBroker:
         cost = Decimal(0)
         for leg in req.legs:
             ins = leg.instrument
-            if leg.action == "SELL":
+            if leg.action == "SELL" and not (self.short_options and isinstance(ins, OptionContract)):
                 held = self.account.held(ins)
                 offered = self._offered(ins, o) if reserve else 0
                 if qty > held - offered:
@@ -445,6 +449,18 @@ class SimBroker:
         can hand it the bot's open lots, so that selling them is not refused."""
         self._check_instrument(instrument, self.clock.now())
         self.account.adopt(instrument, qty, avg_price * qty * multiplier(instrument))
+
+    def trade_outside(self, instrument: Instrument, side: Side, qty: int, price: Decimal,
+                      order_ref: str = "tws") -> Execution:
+        """A trade made outside the bot (in TWS or the mobile app): it changes the account and shows
+        among the executions with a reference that is not the bot's; the bot gets no event for it."""
+        now = self.clock.now()
+        ex = Execution(f"sim-{self._run}-{self._next_exec:08d}", order_ref, "0", instrument, side, qty, price, now,
+                       order_commission(instrument, 0, Decimal(0), qty, price))
+        self._next_exec += 1
+        self._executions.append(ex)
+        self.account.book(ex)
+        return ex
 
     def order_status(self, order_ref: str) -> tuple[OrderStatus, int] | None:
         """(status, filled) of any order this broker has seen, for tests and diagnostics."""
