@@ -26,6 +26,7 @@ from broker.base import (
     CommissionReport,
     ConnectionState,
     Execution,
+    NotSent,
     OrderStatus,
     OrderUpdate,
 )
@@ -344,6 +345,10 @@ class Engine:
             self._tick_errors = 0
             try:
                 report = await self._tick(now, dry_run)
+            except NotSent as e:  # the connection dropped mid-tick: alerted as a disconnect, not an error
+                self.ready = False
+                log.warning("tick interrupted: %s", e)
+                report = TickReport(now, None, skipped=f"the broker connection dropped during the tick ({e})")
             except Exception as e:
                 text = f"{type(e).__name__}: {e}"
                 self.report_error("Tick failed", e)

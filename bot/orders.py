@@ -179,7 +179,11 @@ class OrderRunner:
             if await self._finished(ref, started, settings):
                 break
             step += 1
-            q = await quote()
+            try:
+                q = await quote()
+            except BrokerError as e:  # e.g. the connection dropped: keep the limit, the timeout still holds
+                log.info("no quote to reprice %s: %s", ref, e)
+                q = None
             if q is None:
                 continue
             bid, ask, tk = q

@@ -155,6 +155,17 @@ async def _check_positions(broker: Broker, now: datetime, emit: Emit, done: Reco
     for lot in ledger.open_lots():
         by_contract[lot.contract] = by_contract.get(lot.contract, 0) + lot.qty
     live_sells = working_sell_qty()
+    for contract, n in held.items():
+        short_key = f"short:{contract.key}"
+        if n < 0 and contract.symbol == "QQQ":
+            if kv.put_once(short_key, str(n), now):
+                text = (f"The account is SHORT {-n} {contract.key}: an uncovered call. The bot never sells more "
+                        "than the account holds; this comes from a sale outside the bot (or one that raced a "
+                        "working order of the bot's). Buy it back in TWS or the mobile app")
+                done.notes.append(text)
+                emit(EventKind.ERROR, text)
+        elif kv.get(short_key) is not None:
+            kv.delete(short_key)
     for contract, qty in by_contract.items():
         gap = qty - max(held.get(contract, 0), 0)
         key = _gap_key(contract)

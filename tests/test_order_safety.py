@@ -25,7 +25,8 @@ from tests.test_ib_engine import IbWorld, WorldFactory, ib_world
 
 __all__ = ["ib_errors", "ib_world"]
 
-SOCKET_ERRORS = "Peer closed connection|Connection reset by peer|Connect call failed|Failed to connect|API connection failed"
+SOCKET_ERRORS = ("Peer closed connection|Connection reset by peer|Connect call failed|Failed to connect"
+                 "|API connection failed")
 NEVER_ON_ITS_OWN = FillMode("delayed", delay_s=10**9)  # fills only when the test releases it
 
 
