@@ -73,6 +73,7 @@ class WorkingOrder:
     limit: Decimal
     created_at: datetime
     roll_note: str = ""
+    state: str = ""  # where it stands in the user's words, e.g. "cancel pending (can still fill)"
 
 
 def _announce(engine: Engine, who: str, action: str, text: str) -> None:
@@ -269,7 +270,7 @@ def working_orders() -> list[WorkingOrder]:
     out = []
     for o in ledger.unresolved_orders():
         out.append(WorkingOrder(o.id, o.order_ref, OrderPurpose(o.purpose).label, _legs(o), o.side, o.qty,
-                                o.filled_qty, o.limit, o.created_at, roll_note(o)))
+                                o.filled_qty, o.limit, o.created_at, roll_note(o), OrderState(o.status).label))
     return out
 
 

@@ -425,6 +425,8 @@ def _order_line(o: WorkingOrder, quote: tuple[Decimal | None, Decimal | None] | 
         vs = f" (bid {quote[0]:.2f} / ask {quote[1]:.2f})"
     lines = [f"<b>#{o.id}</b> {e(o.purpose)}: {e(o.what)} × {o.qty}" + (f", {o.filled} filled" if o.filled else ""),
              f"limit <code>{o.limit:.2f}</code>{e(vs)} · working for {e(age_text)}"]
+    if o.state not in ("", "working", "partially filled"):
+        lines.append(f"⚠️ {e(o.state[0].upper() + o.state[1:])}")
     if o.roll_note:
         lines.append(f"<i>{e(o.roll_note)}</i>")
     return lines

@@ -13,7 +13,9 @@ from peewee import Database
 
 from bot import manual
 from bot.alerts import EventKind
+from bot.views import OrdersView
 from broker.base import ConnectionState, OptionChain
+from handlers import format as fmt
 from storage import ledger
 from storage.models import Lot, Order
 from strategy.model import OptionContract
@@ -77,6 +79,9 @@ async def test_an_entry_whose_cancel_cannot_be_sent_is_never_bought_twice(
     first = Order.get()
     assert first.status == "cancel_pending"  # not "cancelled": IB never heard the cancel
     assert [o.order_ref for o in w.gw.working_orders()] == [first.order_ref]
+    (shown,) = manual.working_orders()  # /orders shows it, and that it can still fill
+    listing = fmt.orders_text(OrdersView((shown,), {}, w.clock.now(), ()), "[PAPER]")
+    assert "⚠️ Cancel pending (can still fill)" in listing
     await restore()
     w.gw.fill = FillMode("immediate")  # from now on the market fills at once
     await w.run_session(day)
