@@ -51,8 +51,9 @@ DATA_LOST = 1101  # restored, but market and account data subscriptions must be 
 NO_SUBSCRIPTION = frozenset({354, 10089, 10167, 10168})
 COMPETING_SESSION = 10197  # no market data: a live session elsewhere (TWS, IBKR Mobile) holds it
 FARM_STATUS = frozenset(range(2103, 2109)) | {2119, 2157, 2158}  # information, never a state change
-LOGIN_HINT = ("approve the IBKR login on your phone (IBKR Mobile): IB asks for a full login once a week, "
-              "and the gateway waits for it; the bot reconnects by itself and says when it is back")
+LOGIN_DETAIL = ("IB Gateway refuses connections for longer than its daily restart: approve the IBKR login on "
+                "your phone (IBKR Mobile). IB asks for a full login once a week and the gateway waits for it; "
+                "the bot reconnects by itself and says when it is back")
 
 
 def mask_account(account: str) -> str:
@@ -344,8 +345,10 @@ class IBConnection:
                     return
                 except BrokerError as e:
                     log.warning("ib: reconnect attempt %d failed: %s", attempt, e)
-                    self._socket_detail = f"no connection to IB Gateway; reconnecting (attempt {attempt} failed: {e})"
                     self._login_alert()
+                    self._socket_detail = (f"{LOGIN_DETAIL}; reconnecting (attempt {attempt} failed)"
+                                           if self._login_alerted else
+                                           f"no connection to IB Gateway; reconnecting (attempt {attempt} failed: {e})")
                     self._publish()
                     delay = min(delay * 2, self.reconnect_max_s)
                     continue
@@ -399,8 +402,7 @@ class IBConnection:
         if down_s < self.login_alert_after_s:
             return
         self._login_alerted = True
-        detail = (f"IB Gateway has not accepted a connection for {_duration(down_s)}, longer than its daily "
-                  f"restart: {LOGIN_HINT}")
+        detail = f"{LOGIN_DETAIL} (for {_duration(down_s)})"
         self._socket_detail = detail
         self.detail = detail
         log.warning("ib: %s", detail)

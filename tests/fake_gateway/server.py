@@ -45,6 +45,7 @@ MD_ERROR_TEXT = {
     10089: "Requested market data requires additional subscription for API.",
     10167: "Requested market data is not subscribed. Displaying delayed market data.",
     10168: "Requested market data is not subscribed. Delayed market data is not enabled.",
+    10197: "No market data during competing live session",
 }
 
 
@@ -889,7 +890,7 @@ class FakeGateway:
         else:
             self.push_error(1101, "Connectivity between IB and Trader Workstation has been restored - data lost.")
 
-    def fill(self, order_ref: str, qty: int | None = None, price: Decimal | None = None) -> list[GwExecution]:
+    def fill_order(self, order_ref: str, qty: int | None = None, price: Decimal | None = None) -> list[GwExecution]:
         """Fill ``qty`` (default: all that remains) of a bot order at its limit (or ``price``),
         whatever its state and whether or not its client is connected: a client that is away
         learns it only from ``reqExecutions`` (and its positions) after it reconnects."""
