@@ -328,6 +328,25 @@ async def test_the_weekly_login_is_announced_once_and_its_end_once(rig_factory: 
     assert "back after 2 h 05 min" in events[-1][1]
 
 
+async def test_the_login_alert_also_when_the_gateway_is_down_at_start_up(rig_factory: RigFactory,
+                                                                         ib_errors: IbErrorGuard) -> None:
+    """The bot (re)started while the gateway waits for its login: start-up retries ``connect``."""
+    ib_errors.allow_text(DROPPED)
+    rig = await rig_factory(connect=False, login_alert_after_s=0.2)
+    await rig.gw.stop_listening()
+    for _ in range(4):
+        with pytest.raises(BrokerError, match="connection refused"):
+            await rig.broker.connect()
+        await asyncio.sleep(0.1)
+    assert rig.broker.down_since == rig.clock.now()
+    assert sum("approve the IBKR login on your phone" in d for _, d in details(rig)) == 1
+    await rig.gw.start_listening()
+    rig.clock.advance_to(rig.clock.now() + timedelta(minutes=40))
+    await rig.broker.connect()
+    state, detail = details(rig)[-1]
+    assert state == ConnectionState.CONNECTED and "back after 40 min" in detail
+
+
 # --- reconciliation support -----------------------------------------------------------------------
 
 

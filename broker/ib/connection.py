@@ -219,6 +219,10 @@ class IBConnection:
             self._socket_detail = f"no connection to IB Gateway: {e}"
             self._set_state(ConnectionState.DOWN, self._socket_detail)
             self.down_since = self.down_since or self.clock.now()
+            if not isinstance(e, LiveAccountRefused):  # the caller retries connect(): the same outage
+                if self._outage_t0 is None:
+                    self._outage_t0 = asyncio.get_running_loop().time()
+                self._login_alert()
             raise
         finally:
             self._connecting = False
@@ -338,6 +342,8 @@ class IBConnection:
                 self.stats["reconnects"] += 1
                 try:
                     await self._connect_once()
+                    self._resync_needed = False
+                    await self._after_connect("connected to")
                 except LiveAccountRefused as e:
                     self._closing = True
                     self._socket_detail = str(e)
@@ -354,11 +360,10 @@ class IBConnection:
                     continue
                 except Exception:
                     log.exception("ib: reconnect attempt %d failed", attempt)
+                    self._drop()
                     delay = min(delay * 2, self.reconnect_max_s)
                     continue
                 delay, attempt = self.reconnect_initial_s, 0
-                self._resync_needed = False
-                await self._after_connect("connected to")
                 continue
             if self.servers_lost is not None:
                 self._publish()
@@ -374,7 +379,13 @@ class IBConnection:
                 continue
             if self._resync_needed or not self._ready:
                 self._resync_needed = False
-                await self._after_connect("IB servers reachable again; connected to")
+                try:
+                    await self._after_connect("IB servers reachable again; connected to")
+                except Exception:
+                    log.exception("ib: resynchronising after IB's servers came back failed; retrying")
+                    self._resync_needed = True
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.reconnect_max_s)
                 continue
             return
 
