@@ -17,6 +17,7 @@ from typing import Any
 from bot.actions import Desk, execute_plan
 from bot.alerts import AlertSink, Event, EventKind, actor_id
 from bot.journal import Journal
+from bot.logs import redactor
 from bot.orders import ORDER_REF_PREFIX, OrderRunner
 from bot.reconcile import reconcile
 from bot.report import TickReport
@@ -224,6 +225,7 @@ class Engine:
             log.exception("order update for %s failed", update.order_ref)
 
     def on_connection(self, state: ConnectionState, detail: str) -> None:
+        detail = redactor().redact(detail)  # an account id or the gateway's address, never in clear
         if state == ConnectionState.DOWN:
             self.ready = False
             try:

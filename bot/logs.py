@@ -1,7 +1,9 @@
 """Logging: one line per event on stdout, human-readable by default, JSON with LOG_FORMAT=json.
 
 A redaction filter removes secrets from every record: the values registered at start-up (the bot
-token, the TOTP key, passwords) and anything shaped like a Telegram bot token."""
+token, the TOTP key, passwords), anything shaped like a Telegram bot token, IB account ids (masked
+to their last four digits: ``DU1234567`` → ``DU•••4567``) and the IB Gateway's address once
+registered (``host:port`` → ``[IB Gateway]``), also in the logs of libraries such as ib_async."""
 
 from __future__ import annotations
 
@@ -16,12 +18,28 @@ from typing import Any
 
 TOKEN_RE = re.compile(r"(?<!\d)\d{6,12}:[A-Za-z0-9_-]{30,}")
 REDACTED = "***"
+# IB account ids: U (individual), F (advisor), I (broker), each with a D in front for paper
+IB_ACCOUNT_RE = re.compile(r"\b(D?[UFI])(\d{2,5})(\d{4})\b")
+GATEWAY = "[IB Gateway]"
+
+
+def mask_ib_accounts(text: str) -> str:
+    """Every IB account id in ``text`` masked to its last four digits (``U•••4567``)."""
+    return IB_ACCOUNT_RE.sub(lambda m: f"{m.group(1)}•••{m.group(3)}", text)
 
 
 class RedactFilter(logging.Filter):
     def __init__(self, secrets: list[str] | None = None) -> None:
         super().__init__()
         self.secrets = [s for s in (secrets or []) if s and len(s) >= 6]
+        self.endpoints: list[re.Pattern[str]] = []
+
+    def add_endpoint(self, host: str, port: int) -> None:
+        """Hide an address (IB Gateway's) as ``host:port`` and as Python's ``('host', port)``."""
+        h, pt = re.escape(host), re.escape(str(port))
+        pattern = re.compile(rf"{h}:{pt}\b|\(\s*'{h}',\s*{pt}\s*\)")
+        if pattern.pattern not in [p.pattern for p in self.endpoints]:
+            self.endpoints.append(pattern)
 
     def add(self, secret: str | None) -> None:
         if secret and len(secret) >= 6 and secret not in self.secrets:
@@ -30,7 +48,9 @@ class RedactFilter(logging.Filter):
     def redact(self, text: str) -> str:
         for s in self.secrets:
             text = text.replace(s, REDACTED)
-        return TOKEN_RE.sub(REDACTED, text)
+        for p in self.endpoints:
+            text = p.sub(GATEWAY, text)
+        return mask_ib_accounts(TOKEN_RE.sub(REDACTED, text))
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()

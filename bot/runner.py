@@ -42,7 +42,10 @@ def make_sim_broker(cfg: AppConfig, clock: WallClock) -> Broker:
 def make_broker(cfg: AppConfig, clock: WallClock) -> Broker:
     """The configured broker: the built-in simulator, or IB Gateway through ib_async."""
     if cfg.broker == "ib":
+        from bot.logs import redactor
         from broker.ib import IBBroker
+
+        redactor().add_endpoint(cfg.ib_host, cfg.ib_port)  # never in clear in a log line or /logs
 
         return IBBroker(cfg.ib_host, cfg.ib_port, cfg.ib_client_id, allow_live=cfg.allow_live_trading,
                         clock=clock, calendar=nyse())

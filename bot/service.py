@@ -100,6 +100,7 @@ class BotService:
             last_tick_time=last_time, last_tick_summary=last_summary, open_lots=len(ledger.open_lots()),
             max_positions=s.max_positions, notes=tuple(notes),
             connection_detail=eng.broker.detail,
+            connection_down_for=now - since if (since := eng.broker.down_since) is not None else None,
             market_data=eng.broker.market_data,
             session_until=auth.session_expires_at(user_id) if user_id is not None and auth.has_session(
                 user_id, now) else None,

@@ -4,7 +4,7 @@ logic, no I/O)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from bot import chat_backtest
@@ -32,6 +32,7 @@ class StatusView:
     max_positions: int
     notes: tuple[str, ...] = ()
     connection_detail: str = ""
+    connection_down_for: timedelta | None = None  # how long the broker has been down, when known
     market_data: str | None = None
     session_until: datetime | None = None  # the asking admin's /login session, when open
 

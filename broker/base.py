@@ -248,7 +248,8 @@ class BrokerListener(Protocol):
 
     def on_connection(self, state: ConnectionState, detail: str) -> None:
         """The connection state changed (not sent when only the detail line changes; the sim never
-        sends it)."""
+        sends it). One exception: IB sends DOWN once more when IB Gateway has refused connections
+        for longer than its daily restart, with what to do (approve the weekly login on the phone)."""
         ...
 
 
@@ -276,10 +277,10 @@ class Broker(Protocol):
     except in ``place_order`` and ``cancel_order`` (see there).
 
     **Disconnected.** ``state`` is DOWN before ``connect``, after ``close``, while the broker
-    reconnects, and (IB) while IB Gateway has lost IB's servers (errors 1100/2110). ``place_order``
-    raises ``BrokerError`` then, with one exception: IB's methods look at the socket, not at
-    ``state``, so while only IB's servers are lost (socket up) requests, orders included, are still
-    sent and may time out; check ``state`` before trading (the engine's tick does). With the socket down
+    reconnects, and (IB) while IB Gateway has lost IB's servers (errors 1100/2110). ``place_order``,
+    ``modify_order`` and ``cancel_order`` raise ``NotSent`` then (nothing left the bot), also while
+    only IB's servers are lost (socket up); IB's data requests look at the socket only, so while
+    only IB's servers are lost they are still sent and may time out. With the socket down
     every IB method that needs IB raises ``BrokerError`` at once ("not connected ..."), except
     ``prev_close`` and ``option_chain`` answering from the same day's cache and
     ``option_quotes([])``. The sim answers everything but ``place_order`` from its simulation
@@ -317,6 +318,12 @@ class Broker(Protocol):
     def detail(self) -> str:
         """A human line about the connection, shown beside a state that is not CONNECTED (e.g.
         "reconnecting (attempt 3 failed: ...)"); may be ""; may change without an event."""
+        ...
+
+    @property
+    def down_since(self) -> datetime | None:
+        """When the state last became DOWN (IB: the socket lost, or IB's servers unreachable with
+        the socket up, as ``detail`` says); None while up, or when the broker cannot tell."""
         ...
 
     @property

@@ -128,6 +128,10 @@ class SimBroker:
     def detail(self) -> str:
         return "simulated market and account" if self._state == ConnectionState.CONNECTED else "not connected"
 
+    @property
+    def down_since(self) -> datetime | None:
+        return None  # the sim is never down while the bot runs
+
     def set_listener(self, listener: BrokerListener | None) -> None:
         self._listener = listener
 

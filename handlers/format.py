@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from bot.alerts import Event, EventKind
@@ -58,6 +58,20 @@ def mark(value: Decimal | None) -> str:
 
 def ny(t: datetime | None) -> str:
     return "—" if t is None else t.astimezone(NY).strftime("%Y-%m-%d %H:%M ET")
+
+
+def duration(d: timedelta) -> str:
+    """How long, as a phone reads it: "45 s", "12 min", "2 h 05 min", "3 d 4 h"."""
+    seconds = max(0, int(d.total_seconds()))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = seconds // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    hours = minutes // 60
+    if hours < 48:
+        return f"{hours} h {minutes % 60:02d} min"
+    return f"{hours // 24} d {hours % 24} h"
 
 
 def split_message(text: str, limit: int = LIMIT) -> list[str]:
@@ -125,6 +139,7 @@ def status_text(v: StatusView, label: str) -> str:
     lines = [
         f"<b>Status</b> {e(label)}".rstrip(),
         f"Broker: {e(v.broker)}{'' if v.mode == v.broker else f' ({e(v.mode)})'} {conn_icon} {e(v.connection)}"
+        + (f" for {e(duration(v.connection_down_for))}" if v.connection == "down" and v.connection_down_for else "")
         + (f" — {e(v.connection_detail)}" if v.connection != "connected" and v.connection_detail else ""),
         f"Automatic orders: {pause_line(v.paused)}",
         f"Market: {'open' if v.market_open else 'closed'}",

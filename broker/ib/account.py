@@ -1,6 +1,10 @@
 """The IB account: every holding (stocks, options, bonds, then cash by currency) and the summary
-(net liquidation, cash, buying power, available funds in USD), from ib_async's portfolio,
-positions and account values (asked once when ib_async holds none yet)."""
+(net liquidation, cash, buying power, available funds in USD), from ib_async's positions,
+portfolio and account values (asked once when ib_async holds none yet).
+
+Quantities come from the positions subscription (``reqPositions``: IB pushes every change at once,
+trades made in TWS or IBKR Mobile included, and a short position is negative); prices and values
+from the portfolio (``reqAccountUpdates``, which IB refreshes less often)."""
 
 from __future__ import annotations
 
@@ -30,15 +34,25 @@ class IBAccount:
         return {(v.tag, v.currency): v.value for v in values}
 
     async def positions(self) -> list[Position]:
-        """Every holding of the account (stocks, options, bonds), then cash by currency."""
+        """Every holding of the account (stocks, options, bonds; a short one with a negative
+        quantity), then cash by currency. The quantity is IB's position, whoever traded it."""
         self._conn.require_connected()
         ib, account = self._conn.ib, self._conn.account
-        items = ib.portfolio(account)
-        if items:
-            out = [_holding(it.contract, it.position, it.averageCost, cv.dec(it.marketPrice), cv.dec(it.marketValue))
-                   for it in items]
-        else:  # no portfolio updates (yet): positions without market prices
-            out = [_holding(p.contract, p.position, p.avgCost, None, None) for p in ib.positions(account)]
+        marks = {it.contract.conId: it for it in ib.portfolio(account)}
+        out: list[Position] = []
+        held = ib.positions(account)
+        if not held and marks:  # the positions subscription failed: the portfolio's quantities
+            out = [_holding(it.contract, it.position, it.averageCost, cv.dec(it.marketPrice),
+                            cv.dec(it.marketValue)) for it in marks.values() if it.position]
+        for p in held:
+            if not p.position:
+                continue
+            it = marks.get(p.contract.conId)
+            price = cv.dec(it.marketPrice) if it is not None else None
+            worth = cv.dec(it.marketValue) if it is not None and it.position == p.position else None
+            if worth is None and price is not None:  # the portfolio lags the position: value it now
+                worth = price * (cv.dec(p.position) or Decimal(0)) * _multiplier(p.contract)
+            out.append(_holding(it.contract if it is not None else p.contract, p.position, p.avgCost, price, worth))
         values = await self._account_values()
         for (tag, cur), value in sorted(values.items()):
             amount = cv.parse_decimal(value)
@@ -69,10 +83,14 @@ class IBAccount:
         return AccountSummary(net, cash, get("BuyingPower") or Decimal(0), available, base, extra)
 
 
+def _multiplier(c: Contract) -> int:
+    return int(float(c.multiplier or 1)) if c.secType in ("OPT", "FOP") else 1
+
+
 def _holding(c: Contract, qty: float, avg_cost: float, price: Decimal | None, value: Decimal | None) -> Position:
     """A holding with its average cost per share (an option's per-contract cost / its multiplier)."""
     ins = cv.from_ib(c)
-    mult = int(float(c.multiplier or 1)) if c.secType in ("OPT", "FOP") else 1
+    mult = _multiplier(c)
     avg = cv.dec(avg_cost) or Decimal(0)
     return Position(cv.category(c.secType), c.symbol, cv.description(c, ins), cv.dec(qty) or Decimal(0),
                     (avg / mult).quantize(PER_SHARE), price, value, c.currency or "USD", ins)

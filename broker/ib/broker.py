@@ -38,7 +38,9 @@ class IBBroker:
 
     ``host``/``port``/``client_id`` locate IB Gateway (paper 4002/4004, live 4001/4003). ``account``
     picks one of several managed accounts (default: the first). ``calendar`` lets `prev_close`
-    skip non-session days like the sim does. Every request waits at most ``request_timeout``."""
+    skip non-session days like the sim does. Every request waits at most ``request_timeout``.
+    ``login_alert_after_s``: how long IB Gateway may refuse connections (its daily restart) before
+    the outage is announced again with what to do (the weekly login waits for the phone)."""
 
     name = "ib"
     supports_combo = True
@@ -48,14 +50,15 @@ class IBBroker:
         request_timeout: float = 10.0, clock: Clock | None = None, account: str = "",
         calendar: SessionCalendar | None = None, reconnect_initial_s: float = 1.0, reconnect_max_s: float = 60.0,
         connectivity_grace_s: float = 120.0, pacing_backoff_s: float = 1.0, max_requests_per_s: int = 40,
-        snapshot_batch: int = 40, ib: IB | None = None,
+        snapshot_batch: int = 40, login_alert_after_s: float = 900.0, ib: IB | None = None,
     ) -> None:
         clock_ = clock or WallClock()
         self._conn = IBConnection(
             ib or IB(), host, port, client_id, resync=self._resync, allow_live=allow_live, account=account,
             connect_timeout=connect_timeout, request_timeout=request_timeout,
             reconnect_initial_s=reconnect_initial_s, reconnect_max_s=reconnect_max_s,
-            connectivity_grace_s=connectivity_grace_s, max_requests_per_s=max_requests_per_s)
+            connectivity_grace_s=connectivity_grace_s, max_requests_per_s=max_requests_per_s,
+            login_alert_after_s=login_alert_after_s, clock=clock_)
         self._contracts = IBContracts(self._conn, clock_)
         self._market = IBMarketData(self._conn, self._contracts, clock_, calendar=calendar,
                                     pacing_backoff_s=pacing_backoff_s, snapshot_batch=snapshot_batch)
@@ -82,6 +85,19 @@ class IBBroker:
     @property
     def market_data(self) -> MarketDataKind:
         return self._conn.market_data
+
+    @property
+    def down_since(self) -> datetime | None:
+        """When the state last became DOWN (socket lost or IB's servers unreachable); None while up."""
+        return self._conn.down_since
+
+    @property
+    def servers_reachable(self) -> bool | None:
+        """Whether IB Gateway reaches IB's servers: False after a 1100/2110 not yet restored, None
+        while the socket to the gateway is down (unknown)."""
+        if self._conn.state == ConnectionState.DOWN and self._conn.servers_lost is None:
+            return None
+        return self._conn.servers_lost is None
 
     @property
     def mode(self) -> BrokerMode:

@@ -18,7 +18,7 @@ from ib_async import BarData, Contract, Ticker
 from broker.base import BrokerError, DailyBar, StockContract
 from broker.clock import Clock
 from broker.ib import convert as cv
-from broker.ib.connection import NO_SUBSCRIPTION, IBConnection
+from broker.ib.connection import COMPETING_SESSION, NO_SUBSCRIPTION, IBConnection
 from broker.ib.contracts import IBContracts
 from strategy.calendar import NY, SessionCalendar
 from strategy.model import OptionContract, OptionQuote, Quote
@@ -29,6 +29,7 @@ DELAYED_DATA_AGE = timedelta(minutes=15)  # IB's delayed data lags 15-20 minutes
 DELAYED_SENT_ANYWAY = 10167  # a warning: delayed data follows on the same request
 PACING = frozenset({100, 162, 420})
 NO_SECURITY = 200  # no security definition found for the request
+RETRIED = PACING | (NO_SUBSCRIPTION - {DELAYED_SENT_ANYWAY}) | {COMPETING_SESSION}  # asked once more (delayed)
 
 
 class IBMarketData:
@@ -52,7 +53,7 @@ class IBMarketData:
         """Remember why a data request for a contract failed (the request only sees no data)."""
         if contract is None:
             return
-        if (code in NO_SUBSCRIPTION and code != DELAYED_SENT_ANYWAY) or code in PACING or code == NO_SECURITY:
+        if code in RETRIED or code == NO_SECURITY:
             self._req_errors[contract.conId] = code
 
     def _today(self) -> date:
@@ -68,7 +69,8 @@ class IBMarketData:
 
     async def _snapshots(self, contracts: Sequence[Contract]) -> dict[int, Ticker]:
         """Snapshot tickers by conId, in batches of at most ``snapshot_batch`` requests; the
-        requests that failed for a missing subscription or pacing are retried once."""
+        requests that failed for a missing subscription, a competing session (10197: delayed data
+        then) or pacing (100: after a backoff) are retried once."""
         out: dict[int, Ticker] = {}
         todo = list({c.conId: c for c in contracts}.values())
         for attempt in range(2):
@@ -81,7 +83,7 @@ class IBMarketData:
                     code = self._req_errors.pop(c.conId, None)
                     if t is not None and cv.has_data(t):
                         out[c.conId] = t
-                    elif code in PACING or code in NO_SUBSCRIPTION:
+                    elif code in RETRIED:
                         failed.append(c)
             if not failed or attempt:
                 break

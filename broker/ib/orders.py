@@ -34,6 +34,7 @@ from broker.ib.contracts import IBContracts
 log = logging.getLogger(__name__)
 
 PENDING = frozenset({"PendingSubmit", "ApiPending"})
+BOT_ORDER_REF_PREFIX = "qqqbot-"  # bot.orders.ORDER_REF_PREFIX (a test keeps them equal)
 
 
 class IBOrders:
@@ -57,8 +58,9 @@ class IBOrders:
     async def place_order(self, request: OrderRequest) -> str:
         """Send a DAY limit order (a BAG combo for several legs) with ``orderRef`` = the bot's
         reference, and wait (bounded) for IB's acknowledgement. A rejection emits a REJECTED update
-        and raises BrokerError, like the sim."""
-        self._conn.require_connected()
+        and raises BrokerError, like the sim. NotSent when the socket is down or IB Gateway has
+        lost IB's servers (1100): nothing was sent."""
+        self._conn.require_trading()
         ref = request.order_ref
         if ref in self._by_ref or ref in self._requests:
             raise BrokerError(f"ib: order reference {ref} was already used; duplicate refused")
@@ -96,10 +98,16 @@ class IBOrders:
         return str(trade.order.orderId)
 
     def _trade(self, order_ref: str) -> Trade:
-        self._conn.require_connected()
+        """The working order to modify or cancel; NotSent while no request can reach IB."""
+        self._conn.require_trading()
         trade = self._by_ref.get(order_ref)
         if trade is None:
             raise BrokerError(f"ib: no order {order_ref}")
+        owner = trade.order.clientId
+        if owner and owner != self._conn.client_id:
+            raise BrokerError(f"ib: order {order_ref} was placed by API client id {owner}: IB lets only that client "
+                              f"(or TWS, IBKR Mobile) modify or cancel it; cancel it there, or run the bot with "
+                              f"IB_CLIENT_ID={owner}")
         last = self._last_update.get(order_ref)
         if last is not None and last[0].is_final:  # also when the Trade object is from a previous session
             raise BrokerError(f"ib: order {order_ref} is already {last[0].value}")
@@ -132,12 +140,16 @@ class IBOrders:
     # --- reconciliation --------------------------------------------------------------------------
 
     async def open_orders(self) -> list[BrokerOrder]:
-        """The orders IB still works that carry a bot reference (re-bound to it)."""
-        trades = await self._conn.call(self._conn.ib.reqOpenOrdersAsync, "open orders")
+        """Every order IB still works with a bot reference (``qqqbot-…``), whoever placed it: this
+        process, an earlier one (same client id: re-bound, so it can be cancelled) or another API
+        client id (listed; `cancel_order` explains it cannot). ``reqAllOpenOrders``, not
+        ``reqOpenOrders``, so an order of another client id is never invisible. Orders without the
+        bot's reference (the user's own, from TWS or IBKR Mobile) are left out."""
+        trades = await self._conn.call(self._conn.ib.reqAllOpenOrdersAsync, "open orders")
         out = []
         for t in trades:
             ref = t.order.orderRef
-            if not ref or t.isDone():
+            if not ref or not ref.startswith(BOT_ORDER_REF_PREFIX) or t.isDone():
                 continue
             self._by_ref[ref] = t
             req = await self._request_of(t)

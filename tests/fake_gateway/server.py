@@ -3,7 +3,15 @@ well enough that the real `ib_async` client connects, qualifies contracts, reads
 market data snapshots (live or delayed, with or without model greeks), history, positions and the
 account, and places, modifies and cancels single-leg and combo (BAG) limit orders that fill by a
 configurable model. It keeps its own record of orders and executions, and injects faults: latency,
-dropped or refused connections, error codes."""
+dropped or refused connections, error codes.
+
+IB behaviours it reproduces for the tests (see "Test controls" on `FakeGateway`): IB's servers lost
+and restored behind an open socket (1100/1101/1102, also told to a client that connects meanwhile),
+farm status messages, pacing (100) and subscription errors on market data (354/10167/10197),
+history refused (162), no security definition (200), an order rejected (201) or cancelled by IB
+(202) while working, fills while no client is connected (replayed by ``reqExecutions``), the
+socket dropped at any message (a cancel lost on the way), reconnects refused while the gateway
+restarts, trades made outside the bot (TWS, IBKR Mobile) and short option positions."""
 
 from __future__ import annotations
 
@@ -37,6 +45,7 @@ MD_ERROR_TEXT = {
     10089: "Requested market data requires additional subscription for API.",
     10167: "Requested market data is not subscribed. Displaying delayed market data.",
     10168: "Requested market data is not subscribed. Delayed market data is not enabled.",
+    10197: "No market data during competing live session",
 }
 
 
@@ -103,12 +112,16 @@ class _Session(asyncio.Protocol):
         self.open_snapshots: set[int] = set()
         self.acct_sub = False
         self.portfolio_sent: set[int] = set()  # conIds whose position was last reported non-zero
+        self.pos_sub = False  # reqPositions: every position change is pushed
         self._queue: asyncio.Queue[tuple[float, bytes]] | None = None
         self._writer: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if self.gw._refusing():  # the gateway restarting behind its port: accepted, then closed
+            transport.close()
+            return
         self.gw.sessions.append(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -135,6 +148,8 @@ class _Session(asyncio.Protocol):
             self.gw.requests["handshake"] += 1
             self.send([p.SERVER_VERSION, self.gw.now().strftime("%Y%m%d %H:%M:%S UTC")])
         for fields in p.split_frames(self.buf):
+            if self.transport is None or self.transport.is_closing():
+                return  # dropped: what followed never arrived
             try:
                 self.gw.handle(self, fields)
             except Exception:
@@ -189,6 +204,12 @@ class FakeGateway:
         self.reject_next: tuple[int, str] | None = None
         self.vanished: set[str] = set()  # instrument keys the gateway no longer knows
         self.match_on_sync = False  # match working orders at every reqCurrentTime (clock in another process)
+        self.md_errors: list[tuple[int, str]] = []  # next market data requests fail with these (e.g. 100 pacing)
+        self.servers_lost: int | None = None  # 1100: the gateway has lost IB's servers (socket stays up)
+        self.allow_short = True  # selling more than the account holds opens a short position (as IB does)
+        self._refuse: int | None = 0  # connection attempts still to refuse (None: all, until accept_connections)
+        self._drops: list[tuple[str, bool]] = []  # (message kind, before?) at which every socket is dropped
+        self._next_outside_id = 1
         self.host = "127.0.0.1"
         self.port = 0
         self.sessions: list[_Session] = []
@@ -310,13 +331,33 @@ class FakeGateway:
         if handler is None:
             self.requests[f"unknown:{msg}"] += 1
             return
+        kind = self._kind(s, msg, f)
+        drop = next((d for d in self._drops if d[0] == kind), None)
+        if drop is not None:
+            self._drops.remove(drop)
+            if drop[1]:  # before: the message is lost with the socket
+                self.requests[f"lost:{kind}"] += 1
+                self.drop_connections()
+                return
         handler(self, s, f)
+        if drop is not None:
+            self.drop_connections()
+
+    def _kind(self, s: _Session, msg: int, f: list[str]) -> str:
+        if msg == 3:
+            return "modify" if self._order_of(s.client_id, int(f[1])) is not None else "placeOrder"
+        return _KINDS.get(msg, str(msg))
 
     def _hello(self, s: _Session, f: list[str]) -> None:  # startApi (71)
         s.client_id = int(f[2])
         self.requests["startApi"] += 1
         s.send([9, 1, self._next_order_id.get(s.client_id, 1)])
         s.send([15, 1, self.account_id])
+        if self.servers_lost is not None:  # a client that connects meanwhile is told at once
+            s.send(p.error_msg(-1, self.servers_lost, LOST_TEXT))
+        else:
+            for code, text in FARMS_OK:
+                s.send(p.error_msg(-1, code, text))
 
     def _req_ids(self, s: _Session, f: list[str]) -> None:
         assert s.client_id is not None
@@ -367,6 +408,12 @@ class FakeGateway:
         snapshot = f[i + 2] == "1"
         if c is None:
             s.send(p.error_msg(req_id, 200, "No security definition has been found for the request"))
+            return
+        if self.md_errors:
+            code, text = self.md_errors.pop(0)
+            s.send(p.error_msg(req_id, code, text))
+            if snapshot:
+                s.send([57, 1, req_id])
             return
         delayed = s.md_type in (3, 4)
         if not delayed and self.md_error is not None:
@@ -501,6 +548,7 @@ class FakeGateway:
 
     def _positions(self, s: _Session, f: list[str]) -> None:
         self.requests["positions"] += 1
+        s.pos_sub = True
         for c, qty, avg, _ in self._holdings():
             s.send(p.position_msg(self.account_id, c, qty, avg))
         s.send([62, 1])
@@ -572,6 +620,14 @@ class FakeGateway:
             self.reject_next = None
             s.send(p.error_msg(order_id, code, text))
             return
+        if not self.allow_short and action == "SELL" and f[4] != "BAG":
+            resolved = self._resolve(f[2:14])
+            ins = resolved.instrument if resolved is not None else None
+            if ins is not None and int(float(qty)) > self.account.held(ins) - self._selling(ins):
+                s.send(p.error_msg(order_id, 201, "Order rejected - reason: YOUR ORDER IS NOT ACCEPTED. IN ORDER TO "
+                                                  "OBTAIN THE DESIRED POSITION YOUR ACCOUNT MUST HAVE OPTION "
+                                                  "PERMISSIONS FOR UNCOVERED CALLS"))
+                return
         if f[4] == "BAG":
             n = int(f[35])
             legs = []
@@ -693,14 +749,18 @@ class FakeGateway:
         self.execute(o, qty, now, legs)
 
     def execute(self, o: GwOrder, qty: int, now: datetime,
-                legs: list[tuple[p.GwContract, str, tuple[Decimal, Decimal]]] | None = None) -> list[GwExecution]:
-        """Fill ``qty`` of ``o`` (also after a cancel: a late fill) and report it to its client."""
+                legs: list[tuple[p.GwContract, str, tuple[Decimal, Decimal]]] | None = None,
+                price: Decimal | None = None) -> list[GwExecution]:
+        """Fill ``qty`` of ``o`` (also after a cancel: a late fill) at its limit (or ``price``, one
+        leg) and report it to its client if connected."""
         legs = legs or self._leg_quotes(o, now)
+        if legs is None and not o.contract.legs:  # no quote (e.g. a delisted contract): its own price
+            legs = [(o.contract, o.action, (o.limit, o.limit))]
         assert legs is not None
         if o.contract.legs:
             prices = combo_prices(o.limit, [(a, q) for _, a, q in legs])  # type: ignore[misc]
         else:
-            prices = [o.limit]
+            prices = [price if price is not None else o.limit]
         o.filled += qty
         made: list[GwExecution] = []
         for i, ((c, act, _), price) in enumerate(zip(legs, prices, strict=True)):
@@ -731,10 +791,23 @@ class FakeGateway:
                 self._send_commission(e)
         if o.status in ("Submitted", "Filled"):
             self._send_order(o, self._status_msg(o))
+        self._account_changed([e.contract for e in made if e.commission is not None])
+        return made
+
+    def _account_changed(self, contracts: list[p.GwContract]) -> None:
+        """Push what IB pushes after a fill: the positions (to ``reqPositions`` subscribers) and
+        the portfolio and account values (to ``reqAccountUpdates`` subscribers), to every client."""
         for s in self.sessions:
+            if s.pos_sub:
+                for c in contracts:
+                    ins = c.instrument
+                    assert ins is not None
+                    qty = self.account.held(ins)
+                    h = self.account.holdings.get(ins.key)
+                    avg = (h.cost / h.qty).quantize(Decimal("0.0001")) if h is not None and h.qty else Decimal(0)
+                    s.send(p.position_msg(self.account_id, c, Decimal(qty), avg))
             if s.acct_sub:
                 self._push_account(s)
-        return made
 
     def _send_commission(self, e: GwExecution) -> None:
         e.commission_sent = True
@@ -760,6 +833,124 @@ class FakeGateway:
 
     def match(self) -> None:
         self.on_time(self.now())
+
+    # The controls below are the IB behaviours the order-safety tests need. Each works whether or
+    # not a client is connected; what a connected client would hear is sent to it at once.
+
+    def drop_on(self, kind: str, *, before: bool = True) -> None:
+        """Drop every client's socket when the next message of ``kind`` arrives: ``placeOrder``,
+        ``modify``, ``cancelOrder``, ``openOrders`` (reqOpenOrders or reqAllOpenOrders),
+        ``executions``, ``positions``, ``accountUpdates``, ``mktData``, ``contractDetails``,
+        ``currentTime``. ``before``: the message is lost with the socket (a cancel that never
+        arrived: the order keeps working); else it is handled and answered, then the socket drops.
+        Several calls queue several drops."""
+        if kind not in _KINDS.values() and kind not in ("placeOrder", "modify"):
+            raise ValueError(f"unknown message kind {kind!r}")
+        self._drops.append((kind, before))
+
+    def refuse_connections(self, n: int | None = None) -> None:
+        """Refuse the next ``n`` connection attempts (all of them with None, until
+        `accept_connections`): accepted and closed at once, as the gateway container's port does
+        while IB Gateway restarts or waits for its login. Established sessions stay."""
+        self._refuse = n
+
+    def accept_connections(self) -> None:
+        self._refuse = 0
+
+    def _refusing(self) -> bool:
+        if self._refuse is None:
+            self.requests["refused"] += 1
+            return True
+        if self._refuse > 0:
+            self._refuse -= 1
+            self.requests["refused"] += 1
+            return True
+        return False
+
+    def restart(self, refuse: int | None = None) -> None:
+        """The gateway's daily restart (or the nightly one): every socket closes, and the next
+        ``refuse`` connection attempts are refused (None: until `accept_connections`, e.g. the
+        weekly login waiting for the phone)."""
+        self.refuse_connections(refuse)
+        self.drop_connections()
+
+    def lose_servers(self, code: int = 1100) -> None:
+        """IB Gateway loses IB's servers (the nightly reset, a network fault): 1100 (or 2110) to
+        every client; the socket stays up and a client that connects meanwhile hears it too."""
+        self.servers_lost = code
+        self.push_error(code, LOST_TEXT)
+
+    def restore_servers(self, *, data_kept: bool = True) -> None:
+        """IB's servers are back: 1102 (data maintained) or 1101 (data lost: the client must ask
+        for its market and account data again)."""
+        self.servers_lost = None
+        if data_kept:
+            self.push_error(1102, "Connectivity between IB and Trader Workstation has been restored - data "
+                                  "maintained.")
+        else:
+            self.push_error(1101, "Connectivity between IB and Trader Workstation has been restored - data lost.")
+
+    def fill_order(self, order_ref: str, qty: int | None = None, price: Decimal | None = None) -> list[GwExecution]:
+        """Fill ``qty`` (default: all that remains) of a bot order at its limit (or ``price``),
+        whatever its state and whether or not its client is connected: a client that is away
+        learns it only from ``reqExecutions`` (and its positions) after it reconnects."""
+        o = self.order_by_ref(order_ref)
+        return self.execute(o, qty if qty is not None else o.qty - o.filled, self.now(), price=price)
+
+    def cancel_by_ib(self, order_ref: str, reason: str = "Order Canceled - reason: cancelled by IB") -> None:
+        """IB cancels a working order on its own (202 with the reason, then status Cancelled)."""
+        o = self.order_by_ref(order_ref)
+        if not o.working:
+            raise ValueError(f"{order_ref} is not working")
+        self._send_order(o, p.error_msg(o.order_id, 202, reason))
+        self._finish(o, "Cancelled")
+
+    def reject_working(self, order_ref: str, reason: str = "Order rejected - reason: insufficient margin") -> None:
+        """IB rejects an order it had accepted (e.g. a margin check): 201 with the reason, then
+        status Inactive."""
+        o = self.order_by_ref(order_ref)
+        if not o.working:
+            raise ValueError(f"{order_ref} is not working")
+        self._send_order(o, p.error_msg(o.order_id, 201, reason))
+        self._finish(o, "Inactive")
+
+    def outside_trade(self, ins: Instrument, side: str, qty: int, price: Decimal,
+                      order_ref: str = "") -> GwExecution:
+        """A trade made outside the bot (TWS, IBKR Mobile: client id 0, a non-bot ``order_ref``):
+        it fills at once, changes the account's position (a SELL of more than is held goes short
+        when ``allow_short``), and is visible in ``reqExecutions`` and the positions; API clients
+        other than 0 get no live execution for it (as with IB)."""
+        if side not in ("BUY", "SELL") or qty <= 0:
+            raise ValueError("side BUY or SELL and a positive quantity")
+        if side == "SELL" and not self.allow_short and qty > self.account.held(ins):
+            raise ValueError("the account may not go short (allow_short is False)")
+        c = self._contract_for(ins)
+        self._next_outside_id += 1
+        o = GwOrder(self._next_outside_id - 1, 0, self._next_perm, c, side, qty, price, order_ref, self.account_id,
+                    self.now(), FillMode("never"), status="Filled", filled=qty, limits=[price])
+        self._next_perm += 1
+        self.orders[o.perm_id] = o
+        now = self.now()
+        fee = order_commission(ins, 0, Decimal(0), qty, price)
+        e = GwExecution(self._exec_id(o), o, c, "BOT" if side == "BUY" else "SLD", qty, price, now, qty, fee,
+                        commission_sent=True)
+        self.executions.append(e)
+        self.account.book(Execution(e.exec_id, order_ref, str(o.order_id), ins, side, qty, price, now,  # type: ignore[arg-type]
+                                    fee))
+        for s in self.sessions:  # only client 0 (TWS's own) hears of it live
+            if s.client_id == 0:
+                s.send(self._exec_msg(-1, e))
+        self._account_changed([c])
+        return e
+
+    def position(self, ins: Instrument) -> int:
+        """The account's position in ``ins`` (negative: short), as IB holds it."""
+        return self.account.held(ins)
+
+    def _selling(self, ins: Instrument) -> int:
+        """Working SELL orders' remaining quantity of ``ins``."""
+        return sum(o.qty - o.filled for o in self.orders.values()
+                    if o.working and o.action == "SELL" and o.contract.instrument == ins)
 
     def release(self, order_ref: str) -> None:
         """Let a ``delayed`` order fill (at its limit if it crosses the mid)."""
@@ -794,6 +985,12 @@ class FakeGateway:
 def _mult(c: p.GwContract) -> int:
     return multiplier(c.instrument) if c.instrument is not None and not c.bond else 1
 
+
+LOST_TEXT = "Connectivity between IB and Trader Workstation has been lost."
+FARMS_OK = ((2104, "Market data farm connection is OK:usfarm"), (2106, "HMDS data farm connection is OK:ushmds"),
+            (2158, "Sec-def data farm connection is OK:secdefnj"))
+_KINDS = {1: "mktData", 4: "cancelOrder", 5: "openOrders", 6: "accountUpdates", 7: "executions",
+          9: "contractDetails", 16: "openOrders", 20: "historicalData", 49: "currentTime", 61: "positions"}
 
 _HANDLERS: dict[int, Callable[[FakeGateway, _Session, list[str]], None]] = {
     1: FakeGateway._mkt_data,

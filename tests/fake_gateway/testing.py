@@ -82,12 +82,12 @@ class Rig:
 RigFactory = Callable[..., Awaitable[Rig]]
 
 
-def fast_broker(port: int, clock: SimClock, **kw: Any) -> IBBroker:
+def fast_broker(port: int, clock: SimClock, client_id: int = 7, **kw: Any) -> IBBroker:
     opts: dict[str, Any] = {"connect_timeout": 2.0, "request_timeout": 2.0, "reconnect_initial_s": 0.01,
                             "reconnect_max_s": 0.05, "pacing_backoff_s": 0.01, "connectivity_grace_s": 0.5,
                             "calendar": None}
     opts.update(kw)
-    return IBBroker("127.0.0.1", port, 7, clock=clock, **opts)
+    return IBBroker("127.0.0.1", port, client_id, clock=clock, **opts)
 
 
 @pytest.fixture
