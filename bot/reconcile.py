@@ -190,7 +190,7 @@ async def _check_positions(broker: Broker, now: datetime, emit: Emit, done: Reco
         for lot_id, closed_qty, price, source in ledger.close_lots_outside(contract, gap, executions, mid, now):
             done.closed_outside.append(lot_id)
             text = (f"Lot #{lot_id} {contract.key} x{closed_qty} is no longer in the account: closed as \"closed "
-                    f"outside the bot\" at {price} per share ({source})")
+                    f"outside the bot\" at {price:.2f} per share ({source})")
             if source != "the broker's execution":
                 text += "; check the account (sold in TWS or the mobile app, exercised or assigned?)"
             done.notes.append(text)

@@ -189,3 +189,22 @@ async def test_a_lot_sold_outside_the_bot_is_never_sold_again_and_is_closed_as_s
 
 def _commission_of_outside_sale(w: Any) -> Decimal:
     return sum((e.commission or Decimal(0) for e in w.broker._executions if e.order_ref == "tws"), Decimal(0))
+
+
+async def test_a_lot_sold_in_tws_is_never_sold_again_on_ib(ib_world: WorldFactory) -> None:
+    """Symptom 4 on IB: the account may go short (uncovered calls allowed), so a second sale would
+    open a short call. The bot reads IB's position before the take profit and sends nothing."""
+    bars = bars_oc([(500, 500), (490, 490), (575, 575), (576, 576)])
+    w = await ib_world(bars, settings={"recycle_enabled": "off"})
+    await w.run_days(days(bars)[:2])
+    (lot,) = ledger.open_lots()
+    w.gw.allow_short = True
+    w.gw.outside_trade(lot.contract, "SELL", lot.qty, Decimal("80.00"))
+    await w.broker.sync()
+    await w.run_days(days(bars)[2:])
+    assert w.gw.position(lot.contract) == 0  # not -1
+    assert Order.select().where(Order.side == "SELL").count() == 0
+    row = Lot.get_by_id(lot.id)
+    assert row.exit_reason == "outside" and row.qty_open == 0
+    (closed,) = w.events(EventKind.EXTERNAL_CLOSE)
+    assert f"Lot #{lot.id}" in closed and "at 80.00 per share (the broker's execution)" in closed
