@@ -431,7 +431,12 @@ class Engine:
                                   and now - self._reconciled_at >= due):
                 await self.reconcile()
             if ledger.has_cancel_pending():
-                await self.runner.retry_cancels()
+                for result in await self.runner.retry_cancels():
+                    if result.problem.startswith("the broker refused") and \
+                            kv.put_once(f"cancel_refused:{result.order_ref}", result.problem, self.clock.now()):
+                        self.emit(EventKind.ERROR, f"An order of the bot's cannot be cancelled: {result.problem}. It "
+                                  "can still fill; nothing new is sent for its purpose until it ends. Cancel it in "
+                                  "TWS or the mobile app", order_ref=result.order_ref)
         if day != self._last_day:
             self._expire_old_roll_buys(day)
             await self._settle_expired_lots(day)
