@@ -1,0 +1,137 @@
+"""Order safety on the chat side (issue 17): a confirm button acts once even when the phone delivers
+the tap twice at the same moment; two admins confirming /enter together buy one lot; a manual
+/enter obeys the session's entry rule unless "buy another" is tapped; a manual order interrupted by
+a dropped connection answers what really happened. Everything goes through the real Telegram
+Application (respx at the transport), updates delivered concurrently as the app runs them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from storage import ledger
+from storage.models import Order, OrderPurpose
+from tests.tg_harness import ADMIN, ADMIN2, Tg, bars_oc, open_tg
+
+FLAT = [(500, 500), (500, 501), (501, 500), (500, 500)]
+DIP_THEN_FLAT = [(500, 500), (490, 489), (492, 493), (493, 494)]
+
+
+async def inside_a_session(tg: Tg, day_index: int, ticks: int = 3) -> None:
+    days = [tg.world.path.sessions[i].day for i in range(day_index + 1)]
+    await tg.world.run_days(days[:-1])
+    await tg.world.run_session(days[-1], max_ticks=ticks)
+
+
+async def together(tg: Tg, *taps: tuple[int, str]) -> None:
+    """Deliver the taps at the same moment, each Bot API call taking a network round trip (so the
+    updates interleave as they do in production, with concurrent updates on)."""
+    tg.api.latency = 0.005
+    try:
+        await asyncio.gather(*(tg.tap(user, data) for user, data in taps))
+    finally:
+        tg.api.latency = None
+
+
+def entries() -> list[Order]:
+    return list(Order.select().where(Order.purpose == OrderPurpose.ENTRY).order_by(Order.id))
+
+
+@pytest.fixture
+async def flat(tmp_path: Path) -> AsyncIterator[Tg]:
+    async for t in open_tg(tmp_path, bars_oc(FLAT), settings={"recycle_enabled": "off"}):
+        yield t
+
+
+# --- item 2: a double tap ------------------------------------------------------------------------------
+
+
+async def test_a_double_tap_on_buy_places_one_order(flat: Tg) -> None:
+    tg = flat
+    await inside_a_session(tg, 2)
+    await tg.enroll_and_login()
+    await tg.send(ADMIN, "/enter")
+    buy = tg.api.last(ADMIN).button("✅ Buy")
+    tg.api.clear()
+    await together(tg, (ADMIN, buy), (ADMIN, buy))  # the phone sent the tap twice
+    assert len(entries()) == 1 and len(ledger.open_lots()) == 1
+    toasts = [str(c.params.get("text", "")) for c in tg.api.of("answerCallbackQuery")]
+    assert any("Already done" in t and "bought" in t.lower() for t in toasts), toasts
+    edits = [c.text for c in tg.api.of("editMessageText", ADMIN)]
+    assert sum("Bought 1" in t for t in edits) == 1, edits
+    # a later tap still answers what was done, and sends nothing
+    await tg.tap(ADMIN, buy)
+    last = str(tg.api.of("answerCallbackQuery")[-1].params.get("text", ""))
+    assert "Already done" in last and "Bought 1" in last, last
+    assert len(entries()) == 1
+
+
+async def test_a_double_tap_on_sell_places_one_order(tmp_path: Path) -> None:
+    async for tg in open_tg(tmp_path, bars_oc(DIP_THEN_FLAT), settings={"recycle_enabled": "off"}):
+        await inside_a_session(tg, 2)
+        await tg.enroll_and_login()
+        (lot,) = ledger.open_lots()
+        await tg.send(ADMIN, f"/sell {lot.id}")
+        sell = tg.api.last(ADMIN).button("✅ Sell")
+        tg.api.clear()
+        await together(tg, (ADMIN, sell), (ADMIN, sell))
+        sells = Order.select().where(Order.side == "SELL")
+        assert sells.count() == 1 and ledger.open_lots() == ()
+        toasts = [str(c.params.get("text", "")) for c in tg.api.of("answerCallbackQuery")]
+        assert any("Already done" in t and f"lot #{lot.id}" in t for t in toasts), toasts
+
+
+# --- item 5: /enter and the session's entry rule ----------------------------------------------------------
+
+
+async def test_two_admins_confirming_enter_together_buy_one_lot(flat: Tg) -> None:
+    tg = flat
+    await inside_a_session(tg, 2)
+    await tg.enroll_and_login(ADMIN)
+    await tg.enroll_and_login(ADMIN2)
+    await tg.send(ADMIN, "/enter")
+    first = tg.api.last(ADMIN).button("✅ Buy")
+    await tg.send(ADMIN2, "/enter")
+    second = tg.api.last(ADMIN2).button("✅ Buy")
+    tg.api.clear()
+    await together(tg, (ADMIN, first), (ADMIN2, second))
+    assert len(entries()) == 1 and len(ledger.open_lots()) == 1
+    texts = [c.text for c in tg.api.of("editMessageText")]
+    assert sum("Bought 1" in t for t in texts) == 1, texts
+    assert any("an entry was just bought" in t.lower() and "nothing was sent" in t.lower() for t in texts), texts
+
+
+async def test_enter_after_this_sessions_entry_needs_buy_another(tmp_path: Path) -> None:
+    async for tg in open_tg(tmp_path, bars_oc(DIP_THEN_FLAT), settings={"recycle_enabled": "off"}):
+        await inside_a_session(tg, 1)  # the dip: the strategy entered this session
+        assert len(entries()) == 1
+        await tg.enroll_and_login()
+        await tg.send(ADMIN, "/enter")
+        ask = tg.api.last(ADMIN)
+        assert "already" in ask.text.lower() and "this session" in ask.text, ask.text
+        labels = [b["text"] for row in ask.keyboard for b in row]
+        assert not any(label.startswith("✅ Buy 1") for label in labels), labels
+        await tg.tap(ADMIN, ask.button("✅ Buy another"))
+        assert len(entries()) == 2 and len(ledger.open_lots()) == 2
+        assert "Bought 1" in tg.api.of("editMessageText", ADMIN)[-1].text
+
+
+async def test_a_plain_buy_confirmed_after_the_automatic_entry_sends_nothing(flat: Tg) -> None:
+    """The confirm was drawn before the strategy's entry of this session: it no longer holds."""
+    tg = flat
+    await inside_a_session(tg, 2)
+    await tg.enroll_and_login()
+    await tg.send(ADMIN, "/enter")
+    buy = tg.api.last(ADMIN).button("✅ Buy")
+    await tg.send(ADMIN2, "/enter")  # ADMIN2 has no session: refused, nothing drawn
+    await tg.enroll_and_login(ADMIN2)
+    await tg.send(ADMIN2, "/enter")
+    await tg.tap(ADMIN2, tg.api.last(ADMIN2).button("✅ Buy"))
+    assert len(entries()) == 1
+    await tg.tap(ADMIN, buy)
+    assert len(entries()) == 1 and len(ledger.open_lots()) == 1
+    text = tg.api.of("editMessageText", ADMIN)[-1].text.lower()
+    assert "an entry was just bought" in text and "nothing was sent" in text, text
