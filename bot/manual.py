@@ -5,8 +5,9 @@ the other admins (the acting one has the reply). Refusals are values with a mess
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 
 from bot.actions import BuyPlan, BuyRefusal, buy_now, plan_buy, sell_now
@@ -15,9 +16,9 @@ from bot.engine import Engine
 from bot.orders import OrderOutcome
 from broker.base import BrokerError
 from storage import journal, ledger
-from storage.models import Order, OrderPurpose, OrderState, Roll
+from storage.models import Order, OrderPurpose, OrderState, Roll, RollStatus
 from strategy import accounting
-from strategy.model import Lot, OptionQuote
+from strategy.model import NY, Lot, OptionQuote
 from strategy.rules import option_commission
 from strategy.settings import PauseMode, SettingError
 
@@ -52,6 +53,13 @@ class EntryPreview:
     qty: int
     premium: Decimal  # at the mid, without commission
     max_limit: Decimal  # the highest limit the order may reprice to
+    entries: int = 0  # this session's entries and rolls when previewed (a confirm holds only while unchanged)
+    already: str = ""  # the latest of them in words, when there is one: then only "buy another" buys
+
+    @property
+    def another(self) -> bool:
+        """Whether this would be a second entry this session (it needs the explicit "buy another")."""
+        return self.entries > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +193,27 @@ async def sell(engine: Engine, lot_id: int, who: str) -> Done | Refusal:
 # --- buy a new lot now --------------------------------------------------------------------------------
 
 
+def session_entries(day: date) -> tuple[int, str]:
+    """This session's entries (bought in part or whole, or still working) and rolls (not failed), the
+    session's entry rule, counted; and the latest of them in words ("" when there is none)."""
+    if not (ledger.entered_on(day) or ledger.rolled_on(day)):
+        return 0, ""
+    done: list[tuple[datetime, str]] = []
+    for o in Order.select().where((Order.session_day == day) & (Order.purpose == OrderPurpose.ENTRY)):
+        if o.filled_qty > 0 or OrderState(o.status).is_active:
+            by = "by hand" if "manual" in json.loads(o.context or "{}") else "by the strategy"
+            state = "still working" if OrderState(o.status).is_active else f"{o.filled_qty} bought"
+            done.append((o.created_at, f"an entry {by} at {_hhmm(o.created_at)}: {_legs(o)} × {o.qty}, {state}"))
+    for r in Roll.select().where((Roll.session_day == day) & (Roll.status != RollStatus.FAILED)):
+        done.append((r.created_at, f"roll #{r.id} of lot #{r.old_lot_id} at {_hhmm(r.created_at)}"))
+    done.sort(key=lambda d: d[0])
+    return len(done), done[-1][1] if done else ""
+
+
+def _hhmm(at: datetime) -> str:
+    return f"{at.astimezone(NY):%H:%M} ET"
+
+
 async def _entry_plan(engine: Engine, now: datetime) -> BuyPlan | Refusal:
     session = engine.calendar.open_session(now)
     assert session is not None
@@ -202,41 +231,58 @@ async def _entry_plan(engine: Engine, now: datetime) -> BuyPlan | Refusal:
     return plan
 
 
-def _preview(plan: BuyPlan, engine: Engine) -> EntryPreview:
+def _preview(plan: BuyPlan, engine: Engine, day: date) -> EntryPreview:
     from strategy.rules import worst_limit
 
     q = plan.choice.quote
     assert q.bid is not None and q.ask is not None and q.mid is not None
+    entries, already = session_entries(day)
     return EntryPreview(plan.choice.contract.key, plan.choice.delta, q.bid, q.ask, q.mid, plan.qty, plan.premium,
-                        worst_limit(q.bid, q.ask, "BUY", engine.settings.current, q.min_tick))
+                        worst_limit(q.bid, q.ask, "BUY", engine.settings.current, q.min_tick), entries, already)
+
+
+def _session_day(engine: Engine, now: datetime) -> date:
+    session = engine.calendar.open_session(now)
+    assert session is not None
+    return session.day
 
 
 async def enter_preview(engine: Engine) -> EntryPreview | Refusal:
-    """The contract the strategy would buy now, ignoring the drop trigger, and what it costs."""
+    """The contract the strategy would buy now, ignoring the drop trigger, and what it costs; it
+    says when this session already had its entry (then only an explicit "buy another" buys)."""
     now, problem = _day(engine)
     if problem is not None:
         return problem
     plan = await _entry_plan(engine, now)
-    return plan if isinstance(plan, Refusal) else _preview(plan, engine)
+    return plan if isinstance(plan, Refusal) else _preview(plan, engine, _session_day(engine, now))
 
 
-async def enter(engine: Engine, who: str, expected: str) -> Done | EntryPreview | Refusal:
-    """Buy the previewed contract now. When the best contract changed since the preview, nothing is
-    bought: the new preview comes back, to be confirmed again."""
+async def enter(engine: Engine, who: str, expected: str, seen: int = 0, another: bool = False,
+                ) -> Done | EntryPreview | Refusal:
+    """Buy the previewed contract now, under the engine's lock. ``seen`` is the number of this
+    session's entries and rolls the confirm was drawn with: when one was made since (the strategy's
+    entry, or another admin's /enter confirmed at the same moment), nothing is bought. A second
+    entry in a session needs ``another`` (the "buy another" button). When the best contract changed
+    since the preview, nothing is bought: the new preview comes back, to be confirmed again."""
     async with engine.exclusive():
         now, problem = await _ready(engine)
         if problem is not None:
             return problem
+        day = _session_day(engine, now)
+        entries, already = session_entries(day)
+        if entries != seen or (entries and not another):
+            return Refusal(f"an entry was just bought this session ({already}); /enter again if you want "
+                           "another lot" if entries > seen else
+                           f"this session's entries changed since the confirm ({already or 'none now'}); "
+                           "/enter again")
         plan = await _entry_plan(engine, now)
         if isinstance(plan, Refusal):
             return plan
         if plan.choice.contract.key != expected:
-            return _preview(plan, engine)
-        session = engine.calendar.open_session(now)
-        assert session is not None
-        snap, _ = await engine.snapshot(session.day)
+            return _preview(plan, engine, day)
+        snap, _ = await engine.snapshot(day)
         _announce(engine, who, "enter", f"Manual entry sent: {plan.qty} {plan.choice.contract.key} "
-                  f"(about {plan.premium:,.2f} USD)")
+                  f"(about {plan.premium:,.2f} USD)" + (" — another entry this session" if another else ""))
         out = await buy_now(engine.desk, plan, snap, engine.settings.current, who)
     spent = -ledger.order_cash(out.order_ref)
     if out.filled:

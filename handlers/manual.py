@@ -107,10 +107,14 @@ async def sell_command(update: Update, context: BotContext) -> None:
 
 
 def enter_confirm(deps: Deps, uid: int, p: EntryPreview, changed: bool = False) -> tuple[str, InlineKeyboardMarkup]:
+    """The /enter confirm. When this session already had its entry, the only buy button is the
+    explicit "Buy another"; the confirm holds only while the session's entries stay as shown."""
     text = fmt.entry_preview_text(p)
     if changed:
         text = "⚠️ The best contract changed since you asked; nothing was bought.\n" + text
-    return text, _kb(deps, uid, [[(f"✅ Buy {p.qty}", "enter", {"contract": p.contract}), ("✖ Cancel", "close", {})]])
+    args: dict[str, object] = {"contract": p.contract, "qty": p.qty, "seen": p.entries}
+    buy = (f"✅ Buy another {p.qty}", "enter_another", args) if p.another else (f"✅ Buy {p.qty}", "enter", args)
+    return text, _kb(deps, uid, [[buy, ("✖ Cancel", "close", {})]])
 
 
 @guarded("change")
@@ -182,6 +186,28 @@ async def stop_command(update: Update, context: BotContext) -> None:
 # --- the buttons -----------------------------------------------------------------------------------
 
 
+READ_ONLY_ACTIONS = ("close", "sell_ask", "cancel_ask")
+NO_SESSION = "This changes something: open a session first with /login CODE."
+
+
+def _what(token: Token) -> str:
+    """What a tap on this button does, in words, for a later tap on the same message."""
+    a, args = token.action, token.args
+    return {
+        "close": "closed; nothing was sent",
+        "sell_ask": f"you asked to sell lot #{args.get('lot')}",
+        "sell": f"selling lot #{args.get('lot')}",
+        "enter": f"buying {args.get('qty')} {args.get('contract')}",
+        "enter_another": f"buying another {args.get('qty')} {args.get('contract')}",
+        "cancel_ask": f"you asked to cancel order {args.get('order')}",
+        "cancel": "cancelling every working order" if args.get("order") is None else
+                  f"cancelling order {args.get('order')}",
+        "stop": "the emergency stop",
+        "sell_all_ask": "you asked to sell every lot",
+        "sell_all": "selling every lot",
+    }.get(a, "this button was used")
+
+
 @guarded("read")
 async def manual_callback(update: Update, context: BotContext) -> None:
     deps = context.deps
@@ -189,54 +215,69 @@ async def manual_callback(update: Update, context: BotContext) -> None:
     assert query is not None
     uid = _uid(update)
     b = buttons_of(deps)
-    token = b.resolve(query.data or "", uid, deps.now())
+    data = query.data or ""
+
+    def check(t: Token) -> str | None:
+        return None if t.action in READ_ONLY_ACTIONS or auth.has_session(uid, deps.now()) else NO_SESSION
+
+    # looked up and used up in one step, before any await: a tap delivered twice acts once
+    token = b.consume(data, uid, deps.now(), check, _what)
     if isinstance(token, str):
         log.info("refused a manual-control button from %s: %s", uid, token)
         await query.answer(token, show_alert=True)
         return
-    if token.action not in ("close", "sell_ask", "cancel_ask") and not auth.has_session(uid, deps.now()):
-        await query.answer("This changes something: open a session first with /login CODE.", show_alert=True)
-        return
     await query.answer()
-    b.kill_group(token.group)  # one decision per message: its other buttons die now
-    await _act(update, deps, uid, token, who(update))
+    result = "it failed; the error was logged."
+    try:
+        result = await _act(update, deps, uid, token, who(update))
+    finally:
+        b.finish(data, result)
 
 
-async def _act(update: Update, deps: Deps, uid: int, token: Token, actor: str) -> None:
+async def _act(update: Update, deps: Deps, uid: int, token: Token, actor: str) -> str:
+    """Do what the button says; returns what came of it, in plain words."""
     service = deps.service
     a = token.action
     if a == "close":
         await _edit(update, "Closed; nothing was sent.")
-    elif a == "sell_ask":
+        return "closed; nothing was sent."
+    if a == "sell_ask":
         preview = await service.sell_preview(int(token.args["lot"]))
         if isinstance(preview, Refusal):
             await _edit(update, _refused(preview))
         else:
             await _edit(update, *sell_confirm(deps, uid, preview))
-    elif a == "sell":
+        return f"{_what(token)}; the message shows the answer."
+    if a == "sell":
         await _edit(update, f"⏳ Selling lot #{token.args['lot']}…")
-        await _edit(update, _done(await service.sell(int(token.args["lot"]), actor)))
-    elif a == "enter":
+        sold = await service.sell(int(token.args["lot"]), actor)
+        await _edit(update, _done(sold))
+        return _plain(sold)
+    if a in ("enter", "enter_another"):
         await _edit(update, "⏳ Buying…")
-        result = await service.enter(actor, str(token.args["contract"]))
+        result = await service.enter(actor, str(token.args["contract"]), int(str(token.args.get("seen", 0))),
+                                     another=a == "enter_another")
         if isinstance(result, EntryPreview):
             await _edit(update, *enter_confirm(deps, uid, result, changed=True))
-        else:
-            await _edit(update, _done(result))
-    elif a == "cancel_ask":
+            return "nothing was bought: the best contract changed; the message shows the new one."
+        await _edit(update, _done(result))
+        return _plain(result)
+    if a == "cancel_ask":
         view = await service.orders()
         match = [o for o in view.orders if o.id == token.args["order"]]
         if not match:
             await _edit(update, "That order is no longer working; nothing to cancel.")
-            return
+            return "that order is no longer working; nothing to cancel."
         await _edit(update, fmt.cancel_ask_text(match), _kb(deps, uid, [
             [(f"✅ Cancel order {match[0].id}", "cancel", {"order": match[0].id}), ("✖ Keep it", "close", {})]]))
-    elif a == "cancel":
+        return f"{_what(token)}; the message shows the answer."
+    if a == "cancel":
         order = token.args["order"]
         cancelled = await service.cancel(int(order) if isinstance(order, int) else None, actor)
         await _edit(update, _refused(cancelled) if isinstance(cancelled, Refusal) else
                     "\n".join(f"• {fmt.e(line)}" for line in cancelled))
-    elif a == "stop":
+        return _plain(cancelled) if isinstance(cancelled, Refusal) else "; ".join(cancelled) + "."
+    if a == "stop":
         lines = await service.stop(actor)
         lots = await service.open_lot_count()
         text = "⛔ <b>Stopped</b>\n" + "\n".join(f"• {fmt.e(line)}" for line in lines)
@@ -246,15 +287,26 @@ async def _act(update: Update, deps: Deps, uid: int, token: Token, actor: str) -
                                                        ("Keep them", "close", {})]]))
         else:
             await _edit(update, text)
-    elif a == "sell_all_ask":
+        return "stopped: " + "; ".join(lines) + "."
+    if a == "sell_all_ask":
         positions = await service.positions()
         text = fmt.sell_all_ask_text(positions)
         await _edit(update, text, _kb(deps, uid, [[(f"✅ Sell all {len(positions.lots)}", "sell_all", {}),
                                                    ("✖ No, keep them", "close", {})]]))
-    elif a == "sell_all":
+        return f"{_what(token)}; the message shows the answer."
+    if a == "sell_all":
         await _edit(update, "⏳ Selling every lot…")
         lines = await service.sell_all(actor)
         await _edit(update, "\n".join(f"• {fmt.e(line)}" for line in lines))
+        return "; ".join(lines)
+    return "nothing: this button does nothing any more."
+
+
+def _plain(result: Done | Refusal) -> str:
+    """A result for a toast (plain text, no HTML)."""
+    if isinstance(result, Refusal):
+        return f"{result.text[0].upper() + result.text[1:]}. Nothing was sent."
+    return result.text
 
 
 def _done(result: Done | Refusal) -> str:
