@@ -7,13 +7,14 @@ Application (respx at the transport), updates delivered concurrently as the app 
 from __future__ import annotations
 
 import asyncio
+import html
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from storage import ledger
-from storage.models import Order, OrderPurpose
+from storage import ledger, settings_store
+from storage.models import AlertRecord, AuditEntry, Order, OrderPurpose
 from tests.tg_harness import ADMIN, ADMIN2, Tg, bars_oc, open_tg
 
 FLAT = [(500, 500), (500, 501), (501, 500), (500, 500)]
@@ -135,3 +136,46 @@ async def test_a_plain_buy_confirmed_after_the_automatic_entry_sends_nothing(fla
     assert len(entries()) == 1 and len(ledger.open_lots()) == 1
     text = tg.api.of("editMessageText", ADMIN)[-1].text.lower()
     assert "an entry was just bought" in text and "nothing was sent" in text, text
+
+
+# --- item 6: numbers typed in chat --------------------------------------------------------------------------
+
+BAD_NUMBERS = [
+    ("/why ²", "/why N"),
+    ("/why 99999999999999999999", "/why N"),
+    ("/why ١٢", "/why N"),
+    ("/sell ①", "/sell N"),
+    ("/sell 99999999999999999999", "/sell N"),
+    ("/cancel ²", "/cancel ID"),
+    ("/trades ٣", "/trades [N]"),
+    ("/trades 99999999999999999999", "/trades [N]"),
+    ("/daily ²", "/daily [N]"),
+    ("/weekly ⁵", "/weekly [N]"),
+    ("/monthly ৩", "/monthly [N]"),
+    ("/logs ¹", "/logs [N]"),
+    ("/backtest ²", "/backtest [YEARS]"),
+    ("/backtest 99999999999999999999", "/backtest [YEARS]"),
+    ("/set delta ⁰.⁶", "Delta of the call to buy must be"),
+    ("/set premium 99999999999999999999", "Max premium per entry must be"),
+]
+
+
+@pytest.mark.parametrize(("text", "usage"), BAD_NUMBERS)
+async def test_odd_digits_answer_the_usage_change_nothing_and_alert_no_one(tmp_path: Path, text: str,
+                                                                          usage: str) -> None:
+    errors: list[BaseException] = []
+    async for tg in open_tg(tmp_path, bars_oc(DIP_THEN_FLAT), settings={"recycle_enabled": "off"},
+                            handler_errors=errors):
+        await inside_a_session(tg, 2)
+        await tg.enroll_and_login()
+        before = (Order.select().count(), settings_store.load_raw(), AuditEntry.select().count())
+        await tg.drain_alerts()
+        tg.api.clear()
+        await tg.send(ADMIN, text)
+        reply = html.unescape(tg.api.last(ADMIN).text)
+        await tg.drain_alerts()
+        assert usage in reply and "Sorry" not in reply, reply
+        assert errors == []
+        assert (Order.select().count(), settings_store.load_raw(), AuditEntry.select().count()) == before
+        assert not tg.api.of("sendMessage", ADMIN2), "an admin was alerted"
+        assert AlertRecord.select().where(AlertRecord.kind == "error").count() == 0
