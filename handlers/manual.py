@@ -18,6 +18,7 @@ from handlers.auth import guarded, who
 from handlers.buttons import Buttons, Token
 from handlers.context import BotContext, Deps
 from storage import auth
+from strategy.numbers import NotANumber, read_whole
 
 log = logging.getLogger(__name__)
 CONFIRM_TTL = timedelta(minutes=2)  # a confirm shows prices: it must not be used long after
@@ -73,11 +74,12 @@ def _refused(r: Refusal) -> str:
     return f"❌ {fmt.e(r.text[0].upper() + r.text[1:])}.\nNothing was sent."
 
 
-def _lot_arg(args: list[str]) -> int | None:
+def _lot_arg(args: list[str]) -> int | NotANumber:
+    """A lot or order number (``3`` or ``#3``), or why it is not one, as the start of a reply."""
     if len(args) != 1:
-        return None
-    text = args[0].lstrip("#")
-    return int(text) if text.isdigit() else None
+        return NotANumber("")
+    n = read_whole(args[0], hash_ok=True)
+    return NotANumber(f"'{args[0]}' {n.why}. ") if isinstance(n, NotANumber) else n
 
 
 # --- /sell -----------------------------------------------------------------------------------------
@@ -92,9 +94,9 @@ def sell_confirm(deps: Deps, uid: int, p: SellPreview) -> tuple[str, InlineKeybo
 async def sell_command(update: Update, context: BotContext) -> None:
     deps = context.deps
     lot_id = _lot_arg(context.args or [])
-    if lot_id is None:
-        await reply_with(update, "Usage: <code>/sell N</code> with the lot number from /positions, e.g. "
-                     "<code>/sell 3</code>.")
+    if isinstance(lot_id, NotANumber):
+        await reply_with(update, f"{fmt.e(lot_id.why)}Usage: <code>/sell N</code> with the lot number from "
+                         "/positions, e.g. <code>/sell 3</code>.")
         return
     preview = await deps.service.sell_preview(lot_id)
     if isinstance(preview, Refusal):
@@ -162,9 +164,10 @@ async def cancel_command(update: Update, context: BotContext) -> None:
         return
     order_id = _lot_arg(args)
     match = [o for o in view.orders if o.id == order_id]
-    if order_id is None or not match:
-        await reply_with(update, "Usage: <code>/cancel ID</code> with an order number from /orders, or "
-                     "<code>/cancel all</code>." + ("" if view.orders else " No order is working."))
+    if isinstance(order_id, NotANumber) or not match:
+        why = fmt.e(order_id.why) if isinstance(order_id, NotANumber) else ""
+        await reply_with(update, f"{why}Usage: <code>/cancel ID</code> with an order number from /orders, or "
+                         "<code>/cancel all</code>." + ("" if view.orders else " No order is working."))
         return
     await reply_with(update, fmt.cancel_ask_text(match), _kb(deps, _uid(update), [
         [(f"✅ Cancel order {order_id}", "cancel", {"order": order_id}), ("✖ Keep it", "close", {})]]))
