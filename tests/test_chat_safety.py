@@ -10,9 +10,12 @@ import asyncio
 import html
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from broker.base import ConnectionState, NotSent, OrderRequest
+from broker.sim import SimFillModel
 from storage import ledger, settings_store
 from storage.models import AlertRecord, AuditEntry, Order, OrderPurpose
 from tests.tg_harness import ADMIN, ADMIN2, Tg, bars_oc, open_tg
@@ -179,3 +182,73 @@ async def test_odd_digits_answer_the_usage_change_nothing_and_alert_no_one(tmp_p
         assert (Order.select().count(), settings_store.load_raw(), AuditEntry.select().count()) == before
         assert not tg.api.of("sendMessage", ADMIN2), "an admin was alerted"
         assert AlertRecord.select().where(AlertRecord.kind == "error").count() == 0
+
+
+# --- item 6, second half: a partial fill, then the connection drops -----------------------------------------
+
+
+def drop_after_first_fill(tg: Tg, side: str) -> list[str]:
+    """The broker fills 1 contract of the next ``side`` order, then the connection to it drops: every
+    request after that fails (NotSent), nothing more fills. Returns the refs of the orders it cut."""
+    broker = tg.world.broker
+    place = broker.place_order
+    cut: list[str] = []
+
+    async def down(*args: object, **kwargs: object) -> Any:
+        raise NotSent("sim: not connected (the connection to the broker dropped)")
+
+    async def place_then_drop(request: OrderRequest) -> str:
+        broker_id = await place(request)
+        if request.action == side and not cut:
+            cut.append(request.order_ref)
+            broker.fill = SimFillModel(never_fill=True)
+            broker._state = ConnectionState.DOWN
+            for name in ("option_quotes", "modify_order", "cancel_order", "place_order", "quote", "positions"):
+                setattr(broker, name, down)
+        return broker_id
+
+    broker.fill = SimFillModel(always_fill_at_mid=True, partial_max_qty=1)
+    broker.place_order = place_then_drop  # type: ignore[method-assign]
+    return cut
+
+
+async def test_a_partial_buy_then_a_drop_answers_what_was_bought(tmp_path: Path) -> None:
+    errors: list[BaseException] = []
+    async for tg in open_tg(tmp_path, bars_oc(FLAT), settings={"recycle_enabled": "off", "position_size": "2"},
+                            handler_errors=errors):
+        await inside_a_session(tg, 2)
+        await tg.enroll_and_login()
+        await tg.send(ADMIN, "/enter")
+        buy = tg.api.last(ADMIN).button("✅ Buy 2")
+        cut = drop_after_first_fill(tg, "BUY")
+        await tg.tap(ADMIN, buy)
+        assert errors == []
+        text = html.unescape(tg.api.of("editMessageText", ADMIN)[-1].text)
+        assert "Sorry" not in text and "Bought 1 of 2" in text, text
+        assert "connection to the broker dropped" in text and "/orders" in text, text
+        (lot,) = ledger.open_lots()
+        assert lot.qty == 1 and cut
+        await tg.drain_alerts()
+        to_other = "\n".join(c.text for c in tg.api.of("sendMessage", ADMIN2))
+        assert "Error" in to_other and "NotSent" in to_other, to_other  # still alerted (and logged)
+
+
+async def test_a_partial_sale_then_a_drop_answers_what_was_sold(tmp_path: Path) -> None:
+    errors: list[BaseException] = []
+    async for tg in open_tg(tmp_path, bars_oc(DIP_THEN_FLAT),
+                            settings={"recycle_enabled": "off", "position_size": "2"},
+                            fill=SimFillModel(always_fill_at_mid=True), handler_errors=errors):
+        await inside_a_session(tg, 2)
+        await tg.enroll_and_login()
+        (lot,) = ledger.open_lots()
+        assert lot.qty == 2
+        await tg.send(ADMIN, f"/sell {lot.id}")
+        sell = tg.api.last(ADMIN).button("✅ Sell")
+        drop_after_first_fill(tg, "SELL")
+        await tg.tap(ADMIN, sell)
+        assert errors == []
+        text = html.unescape(tg.api.of("editMessageText", ADMIN)[-1].text)
+        assert "Sorry" not in text and f"lot #{lot.id}: 1 of 2 sold" in text.lower(), text
+        assert "connection to the broker dropped" in text and "/orders" in text, text
+        (left,) = ledger.open_lots()
+        assert left.qty == 1
