@@ -6,6 +6,7 @@ the other admins (the acting one has the reply). Refusals are values with a mess
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -14,7 +15,7 @@ from bot.actions import BuyPlan, BuyRefusal, buy_now, plan_buy, sell_now
 from bot.alerts import EventKind, actor_id
 from bot.engine import Engine
 from bot.orders import OrderOutcome
-from broker.base import BrokerError
+from broker.base import BrokerError, NotSent
 from storage import journal, ledger
 from storage.models import Order, OrderPurpose, OrderState, Roll, RollStatus
 from strategy import accounting
@@ -22,6 +23,7 @@ from strategy.model import NY, Lot, OptionQuote
 from strategy.rules import option_commission
 from strategy.settings import PauseMode, SettingError
 
+log = logging.getLogger(__name__)
 ZERO = Decimal(0)
 
 
@@ -174,20 +176,97 @@ async def sell(engine: Engine, lot_id: int, who: str) -> Done | Refusal:
             return est
         _announce(engine, who, "sell", f"Manual sale of lot #{lot.id} {lot.contract.key} x{lot.qty} sent "
                   f"(mid {est.mid}, about {est.value:,.2f} USD)")
-        out = await sell_now(engine.desk, lot, quote, snap, engine.settings.current, who)
+        before = _newest_order_id()
+        try:
+            out = await sell_now(engine.desk, lot, quote, snap, engine.settings.current, who)
+        except Exception as e:  # the order may be at the broker, partly filled: say what the ledger shows
+            _interrupted(engine, who, f"sale of lot #{lot.id}", e)
+            return _sold(lot, _order_since(before), _cause(e))
     if out is None:
         return Refusal(f"lot #{lot.id} has no bid to sell into right now")
-    received = ledger.order_cash(out.order_ref)
+    return _sold(lot, out.order_ref)
+
+
+def _newest_order_id() -> int:
+    newest = Order.select(Order.id).order_by(Order.id.desc()).first()
+    return int(newest.id) if newest is not None else 0
+
+
+def _order_since(newest: int) -> Order | None:
+    """The order a manual action wrote after ``newest`` (under the engine's lock: no other is written)."""
+    order: Order | None = Order.select().where(Order.id > newest).order_by(Order.id).first()
+    return order
+
+
+def _cause(e: Exception) -> str:
+    if isinstance(e, NotSent | ConnectionError | OSError | TimeoutError):
+        return "the connection to the broker dropped"
+    return f"an error interrupted it ({type(e).__name__})"
+
+
+def _interrupted(engine: Engine, who: str, what: str, e: Exception) -> None:
+    """A manual order that raised: logged with its traceback and alerted (the acting admin has the reply)."""
+    log.error("manual %s by %s was interrupted", what, who, exc_info=e)
+    engine.emit(EventKind.ERROR, f"Manual {what} by {who} was interrupted: {type(e).__name__}: {e}. The order is "
+                "settled from the broker's record when the bot reconnects (/orders shows it)", actor=actor_id(who))
+
+
+def _order_state(order: Order) -> tuple[OrderOutcome, str]:
+    """The order as the ledger has it now, and how it ended in words ("" while it is not final)."""
+    state = OrderState(order.status)
+    out = OrderOutcome(order.order_ref, state, order.filled_qty, order.qty, order.message)
+    if state.is_active:
+        return out, ""
+    return out, f"the order ended {state.label}" + (f": {order.message}" if order.message else "")
+
+
+def _unsettled(cause: str | None, state: OrderState) -> str:
+    """Why an order is not final yet, and what happens to it."""
+    if cause:
+        return f"then {cause}: the order's end will be settled when the bot reconnects; /orders shows it"
+    return f"the order is still {state.label} at the broker; /orders shows it"
+
+
+def _sold(lot: Lot, order: Order | str | None, cause: str | None = None) -> Done:
+    """What a manual sale came to, read from the ledger (also when the broker failed midway)."""
+    row = ledger.order_by_ref(order) if isinstance(order, str) else order
+    if row is None:
+        return Done(f"Lot #{lot.id} was not sold: {cause or 'no order was written'} before the order was sent. "
+                    "The lot is still held.")
+    out, ended = _order_state(row)
+    received = ledger.order_cash(row.order_ref)
+    if not ended:
+        sold = f"Lot #{lot.id}: {out.filled} of {out.qty} sold ({received:,.2f} USD)" if out.filled else \
+            f"Lot #{lot.id}: nothing sold yet"
+        return Done(f"{sold}; {_unsettled(cause, out.status)}.", out)
     if out.filled >= out.qty:
-        row = ledger.lot_row(lot.id)
-        realized = f"; realized {row.realized_pnl:+,.2f} USD" if row is not None else ""
+        lot_row = ledger.lot_row(lot.id)
+        realized = f"; realized {lot_row.realized_pnl:+,.2f} USD" if lot_row is not None else ""
         return Done(f"Sold lot #{lot.id}: {out.filled} {lot.contract.key} for {received:,.2f} USD after "
                     f"commissions{realized}.", out)
     if out.filled:
-        return Done(f"Lot #{lot.id}: {out.filled} of {out.qty} sold ({received:,.2f} USD); the order ended "
-                    f"{out.status.label}. The rest is still held.", out)
-    why = f": {out.message}" if out.message else ""
-    return Done(f"Lot #{lot.id} was not sold: the order ended {out.status.label}{why}. The lot is still held.", out)
+        return Done(f"Lot #{lot.id}: {out.filled} of {out.qty} sold ({received:,.2f} USD); {ended}. The rest is "
+                    "still held.", out)
+    return Done(f"Lot #{lot.id} was not sold: {ended}. The lot is still held.", out)
+
+
+def _bought(contract: str, order: Order | str | None, cause: str | None = None) -> Done:
+    """What a manual entry came to, read from the ledger (also when the broker failed midway)."""
+    row = ledger.order_by_ref(order) if isinstance(order, str) else order
+    if row is None:
+        return Done(f"Nothing was bought: {cause or 'no order was written'} before the order was sent.")
+    out, ended = _order_state(row)
+    spent = -ledger.order_cash(row.order_ref)
+    if not ended:
+        bought = f"Bought {out.filled} of {out.qty} {contract} for {spent:,.2f} USD with commissions" \
+            if out.filled else f"Nothing bought yet of {out.qty} {contract}"
+        return Done(f"{bought}; {_unsettled(cause, out.status)}.", out)
+    if out.filled >= out.qty:
+        return Done(f"Bought {out.filled} {contract} for {spent:,.2f} USD with commissions.", out)
+    if out.filled:
+        return Done(f"Bought {out.filled} of {out.qty} {contract} for {spent:,.2f} USD with commissions; {ended}.",
+                    out)
+    return Done(f"Nothing bought: {ended}.", out)
 
 
 # --- buy a new lot now --------------------------------------------------------------------------------
@@ -283,12 +362,13 @@ async def enter(engine: Engine, who: str, expected: str, seen: int = 0, another:
         snap, _ = await engine.snapshot(day)
         _announce(engine, who, "enter", f"Manual entry sent: {plan.qty} {plan.choice.contract.key} "
                   f"(about {plan.premium:,.2f} USD)" + (" — another entry this session" if another else ""))
-        out = await buy_now(engine.desk, plan, snap, engine.settings.current, who)
-    spent = -ledger.order_cash(out.order_ref)
-    if out.filled:
-        return Done(f"Bought {out.filled} {plan.choice.contract.key} for {spent:,.2f} USD with commissions.", out)
-    return Done(f"Nothing bought: the order ended {out.status.label}"
-                f"{': ' + out.message if out.message else ''}.", out)
+        before = _newest_order_id()
+        try:
+            out = await buy_now(engine.desk, plan, snap, engine.settings.current, who)
+        except Exception as e:  # the order may be at the broker, partly filled: say what the ledger shows
+            _interrupted(engine, who, f"entry of {plan.qty} {plan.choice.contract.key}", e)
+            return _bought(plan.choice.contract.key, _order_since(before), _cause(e))
+    return _bought(plan.choice.contract.key, out.order_ref)
 
 
 # --- working orders -------------------------------------------------------------------------------------

@@ -315,7 +315,9 @@ def _plain(result: Done | Refusal) -> str:
 def _done(result: Done | Refusal) -> str:
     if isinstance(result, Refusal):
         return _refused(result)
-    return f"✅ {fmt.e(result.text)}" if result.outcome is None or result.outcome.filled else f"⚠️ {fmt.e(result.text)}"
+    out = result.outcome
+    whole = out is None or (out.filled >= out.qty and not out.status.is_active)
+    return f"✅ {fmt.e(result.text)}" if whole else f"⚠️ {fmt.e(result.text)}"
 
 
 def sell_buttons(deps: Deps, uid: int, lot_ids: list[int]) -> InlineKeyboardMarkup | None:

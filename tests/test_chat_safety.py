@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from broker.base import ConnectionState, NotSent, OrderRequest
+from broker.base import ConnectionState, NotSent
 from broker.sim import SimFillModel
 from storage import ledger, settings_store
 from storage.models import AlertRecord, AuditEntry, Order, OrderPurpose
@@ -191,24 +191,23 @@ def drop_after_first_fill(tg: Tg, side: str) -> list[str]:
     """The broker fills 1 contract of the next ``side`` order, then the connection to it drops: every
     request after that fails (NotSent), nothing more fills. Returns the refs of the orders it cut."""
     broker = tg.world.broker
-    place = broker.place_order
+    execute = broker._execute
     cut: list[str] = []
 
     async def down(*args: object, **kwargs: object) -> Any:
         raise NotSent("sim: not connected (the connection to the broker dropped)")
 
-    async def place_then_drop(request: OrderRequest) -> str:
-        broker_id = await place(request)
-        if request.action == side and not cut:
-            cut.append(request.order_ref)
+    def execute_then_drop(o: Any, qty: int, now: Any, fills: Any) -> None:
+        execute(o, qty, now, fills)
+        if o.req.action == side and not cut:
+            cut.append(o.req.order_ref)
             broker.fill = SimFillModel(never_fill=True)
             broker._state = ConnectionState.DOWN
-            for name in ("option_quotes", "modify_order", "cancel_order", "place_order", "quote", "positions"):
+            for name in ("option_quotes", "modify_order", "cancel_order", "place_order", "positions"):
                 setattr(broker, name, down)
-        return broker_id
 
     broker.fill = SimFillModel(always_fill_at_mid=True, partial_max_qty=1)
-    broker.place_order = place_then_drop  # type: ignore[method-assign]
+    broker._execute = execute_then_drop  # type: ignore[method-assign]
     return cut
 
 
