@@ -272,21 +272,31 @@ def _bought(contract: str, order: Order | str | None, cause: str | None = None) 
 # --- buy a new lot now --------------------------------------------------------------------------------
 
 
-def session_entries(day: date) -> tuple[int, str]:
-    """This session's entries (bought in part or whole, or still working) and rolls (not failed), the
-    session's entry rule, counted; and the latest of them in words ("" when there is none)."""
+@dataclass(frozen=True, slots=True)
+class SessionEntries:
+    """This session's entries (bought in part or whole, or still working) and rolls (not failed): the
+    session's entry rule. ``last`` is the latest in words ("" when there is none)."""
+
+    count: int = 0
+    last: str = ""
+    working: bool = False  # the latest is an entry still working
+
+
+def session_entries(day: date) -> SessionEntries:
     if not (ledger.entered_on(day) or ledger.rolled_on(day)):
-        return 0, ""
-    done: list[tuple[datetime, str]] = []
+        return SessionEntries()
+    done: list[tuple[datetime, str, bool]] = []
     for o in Order.select().where((Order.session_day == day) & (Order.purpose == OrderPurpose.ENTRY)):
-        if o.filled_qty > 0 or OrderState(o.status).is_active:
+        working = OrderState(o.status).is_active
+        if o.filled_qty > 0 or working:
             by = "by hand" if "manual" in json.loads(o.context or "{}") else "by the strategy"
-            state = "still working" if OrderState(o.status).is_active else f"{o.filled_qty} bought"
-            done.append((o.created_at, f"an entry {by} at {_hhmm(o.created_at)}: {_legs(o)} × {o.qty}, {state}"))
+            state = "still working" if working else f"{o.filled_qty} bought"
+            done.append((o.created_at, f"an entry {by} at {_hhmm(o.created_at)}: {_legs(o)} × {o.qty}, {state}",
+                         working))
     for r in Roll.select().where((Roll.session_day == day) & (Roll.status != RollStatus.FAILED)):
-        done.append((r.created_at, f"roll #{r.id} of lot #{r.old_lot_id} at {_hhmm(r.created_at)}"))
+        done.append((r.created_at, f"roll #{r.id} of lot #{r.old_lot_id} at {_hhmm(r.created_at)}", False))
     done.sort(key=lambda d: d[0])
-    return len(done), done[-1][1] if done else ""
+    return SessionEntries(len(done), done[-1][1], done[-1][2]) if done else SessionEntries()
 
 
 def _hhmm(at: datetime) -> str:
@@ -315,9 +325,10 @@ def _preview(plan: BuyPlan, engine: Engine, day: date) -> EntryPreview:
 
     q = plan.choice.quote
     assert q.bid is not None and q.ask is not None and q.mid is not None
-    entries, already = session_entries(day)
+    entries = session_entries(day)
     return EntryPreview(plan.choice.contract.key, plan.choice.delta, q.bid, q.ask, q.mid, plan.qty, plan.premium,
-                        worst_limit(q.bid, q.ask, "BUY", engine.settings.current, q.min_tick), entries, already)
+                        worst_limit(q.bid, q.ask, "BUY", engine.settings.current, q.min_tick), entries.count,
+                        entries.last)
 
 
 def _session_day(engine: Engine, now: datetime) -> date:
@@ -348,11 +359,14 @@ async def enter(engine: Engine, who: str, expected: str, seen: int = 0, another:
         if problem is not None:
             return problem
         day = _session_day(engine, now)
-        entries, already = session_entries(day)
-        if entries != seen or (entries and not another):
-            return Refusal(f"an entry was just bought this session ({already}); /enter again if you want "
-                           "another lot" if entries > seen else
-                           f"this session's entries changed since the confirm ({already or 'none now'}); "
+        entries = session_entries(day)
+        if entries.count > seen and entries.working:
+            return Refusal(f"an entry was just sent this session ({entries.last}); wait for it (/orders shows it)")
+        if entries.count > seen:
+            return Refusal(f"an entry was just bought this session ({entries.last}); /enter again if you want "
+                           "another lot")
+        if entries.count != seen or (entries.count and not another):
+            return Refusal(f"this session's entries changed since the confirm ({entries.last or 'none now'}); "
                            "/enter again")
         plan = await _entry_plan(engine, now)
         if isinstance(plan, Refusal):

@@ -9,15 +9,17 @@ from __future__ import annotations
 import asyncio
 import html
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from broker.base import ConnectionState, NotSent
+from broker.base import ConnectionState, NotSent, OrderLeg, OrderRequest
 from broker.sim import SimFillModel
 from storage import ledger, settings_store
 from storage.models import AlertRecord, AuditEntry, Order, OrderPurpose
+from strategy.model import OptionContract
 from tests.tg_harness import ADMIN, ADMIN2, Tg, bars_oc, open_tg
 
 FLAT = [(500, 500), (500, 501), (501, 500), (500, 500)]
@@ -251,3 +253,27 @@ async def test_a_partial_sale_then_a_drop_answers_what_was_sold(tmp_path: Path) 
         assert "connection to the broker dropped" in text and "/orders" in text, text
         (left,) = ledger.open_lots()
         assert left.qty == 1
+
+
+async def test_a_buy_confirmed_while_the_strategys_entry_works_sends_nothing(flat: Tg) -> None:
+    tg = flat
+    await inside_a_session(tg, 2)
+    await tg.enroll_and_login()
+    await tg.send(ADMIN, "/enter")
+    buy = tg.api.last(ADMIN).button("✅ Buy")
+    # meanwhile the strategy's entry was sent and works at the broker (its limit far under the bid)
+    broker = tg.world.broker
+    chain = await broker.option_chain("QQQ")
+    contract = OptionContract("QQQ", chain.expiries[-1], min(chain.strikes, key=lambda k: abs(k - 500)))
+    req = OrderRequest("qqqbot-autoentry001", (OrderLeg(contract, "BUY"),), 1, Decimal("1.00"))
+    day = tg.world.cal.open_session(tg.clock.now()).day  # type: ignore[union-attr]
+    ledger.create_order(req, OrderPurpose.ENTRY, day, tg.clock.now())
+    ledger.mark_sent(req.order_ref, await broker.place_order(req), tg.clock.now())
+    await tg.tap(ADMIN, buy)
+    assert len(entries()) == 1 and ledger.open_lots() == ()
+    text = tg.api.of("editMessageText", ADMIN)[-1].text.lower()
+    assert "an entry was just sent this session" in text and "still working" in text and "nothing was sent" in text
+    await tg.send(ADMIN, "/enter")  # asked again: refused while it works
+    text = tg.api.last(ADMIN).text.lower()
+    assert "still working" in text and "nothing was sent" in text, text
+    assert len(entries()) == 1
