@@ -17,7 +17,7 @@ from bot.engine import Engine
 from bot.orders import OrderOutcome
 from broker.base import BrokerError, NotSent
 from storage import journal, ledger
-from storage.models import Order, OrderPurpose, OrderState, Roll, RollStatus
+from storage.models import LotExit, Order, OrderPurpose, OrderState, Roll, RollStatus
 from strategy import accounting
 from strategy.model import NY, Lot, OptionQuote
 from strategy.rules import option_commission
@@ -122,6 +122,11 @@ def _open_lot(lot_id: int) -> Lot | Refusal:
     for lot in ledger.open_lots():
         if lot.id == lot_id:
             return lot
+    row = ledger.lot_row(lot_id)
+    if row is not None and row.closed_at is not None:  # e.g. another admin's sale of it, just now
+        how = f" ({LotExit(row.exit_reason).label})" if row.exit_reason is not None else ""
+        return Refusal(f"already done: lot #{lot_id} was closed{how} at {_hhmm(row.closed_at)}; "
+                       "/trades shows the sale")
     ids = ", ".join(f"#{lot.id}" for lot in ledger.open_lots()) or "none"
     return Refusal(f"lot #{lot_id} is not an open lot of the bot (open lots: {ids}; /positions lists them)")
 

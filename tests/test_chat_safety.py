@@ -277,3 +277,22 @@ async def test_a_buy_confirmed_while_the_strategys_entry_works_sends_nothing(fla
     text = tg.api.last(ADMIN).text.lower()
     assert "still working" in text and "nothing was sent" in text, text
     assert len(entries()) == 1
+
+
+async def test_two_admins_selling_the_same_lot_together_send_one_sale(tmp_path: Path) -> None:
+    async for tg in open_tg(tmp_path, bars_oc(DIP_THEN_FLAT), settings={"recycle_enabled": "off"},
+                            fill=SimFillModel(always_fill_at_mid=True)):
+        await inside_a_session(tg, 2)
+        await tg.enroll_and_login(ADMIN)
+        await tg.enroll_and_login(ADMIN2)
+        (lot,) = ledger.open_lots()
+        await tg.send(ADMIN, f"/sell {lot.id}")
+        first = tg.api.last(ADMIN).button("✅ Sell")
+        await tg.send(ADMIN2, f"/sell {lot.id}")
+        second = tg.api.last(ADMIN2).button("✅ Sell")
+        tg.api.clear()
+        await together(tg, (ADMIN, first), (ADMIN2, second))
+        assert Order.select().where(Order.side == "SELL").count() == 1 and ledger.open_lots() == ()
+        texts = [c.text for c in tg.api.of("editMessageText")]
+        assert sum(f"Sold lot #{lot.id}" in t for t in texts) == 1, texts
+        assert any("Already done" in t and "sold by hand" in t for t in texts), texts
