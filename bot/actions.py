@@ -18,7 +18,7 @@ from bot.alerts import Emit, EventKind, actor_id
 from bot.orders import OrderOutcome, OrderRunner, QuoteFn, new_order_ref
 from bot.reconcile import sellable
 from bot.report import TickReport
-from broker.base import Broker, BrokerError, OrderLeg, OrderRequest, StockContract
+from broker.base import Broker, BrokerError, NotSent, OrderLeg, OrderRequest, StockContract
 from broker.clock import Clock
 from storage import kv, ledger
 from storage.models import OrderPurpose, RollStatus
@@ -124,6 +124,10 @@ class _Guard:
     async def run(self, what: str, action: Awaitable[T]) -> T | None:
         try:
             return await action
+        except NotSent as e:  # the connection dropped: alerted as a disconnect, reconciled before the next order
+            log.warning("%s interrupted: %s", what, e)
+            self.failed = True
+            return None
         except Exception as e:
             self.desk.report_error(f"{what} failed", e)
             self.failed = True

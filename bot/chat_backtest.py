@@ -25,6 +25,7 @@ from typing import Any
 
 from broker.base import Broker, BrokerError, DailyBar
 from storage import kv
+from strategy.numbers import NotANumber, read_whole
 from strategy.rules import DailyLimits
 from strategy.settings import (
     SETTING_SPECS,
@@ -68,10 +69,12 @@ def parse_request(settings: StrategySettings, args: Sequence[str]) -> Request | 
     rest = list(args)
     if rest and "=" not in rest[0]:
         text = rest.pop(0)
-        if not text.isdigit() or not 1 <= int(text) <= MAX_YEARS:
-            return SettingError(f"'{text}' is not a number of years: /backtest [YEARS] [KEY=VALUE ...] with YEARS "
-                                f"from 1 to {MAX_YEARS} (default {DEFAULT_YEARS}), e.g. /backtest 10 entry_drop=2")
-        years = int(text)
+        n = read_whole(text, 1, MAX_YEARS)
+        if isinstance(n, NotANumber):
+            return SettingError(f"'{text}' {n.why}: it is not a number of years. Usage: /backtest [YEARS] "
+                                f"[KEY=VALUE ...] with YEARS from 1 to {MAX_YEARS} (default {DEFAULT_YEARS}), e.g. "
+                                "/backtest 10 entry_drop=2")
+        years = n
     changes: list[SettingChange] = []
     current = settings
     for text in rest:

@@ -5,21 +5,25 @@ the other admins (the acting one has the reply). Refusals are values with a mess
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 
 from bot.actions import BuyPlan, BuyRefusal, buy_now, plan_buy, sell_now
 from bot.alerts import EventKind, actor_id
 from bot.engine import Engine
 from bot.orders import CancelResult, OrderOutcome
+from broker.base import BrokerError, NotSent
 from storage import journal, ledger
-from storage.models import Order, OrderPurpose, OrderState, Roll
+from storage.models import LotExit, Order, OrderPurpose, OrderState, Roll, RollStatus
 from strategy import accounting
-from strategy.model import Lot, OptionQuote
+from strategy.model import NY, Lot, OptionQuote
 from strategy.rules import option_commission
 from strategy.settings import PauseMode, SettingError
 
+log = logging.getLogger(__name__)
 ZERO = Decimal(0)
 
 
@@ -51,6 +55,13 @@ class EntryPreview:
     qty: int
     premium: Decimal  # at the mid, without commission
     max_limit: Decimal  # the highest limit the order may reprice to
+    entries: int = 0  # this session's entries and rolls when previewed (a confirm holds only while unchanged)
+    already: str = ""  # the latest of them in words, when there is one: then only "buy another" buys
+
+    @property
+    def another(self) -> bool:
+        """Whether this would be a second entry this session (it needs the explicit "buy another")."""
+        return self.entries > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +103,12 @@ async def _ready(engine: Engine) -> tuple[datetime, Refusal | None]:
     """Inside the engine's lock, before a manual order: may it be sent now (reconciled first)?"""
     now, problem = _day(engine)
     if problem is None and not engine.ready:
-        await engine.reconcile()
+        try:
+            await engine.reconcile()
+        except BrokerError as e:  # e.g. the connection dropped meanwhile: nothing is sent
+            log.warning("reconciliation before a manual order failed: %s", e)
+            return now, Refusal("the bot could not check its orders with the broker first (the connection "
+                                "dropped); try again in a moment")
     return now, problem
 
 
@@ -112,6 +128,11 @@ def _open_lot(lot_id: int) -> Lot | Refusal:
     for lot in ledger.open_lots():
         if lot.id == lot_id:
             return lot
+    row = ledger.lot_row(lot_id)
+    if row is not None and row.closed_at is not None:  # e.g. another admin's sale of it, just now
+        how = f" ({LotExit(row.exit_reason).label})" if row.exit_reason is not None else ""
+        return Refusal(f"already done: lot #{lot_id} was closed{how} at {_hhmm(row.closed_at)}; "
+                       "/trades shows the sale")
     ids = ", ".join(f"#{lot.id}" for lot in ledger.open_lots()) or "none"
     return Refusal(f"lot #{lot_id} is not an open lot of the bot (open lots: {ids}; /positions lists them)")
 
@@ -166,23 +187,131 @@ async def sell(engine: Engine, lot_id: int, who: str) -> Done | Refusal:
             return est
         _announce(engine, who, "sell", f"Manual sale of lot #{lot.id} {lot.contract.key} x{lot.qty} sent "
                   f"(mid {est.mid}, about {est.value:,.2f} USD)")
-        out = await sell_now(engine.desk, lot, quote, snap, engine.settings.current, who)
+        before = _newest_order_id()
+        try:
+            out = await sell_now(engine.desk, lot, quote, snap, engine.settings.current, who)
+        except Exception as e:  # the order may be at the broker, partly filled: say what the ledger shows
+            _interrupted(engine, who, f"sale of lot #{lot.id}", e)
+            return _sold(lot, _order_since(before), _cause(e))
     if out is None:
         return Refusal(f"lot #{lot.id} has no bid to sell into right now")
-    received = ledger.order_cash(out.order_ref)
+    return _sold(lot, out.order_ref)
+
+
+def _newest_order_id() -> int:
+    newest = Order.select(Order.id).order_by(Order.id.desc()).first()
+    return int(newest.id) if newest is not None else 0
+
+
+def _order_since(newest: int) -> Order | None:
+    """The order a manual action wrote after ``newest`` (under the engine's lock: no other is written)."""
+    order: Order | None = Order.select().where(Order.id > newest).order_by(Order.id).first()
+    return order
+
+
+def _cause(e: Exception) -> str:
+    if isinstance(e, NotSent | ConnectionError | OSError | TimeoutError):
+        return "the connection to the broker dropped"
+    return f"an error interrupted it ({type(e).__name__})"
+
+
+def _interrupted(engine: Engine, who: str, what: str, e: Exception) -> None:
+    """A manual order that raised: logged with its traceback and alerted (the acting admin has the reply)."""
+    log.error("manual %s by %s was interrupted", what, who, exc_info=e)
+    engine.emit(EventKind.ERROR, f"Manual {what} by {who} was interrupted: {type(e).__name__}: {e}. The order is "
+                "settled from the broker's record when the bot reconnects (/orders shows it)", actor=actor_id(who))
+
+
+def _order_state(order: Order) -> tuple[OrderOutcome, str]:
+    """The order as the ledger has it now, and how it ended in words ("" while it is not final)."""
+    state = OrderState(order.status)
+    out = OrderOutcome(order.order_ref, state, order.filled_qty, order.qty, order.message)
+    if state.is_active:
+        return out, ""
+    return out, f"the order ended {state.label}" + (f": {order.message}" if order.message else "")
+
+
+def _unsettled(cause: str | None, state: OrderState) -> str:
+    """Why an order is not final yet, and what happens to it."""
+    if cause:
+        return f"then {cause}: the order's end will be settled when the bot reconnects; /orders shows it"
+    return f"the order is still {state.label} at the broker; /orders shows it"
+
+
+def _sold(lot: Lot, order: Order | str | None, cause: str | None = None) -> Done:
+    """What a manual sale came to, read from the ledger (also when the broker failed midway)."""
+    row = ledger.order_by_ref(order) if isinstance(order, str) else order
+    if row is None:
+        return Done(f"Lot #{lot.id} was not sold: {cause or 'no order was written'} before the order was sent. "
+                    "The lot is still held.")
+    out, ended = _order_state(row)
+    received = ledger.order_cash(row.order_ref)
+    if not ended:
+        sold = f"Lot #{lot.id}: {out.filled} of {out.qty} sold ({received:,.2f} USD)" if out.filled else \
+            f"Lot #{lot.id}: nothing sold yet"
+        return Done(f"{sold}; {_unsettled(cause, out.status)}.", out)
     if out.filled >= out.qty:
-        row = ledger.lot_row(lot.id)
-        realized = f"; realized {row.realized_pnl:+,.2f} USD" if row is not None else ""
+        lot_row = ledger.lot_row(lot.id)
+        realized = f"; realized {lot_row.realized_pnl:+,.2f} USD" if lot_row is not None else ""
         return Done(f"Sold lot #{lot.id}: {out.filled} {lot.contract.key} for {received:,.2f} USD after "
                     f"commissions{realized}.", out)
     if out.filled:
-        return Done(f"Lot #{lot.id}: {out.filled} of {out.qty} sold ({received:,.2f} USD); the order ended "
-                    f"{out.status.label}. The rest is still held.", out)
-    why = f": {out.message}" if out.message else ""
-    return Done(f"Lot #{lot.id} was not sold: the order ended {out.status.label}{why}. The lot is still held.", out)
+        return Done(f"Lot #{lot.id}: {out.filled} of {out.qty} sold ({received:,.2f} USD); {ended}. The rest is "
+                    "still held.", out)
+    return Done(f"Lot #{lot.id} was not sold: {ended}. The lot is still held.", out)
+
+
+def _bought(contract: str, order: Order | str | None, cause: str | None = None) -> Done:
+    """What a manual entry came to, read from the ledger (also when the broker failed midway)."""
+    row = ledger.order_by_ref(order) if isinstance(order, str) else order
+    if row is None:
+        return Done(f"Nothing was bought: {cause or 'no order was written'} before the order was sent.")
+    out, ended = _order_state(row)
+    spent = -ledger.order_cash(row.order_ref)
+    if not ended:
+        bought = f"Bought {out.filled} of {out.qty} {contract} for {spent:,.2f} USD with commissions" \
+            if out.filled else f"Nothing bought yet of {out.qty} {contract}"
+        return Done(f"{bought}; {_unsettled(cause, out.status)}.", out)
+    if out.filled >= out.qty:
+        return Done(f"Bought {out.filled} {contract} for {spent:,.2f} USD with commissions.", out)
+    if out.filled:
+        return Done(f"Bought {out.filled} of {out.qty} {contract} for {spent:,.2f} USD with commissions; {ended}.",
+                    out)
+    return Done(f"Nothing bought: {ended}.", out)
 
 
 # --- buy a new lot now --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEntries:
+    """This session's entries (bought in part or whole, or still working) and rolls (not failed): the
+    session's entry rule. ``last`` is the latest in words ("" when there is none)."""
+
+    count: int = 0
+    last: str = ""
+    working: bool = False  # the latest is an entry still working
+
+
+def session_entries(day: date) -> SessionEntries:
+    if not (ledger.entered_on(day) or ledger.rolled_on(day)):
+        return SessionEntries()
+    done: list[tuple[datetime, str, bool]] = []
+    for o in Order.select().where((Order.session_day == day) & (Order.purpose == OrderPurpose.ENTRY)):
+        working = OrderState(o.status).is_active
+        if o.filled_qty > 0 or working:
+            by = "by hand" if "manual" in json.loads(o.context or "{}") else "by the strategy"
+            state = "still working" if working else f"{o.filled_qty} bought"
+            done.append((o.created_at, f"an entry {by} at {_hhmm(o.created_at)}: {_legs(o)} × {o.qty}, {state}",
+                         working))
+    for r in Roll.select().where((Roll.session_day == day) & (Roll.status != RollStatus.FAILED)):
+        done.append((r.created_at, f"roll #{r.id} of lot #{r.old_lot_id} at {_hhmm(r.created_at)}", False))
+    done.sort(key=lambda d: d[0])
+    return SessionEntries(len(done), done[-1][1], done[-1][2]) if done else SessionEntries()
+
+
+def _hhmm(at: datetime) -> str:
+    return f"{at.astimezone(NY):%H:%M} ET"
 
 
 async def _entry_plan(engine: Engine, now: datetime) -> BuyPlan | Refusal:
@@ -202,47 +331,69 @@ async def _entry_plan(engine: Engine, now: datetime) -> BuyPlan | Refusal:
     return plan
 
 
-def _preview(plan: BuyPlan, engine: Engine) -> EntryPreview:
+def _preview(plan: BuyPlan, engine: Engine, day: date) -> EntryPreview:
     from strategy.rules import worst_limit
 
     q = plan.choice.quote
     assert q.bid is not None and q.ask is not None and q.mid is not None
+    entries = session_entries(day)
     return EntryPreview(plan.choice.contract.key, plan.choice.delta, q.bid, q.ask, q.mid, plan.qty, plan.premium,
-                        worst_limit(q.bid, q.ask, "BUY", engine.settings.current, q.min_tick))
+                        worst_limit(q.bid, q.ask, "BUY", engine.settings.current, q.min_tick), entries.count,
+                        entries.last)
+
+
+def _session_day(engine: Engine, now: datetime) -> date:
+    session = engine.calendar.open_session(now)
+    assert session is not None
+    return session.day
 
 
 async def enter_preview(engine: Engine) -> EntryPreview | Refusal:
-    """The contract the strategy would buy now, ignoring the drop trigger, and what it costs."""
+    """The contract the strategy would buy now, ignoring the drop trigger, and what it costs; it
+    says when this session already had its entry (then only an explicit "buy another" buys)."""
     now, problem = _day(engine)
     if problem is not None:
         return problem
     plan = await _entry_plan(engine, now)
-    return plan if isinstance(plan, Refusal) else _preview(plan, engine)
+    return plan if isinstance(plan, Refusal) else _preview(plan, engine, _session_day(engine, now))
 
 
-async def enter(engine: Engine, who: str, expected: str) -> Done | EntryPreview | Refusal:
-    """Buy the previewed contract now. When the best contract changed since the preview, nothing is
-    bought: the new preview comes back, to be confirmed again."""
+async def enter(engine: Engine, who: str, expected: str, seen: int = 0, another: bool = False,
+                ) -> Done | EntryPreview | Refusal:
+    """Buy the previewed contract now, under the engine's lock. ``seen`` is the number of this
+    session's entries and rolls the confirm was drawn with: when one was made since (the strategy's
+    entry, or another admin's /enter confirmed at the same moment), nothing is bought. A second
+    entry in a session needs ``another`` (the "buy another" button). When the best contract changed
+    since the preview, nothing is bought: the new preview comes back, to be confirmed again."""
     async with engine.exclusive():
         now, problem = await _ready(engine)
         if problem is not None:
             return problem
+        day = _session_day(engine, now)
+        entries = session_entries(day)
+        if entries.count > seen and entries.working:
+            return Refusal(f"an entry was just sent this session ({entries.last}); wait for it (/orders shows it)")
+        if entries.count > seen:
+            return Refusal(f"an entry was just bought this session ({entries.last}); /enter again if you want "
+                           "another lot")
+        if entries.count != seen or (entries.count and not another):
+            return Refusal(f"this session's entries changed since the confirm ({entries.last or 'none now'}); "
+                           "/enter again")
         plan = await _entry_plan(engine, now)
         if isinstance(plan, Refusal):
             return plan
         if plan.choice.contract.key != expected:
-            return _preview(plan, engine)
-        session = engine.calendar.open_session(now)
-        assert session is not None
-        snap, _ = await engine.snapshot(session.day)
+            return _preview(plan, engine, day)
+        snap, _ = await engine.snapshot(day)
         _announce(engine, who, "enter", f"Manual entry sent: {plan.qty} {plan.choice.contract.key} "
-                  f"(about {plan.premium:,.2f} USD)")
-        out = await buy_now(engine.desk, plan, snap, engine.settings.current, who)
-    spent = -ledger.order_cash(out.order_ref)
-    if out.filled:
-        return Done(f"Bought {out.filled} {plan.choice.contract.key} for {spent:,.2f} USD with commissions.", out)
-    return Done(f"Nothing bought: the order ended {out.status.label}"
-                f"{': ' + out.message if out.message else ''}.", out)
+                  f"(about {plan.premium:,.2f} USD)" + (" — another entry this session" if another else ""))
+        before = _newest_order_id()
+        try:
+            out = await buy_now(engine.desk, plan, snap, engine.settings.current, who)
+        except Exception as e:  # the order may be at the broker, partly filled: say what the ledger shows
+            _interrupted(engine, who, f"entry of {plan.qty} {plan.choice.contract.key}", e)
+            return _bought(plan.choice.contract.key, _order_since(before), _cause(e))
+    return _bought(plan.choice.contract.key, out.order_ref)
 
 
 # --- working orders -------------------------------------------------------------------------------------

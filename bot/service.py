@@ -229,8 +229,9 @@ class BotService:
         except TimeoutError:
             return Refusal("the broker did not answer in time; try again")
 
-    async def enter(self, who: str, expected_contract: str) -> Done | EntryPreview | Refusal:
-        return await manual.enter(self.engine, who, expected_contract)
+    async def enter(self, who: str, expected_contract: str, seen: int = 0,
+                    another: bool = False) -> Done | EntryPreview | Refusal:
+        return await manual.enter(self.engine, who, expected_contract, seen, another)
 
     async def orders(self) -> OrdersView:
         notes: list[str] = []

@@ -26,6 +26,7 @@ from handlers.backtest import backtest_command
 from handlers.context import BotContext
 from handlers.settings_kb import settings_command
 from storage import auth, kv
+from strategy.numbers import NotANumber, read_whole
 from strategy.settings import PauseMode, SettingError
 
 log = logging.getLogger(__name__)
@@ -145,13 +146,11 @@ async def account(update: Update, context: BotContext) -> None:
 @guarded("read")
 async def trades(update: Update, context: BotContext) -> None:
     deps = context.deps
-    args = context.args or []
-    n = 10
-    if args:
-        if len(args) > 1 or not args[0].isdigit() or not 1 <= int(args[0]) <= MAX_TRADES:
-            await reply(update, f"Usage: <code>/trades [N]</code> with N from 1 to {MAX_TRADES} (default 10).")
-            return
-        n = int(args[0])
+    n = _count(context.args or [], 10, MAX_TRADES)
+    if isinstance(n, NotANumber):
+        await reply(update, f"{fmt.e(n.why)}Usage: <code>/trades [N]</code> with N from 1 to {MAX_TRADES} "
+                    "(default 10).")
+        return
     await reply(update, fmt.trades_text(deps.service.trades(n), deps.label))
 
 
@@ -244,13 +243,19 @@ async def check(update: Update, context: BotContext) -> None:
     await reply(update, fmt.check_text(report, deps.label, market_open=market_open))
 
 
-def _count(args: list[str], default: int, top: int) -> int | None:
-    """An optional count argument within 1..top (None when it is not one)."""
+def _count(args: list[str], default: int, top: int) -> int | NotANumber:
+    """An optional count argument within 1..top, or why it is not one: the text quoted, then the
+    reason, as a sentence that the usage follows ("" when the usage alone says it)."""
     if not args:
         return default
-    if len(args) == 1 and args[0].isdigit() and 1 <= int(args[0]) <= top:
-        return int(args[0])
-    return None
+    if len(args) > 1:
+        return NotANumber("")
+    return _quoted(args[0], read_whole(args[0], 1, top))
+
+
+def _quoted(text: str, n: int | NotANumber) -> int | NotANumber:
+    """A refusal as the start of a reply: "'²' is not a number: type it with the digits 0–9. " """
+    return NotANumber(f"'{text}' {n.why}. ") if isinstance(n, NotANumber) else n
 
 
 @guarded("read")
@@ -261,13 +266,14 @@ async def why(update: Update, context: BotContext) -> None:
     if not args:
         await reply(update, fmt.journal_text(deps.service.journal_day(), deps.label))
         return
-    text = args[0].lstrip("#")
-    if len(args) != 1 or not text.isdigit():
-        await reply(update, "Usage: <code>/why</code> (today's decisions) or <code>/why N</code> (lot N's story).")
+    lot_id = _quoted(args[0], read_whole(args[0], hash_ok=True)) if len(args) == 1 else NotANumber("")
+    if isinstance(lot_id, NotANumber):
+        await reply(update, f"{fmt.e(lot_id.why)}Usage: <code>/why</code> (today's decisions) or <code>/why N</code> "
+                    "(lot N's story).")
         return
-    story = deps.service.lot_story(int(text))
+    story = deps.service.lot_story(lot_id)
     if story is None:
-        await reply(update, f"There is no lot #{fmt.e(text)}. /positions lists the open ones.")
+        await reply(update, f"There is no lot #{lot_id}. /positions lists the open ones.")
         return
     await reply(update, fmt.lot_story_text(story, deps.label))
 
@@ -275,8 +281,8 @@ async def why(update: Update, context: BotContext) -> None:
 async def _period(update: Update, context: BotContext, period: Period, default: int, top: int) -> None:
     deps = context.deps
     n = _count(context.args or [], default, top)
-    if n is None:
-        await reply(update, f"Usage: <code>/{PERIOD_COMMANDS[period]} [N]</code> with N from 1 to {top} "
+    if isinstance(n, NotANumber):
+        await reply(update, f"{fmt.e(n.why)}Usage: <code>/{PERIOD_COMMANDS[period]} [N]</code> with N from 1 to {top} "
                     f"(default {default}).")
         return
     await reply(update, fmt.period_text(period, deps.service.period_pnl(period, n), deps.label))
@@ -303,8 +309,9 @@ async def monthly(update: Update, context: BotContext) -> None:
 @guarded("read")
 async def logs(update: Update, context: BotContext) -> None:
     n = _count(context.args or [], 20, MAX_LOG_LINES)
-    if n is None:
-        await reply(update, f"Usage: <code>/logs [N]</code> with N from 1 to {MAX_LOG_LINES} (default 20).")
+    if isinstance(n, NotANumber):
+        await reply(update, f"{fmt.e(n.why)}Usage: <code>/logs [N]</code> with N from 1 to {MAX_LOG_LINES} "
+                    "(default 20).")
         return
     await reply(update, fmt.logs_text(context.deps.service.recent_logs(n)))
 

@@ -428,6 +428,8 @@ def entry_preview_text(p: EntryPreview) -> str:
         f"mid <code>{p.mid:.2f}</code>",
         f"Premium at the mid: <code>{e(money(p.premium))}</code> plus commission; the limit may reprice up to "
         f"<code>{p.max_limit:.2f}</code> ({e(money(p.max_limit * p.qty * 100))})",
+        f"⚠️ Already entered this session: {e(p.already)}. This buys <b>another</b> lot: "
+        "tap Buy another only if you mean it." if p.another else
         "It counts as this session's entry: the strategy will not enter again today.",
     ])
 

@@ -18,6 +18,7 @@ from handlers.auth import guarded, who
 from handlers.buttons import Buttons, Token
 from handlers.context import BotContext, Deps
 from storage import auth
+from strategy.numbers import NotANumber, read_whole
 
 log = logging.getLogger(__name__)
 CONFIRM_TTL = timedelta(minutes=2)  # a confirm shows prices: it must not be used long after
@@ -73,11 +74,12 @@ def _refused(r: Refusal) -> str:
     return f"❌ {fmt.e(r.text[0].upper() + r.text[1:])}.\nNothing was sent."
 
 
-def _lot_arg(args: list[str]) -> int | None:
+def _lot_arg(args: list[str]) -> int | NotANumber:
+    """A lot or order number (``3`` or ``#3``), or why it is not one, as the start of a reply."""
     if len(args) != 1:
-        return None
-    text = args[0].lstrip("#")
-    return int(text) if text.isdigit() else None
+        return NotANumber("")
+    n = read_whole(args[0], hash_ok=True)
+    return NotANumber(f"'{args[0]}' {n.why}. ") if isinstance(n, NotANumber) else n
 
 
 # --- /sell -----------------------------------------------------------------------------------------
@@ -92,9 +94,9 @@ def sell_confirm(deps: Deps, uid: int, p: SellPreview) -> tuple[str, InlineKeybo
 async def sell_command(update: Update, context: BotContext) -> None:
     deps = context.deps
     lot_id = _lot_arg(context.args or [])
-    if lot_id is None:
-        await reply_with(update, "Usage: <code>/sell N</code> with the lot number from /positions, e.g. "
-                     "<code>/sell 3</code>.")
+    if isinstance(lot_id, NotANumber):
+        await reply_with(update, f"{fmt.e(lot_id.why)}Usage: <code>/sell N</code> with the lot number from "
+                         "/positions, e.g. <code>/sell 3</code>.")
         return
     preview = await deps.service.sell_preview(lot_id)
     if isinstance(preview, Refusal):
@@ -107,10 +109,14 @@ async def sell_command(update: Update, context: BotContext) -> None:
 
 
 def enter_confirm(deps: Deps, uid: int, p: EntryPreview, changed: bool = False) -> tuple[str, InlineKeyboardMarkup]:
+    """The /enter confirm. When this session already had its entry, the only buy button is the
+    explicit "Buy another"; the confirm holds only while the session's entries stay as shown."""
     text = fmt.entry_preview_text(p)
     if changed:
         text = "⚠️ The best contract changed since you asked; nothing was bought.\n" + text
-    return text, _kb(deps, uid, [[(f"✅ Buy {p.qty}", "enter", {"contract": p.contract}), ("✖ Cancel", "close", {})]])
+    args: dict[str, object] = {"contract": p.contract, "qty": p.qty, "seen": p.entries}
+    buy = (f"✅ Buy another {p.qty}", "enter_another", args) if p.another else (f"✅ Buy {p.qty}", "enter", args)
+    return text, _kb(deps, uid, [[buy, ("✖ Cancel", "close", {})]])
 
 
 @guarded("change")
@@ -158,9 +164,10 @@ async def cancel_command(update: Update, context: BotContext) -> None:
         return
     order_id = _lot_arg(args)
     match = [o for o in view.orders if o.id == order_id]
-    if order_id is None or not match:
-        await reply_with(update, "Usage: <code>/cancel ID</code> with an order number from /orders, or "
-                     "<code>/cancel all</code>." + ("" if view.orders else " No order is working."))
+    if isinstance(order_id, NotANumber) or not match:
+        why = fmt.e(order_id.why) if isinstance(order_id, NotANumber) else ""
+        await reply_with(update, f"{why}Usage: <code>/cancel ID</code> with an order number from /orders, or "
+                         "<code>/cancel all</code>." + ("" if view.orders else " No order is working."))
         return
     await reply_with(update, fmt.cancel_ask_text(match), _kb(deps, _uid(update), [
         [(f"✅ Cancel order {order_id}", "cancel", {"order": order_id}), ("✖ Keep it", "close", {})]]))
@@ -182,6 +189,28 @@ async def stop_command(update: Update, context: BotContext) -> None:
 # --- the buttons -----------------------------------------------------------------------------------
 
 
+READ_ONLY_ACTIONS = ("close", "sell_ask", "cancel_ask")
+NO_SESSION = "This changes something: open a session first with /login CODE."
+
+
+def _what(token: Token) -> str:
+    """What a tap on this button does, in words, for a later tap on the same message."""
+    a, args = token.action, token.args
+    return {
+        "close": "closed; nothing was sent",
+        "sell_ask": f"you asked to sell lot #{args.get('lot')}",
+        "sell": f"selling lot #{args.get('lot')}",
+        "enter": f"buying {args.get('qty')} {args.get('contract')}",
+        "enter_another": f"buying another {args.get('qty')} {args.get('contract')}",
+        "cancel_ask": f"you asked to cancel order {args.get('order')}",
+        "cancel": "cancelling every working order" if args.get("order") is None else
+                  f"cancelling order {args.get('order')}",
+        "stop": "the emergency stop",
+        "sell_all_ask": "you asked to sell every lot",
+        "sell_all": "selling every lot",
+    }.get(a, "this button was used")
+
+
 @guarded("read")
 async def manual_callback(update: Update, context: BotContext) -> None:
     deps = context.deps
@@ -189,54 +218,69 @@ async def manual_callback(update: Update, context: BotContext) -> None:
     assert query is not None
     uid = _uid(update)
     b = buttons_of(deps)
-    token = b.resolve(query.data or "", uid, deps.now())
+    data = query.data or ""
+
+    def check(t: Token) -> str | None:
+        return None if t.action in READ_ONLY_ACTIONS or auth.has_session(uid, deps.now()) else NO_SESSION
+
+    # looked up and used up in one step, before any await: a tap delivered twice acts once
+    token = b.consume(data, uid, deps.now(), check, _what)
     if isinstance(token, str):
         log.info("refused a manual-control button from %s: %s", uid, token)
         await query.answer(token, show_alert=True)
         return
-    if token.action not in ("close", "sell_ask", "cancel_ask") and not auth.has_session(uid, deps.now()):
-        await query.answer("This changes something: open a session first with /login CODE.", show_alert=True)
-        return
     await query.answer()
-    b.kill_group(token.group)  # one decision per message: its other buttons die now
-    await _act(update, deps, uid, token, who(update))
+    result = "it failed; the error was logged."
+    try:
+        result = await _act(update, deps, uid, token, who(update))
+    finally:
+        b.finish(data, result)
 
 
-async def _act(update: Update, deps: Deps, uid: int, token: Token, actor: str) -> None:
+async def _act(update: Update, deps: Deps, uid: int, token: Token, actor: str) -> str:
+    """Do what the button says; returns what came of it, in plain words."""
     service = deps.service
     a = token.action
     if a == "close":
         await _edit(update, "Closed; nothing was sent.")
-    elif a == "sell_ask":
+        return "closed; nothing was sent."
+    if a == "sell_ask":
         preview = await service.sell_preview(int(token.args["lot"]))
         if isinstance(preview, Refusal):
             await _edit(update, _refused(preview))
         else:
             await _edit(update, *sell_confirm(deps, uid, preview))
-    elif a == "sell":
+        return f"{_what(token)}; the message shows the answer."
+    if a == "sell":
         await _edit(update, f"⏳ Selling lot #{token.args['lot']}…")
-        await _edit(update, _done(await service.sell(int(token.args["lot"]), actor)))
-    elif a == "enter":
+        sold = await service.sell(int(token.args["lot"]), actor)
+        await _edit(update, _done(sold))
+        return _plain(sold)
+    if a in ("enter", "enter_another"):
         await _edit(update, "⏳ Buying…")
-        result = await service.enter(actor, str(token.args["contract"]))
+        result = await service.enter(actor, str(token.args["contract"]), int(str(token.args.get("seen", 0))),
+                                     another=a == "enter_another")
         if isinstance(result, EntryPreview):
             await _edit(update, *enter_confirm(deps, uid, result, changed=True))
-        else:
-            await _edit(update, _done(result))
-    elif a == "cancel_ask":
+            return "nothing was bought: the best contract changed; the message shows the new one."
+        await _edit(update, _done(result))
+        return _plain(result)
+    if a == "cancel_ask":
         view = await service.orders()
         match = [o for o in view.orders if o.id == token.args["order"]]
         if not match:
             await _edit(update, "That order is no longer working; nothing to cancel.")
-            return
+            return "that order is no longer working; nothing to cancel."
         await _edit(update, fmt.cancel_ask_text(match), _kb(deps, uid, [
             [(f"✅ Cancel order {match[0].id}", "cancel", {"order": match[0].id}), ("✖ Keep it", "close", {})]]))
-    elif a == "cancel":
+        return f"{_what(token)}; the message shows the answer."
+    if a == "cancel":
         order = token.args["order"]
         cancelled = await service.cancel(int(order) if isinstance(order, int) else None, actor)
         await _edit(update, _refused(cancelled) if isinstance(cancelled, Refusal) else
                     "\n".join(f"• {fmt.e(line)}" for line in cancelled))
-    elif a == "stop":
+        return _plain(cancelled) if isinstance(cancelled, Refusal) else "; ".join(cancelled) + "."
+    if a == "stop":
         lines = await service.stop(actor)
         lots = await service.open_lot_count()
         text = "⛔ <b>Stopped</b>\n" + "\n".join(f"• {fmt.e(line)}" for line in lines)
@@ -246,21 +290,34 @@ async def _act(update: Update, deps: Deps, uid: int, token: Token, actor: str) -
                                                        ("Keep them", "close", {})]]))
         else:
             await _edit(update, text)
-    elif a == "sell_all_ask":
+        return "stopped: " + "; ".join(lines) + "."
+    if a == "sell_all_ask":
         positions = await service.positions()
         text = fmt.sell_all_ask_text(positions)
         await _edit(update, text, _kb(deps, uid, [[(f"✅ Sell all {len(positions.lots)}", "sell_all", {}),
                                                    ("✖ No, keep them", "close", {})]]))
-    elif a == "sell_all":
+        return f"{_what(token)}; the message shows the answer."
+    if a == "sell_all":
         await _edit(update, "⏳ Selling every lot…")
         lines = await service.sell_all(actor)
         await _edit(update, "\n".join(f"• {fmt.e(line)}" for line in lines))
+        return "; ".join(lines)
+    return "nothing: this button does nothing any more."
+
+
+def _plain(result: Done | Refusal) -> str:
+    """A result for a toast (plain text, no HTML)."""
+    if isinstance(result, Refusal):
+        return f"{result.text[0].upper() + result.text[1:]}. Nothing was sent."
+    return result.text
 
 
 def _done(result: Done | Refusal) -> str:
     if isinstance(result, Refusal):
         return _refused(result)
-    return f"✅ {fmt.e(result.text)}" if result.outcome is None or result.outcome.filled else f"⚠️ {fmt.e(result.text)}"
+    out = result.outcome
+    whole = out is None or (out.filled >= out.qty and not out.status.is_active)
+    return f"✅ {fmt.e(result.text)}" if whole else f"⚠️ {fmt.e(result.text)}"
 
 
 def sell_buttons(deps: Deps, uid: int, lot_ids: list[int]) -> InlineKeyboardMarkup | None:

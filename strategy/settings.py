@@ -6,18 +6,12 @@ Percent settings are stored in percent (``entry_drop_pct = 1.5`` means 1.5 %), a
 them. A bad value is an error *value* (``SettingError``) whose message, in the product's words,
 names the setting, its valid range and unit (never a validator's text).
 
-How a number is read (``parse_number``): digits with at most one decimal separator.
-- A point is a decimal point: ``0.5``, ``1.25``, ``.5``.
-- A comma is a decimal comma when it is the only separator and one or two digits follow it:
-  ``0,5`` is 0.5, ``1,25`` is 1.25.
-- Anything that could be read two ways is refused with what to type instead: a comma followed by
-  three or more digits (``1,000``, ``12,000``, ``0,125``), several commas or points
-  (``1,000,000``, ``1.000.000``), a comma and a point together (``1,234.5``, ``1.234,5``), digits
-  grouped by spaces (``1 000``). For whole-number settings (days, lots, seconds…) and USD amounts a
-  point followed by exactly three digits (``1.000``) is refused too: many people write a thousand
-  that way, and no such setting has three decimals.
-- ``_`` may group digits of the whole part, as in Python (``12_000``).
-Amounts are never written with a thousands separator: ``12,000`` is refused ("type 12000").
+Numbers are read by ``strategy.numbers.read_number``, the one reader of numbers typed in chat (its
+docstring has the rules): ASCII digits, ``.`` or ``,`` as the decimal mark (``0,5`` is 0.5), a
+thousands separator where it can only be one (``12,000`` is 12000, ``1,234.5``), and for
+whole-number settings (days, lots, seconds…) and USD amounts ``1.000`` refused as ambiguous: many
+people write a thousand that way, and no such setting has three decimals. Stored values are read
+with the same reader (they are canonical: never a separator).
 """
 
 from __future__ import annotations
@@ -31,6 +25,8 @@ from itertools import pairwise
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from strategy.numbers import NotANumber, read_number
 
 Tier = tuple[int, Decimal]
 Kind = Literal["decimal", "int", "bool", "tiers", "choice", "size"]
@@ -415,64 +411,11 @@ def _plain(d: Decimal) -> str:
 
 # --- numbers ---------------------------------------------------------------------------------------
 
-_PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:_[0-9]+)*)?(?:\.[0-9]*)?")
-_COMMA_NUMBER = re.compile(r"([+-]?)([0-9]*),([0-9]+)")
-_GROUPED = re.compile(r"[+-]?[1-9][0-9]{0,2}(?:[,. ][0-9]{3})+")
-_SPACE_GROUPED = re.compile(r"[+-]?[1-9][0-9]{0,2}(?: [0-9]{3})+(?:[.,][0-9]+)?")
-_POINT_THOUSAND = re.compile(r"[+-]?[1-9][0-9]{0,2}\.[0-9]{3}")
-
-
 def parse_number(text: str, *, point_thousands_ambiguous: bool = False) -> Decimal | str:
     """A number as a user types it, or what is wrong with it, to follow the text in a message
-    ("is ambiguous: …"). The rules are in the module's docstring; ``point_thousands_ambiguous``
-    also refuses ``1.000`` (for whole numbers and USD amounts)."""
-    s = text.strip().replace("\u2212", "-")  # a typographic minus reads as one
-    commas, points = s.count(","), s.count(".")
-    if commas and points:
-        return f"mixes a comma and a point: type it without a thousands separator, e.g. {_last_sep(s)}"
-    if commas > 1 or points > 1:
-        sep = "commas" if commas else "points"
-        return f"has several {sep}: type it without a thousands separator, e.g. {_example_of_grouped(s)}"
-    if _SPACE_GROUPED.fullmatch(s):
-        return f"has spaces inside: type it without them, e.g. {s.replace(' ', '')}"
-    if commas:
-        return _comma_number(s)
-    if point_thousands_ambiguous and _POINT_THOUSAND.fullmatch(s):
-        grouped, small = s.replace(".", ""), _plain(Decimal(s))
-        return f"is ambiguous: {grouped} or {small}? Type {grouped} or {small}, without a thousands separator"
-    if not _PLAIN_NUMBER.fullmatch(s) or not any(c.isdigit() for c in s):
-        return "is not a number"
-    return _unsigned_zero(Decimal(s.replace("_", "")))
-
-
-def _comma_number(s: str) -> Decimal | str:
-    m = _COMMA_NUMBER.fullmatch(s)
-    if m is None:
-        return "is not a number"
-    sign, whole, frac = m.groups()
-    pointed = f"{sign}{whole or '0'}.{frac}"
-    if len(frac) <= 2:
-        return _unsigned_zero(Decimal(pointed))
-    if _GROUPED.fullmatch(s):
-        grouped, small = s.replace(",", ""), _plain(Decimal(pointed))
-        return f"is ambiguous: {grouped} or {small}? Type {grouped} or {small}, without a thousands separator"
-    return f"is ambiguous: a decimal comma takes one or two digits; type it with a point, e.g. {pointed}"
-
-
-def _last_sep(s: str) -> str:
-    """``1,234.5`` and ``1.234,5`` as one would write them here: 1234.5."""
-    cut = max(s.rfind(","), s.rfind("."))
-    return s[:cut].replace(",", "").replace(".", "") + "." + s[cut + 1:]
-
-
-def _example_of_grouped(s: str) -> str:
-    if _GROUPED.fullmatch(s):
-        return s.replace(",", "").replace(".", "")
-    return "1.5"
-
-
-def _unsigned_zero(d: Decimal) -> Decimal:
-    return abs(d) if d == 0 else d  # "-0" is 0
+    ("is ambiguous: …"): ``strategy.numbers.read_number``."""
+    number = read_number(text, point_thousands_ambiguous=point_thousands_ambiguous)
+    return number.why if isinstance(number, NotANumber) else number
 
 
 # --- parsing a value -------------------------------------------------------------------------------

@@ -77,26 +77,50 @@ def test_good_values(key: str, value: str, canonical: str, expected: object) -> 
 
 
 @pytest.mark.parametrize(("key", "value", "what_to_type"), [
-    ("premium", "12,000", "Type 12000 or 12,"),          # an amount with a thousands comma
-    ("threshold", "1,000", "Type 1000 or 1,"),
-    ("entry_drop", "1,500", "Type 1500 or 1.5,"),
-    ("premium", "1,234.5", "e.g. 1234.5"),
-    ("premium", "1.234,5", "e.g. 1234.5"),
-    ("premium", "1,000,000", "e.g. 1000000"),
-    ("premium", "1.000.000", "e.g. 1000000"),
     ("delta", "0,5,5", "e.g. 1.5"),
-    ("tolerance", "0,125", "e.g. 0.125"),               # a comma with three digits is never decimal
-    ("entry_drop", "1,2345", "e.g. 1.2345"),
+    ("premium", "1234,567", "type 1234567 or 1234.567"),  # a comma before three digits, not after a group
+    ("premium", "1,23,456", "e.g. 1.5"),                 # groups of three, or it is not a thousands separator
+    ("premium", "1,234.5.6", "mixes a comma and a point"),
     ("premium", "12.000", "Type 12000 or 12,"),          # a thousand written the European way
     ("force_exit", "1.000", "Type 1000 or 1,"),          # 1 day would sell every lot at the next tick
     ("premium", "12 000", "e.g. 12000"),
     ("premium", "1_000,5", "not a number"),
+    ("premium", "99999999999999999999", "too large"),
+    ("delta", "0,6²", "digits 0–9"),
+    ("delta", "٠٫٦", "digits 0–9"),
+    ("delta", "nan", "not a number"),
+    ("premium", "inf", "not a number"),
 ])
 def test_ambiguous_numbers_are_refused_with_what_to_type(key: str, value: str, what_to_type: str) -> None:
     result = parse_setting(S, key, value)
     assert isinstance(result, SettingError), result
     assert what_to_type in result.message
     assert f"'{value}'" in result.message and " must be " in result.message
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("premium", "12,000", Decimal(12000)),           # a thousands comma, as the bot writes amounts
+    ("threshold", "1,000", Decimal(1000)),
+    ("premium", "1,234.5", Decimal("1234.5")),
+    ("premium", "1.234,5", Decimal("1234.5")),       # the European way, unambiguous with both marks
+    ("premium", "1,000,000", Decimal(1000000)),
+    ("premium", "1.000.000", Decimal(1000000)),
+    ("premium", "12,500 usd", Decimal(12500)),
+    ("tolerance", "0,125", Decimal("0.125")),        # 0 cannot lead a thousands group: a decimal comma
+    ("entry_drop", "1,2345", Decimal("1.2345")),
+    ("min_dte", "1,000", 1000),
+])
+def test_a_thousands_separator_is_read_where_it_can_only_be_one(key: str, value: str, expected: object) -> None:
+    change = parse_setting(S, key, value)
+    assert isinstance(change, SettingChange), change
+    assert change.new == expected
+
+
+def test_a_thousands_comma_out_of_range_names_the_range() -> None:
+    """``1,500`` for a percent is 1500 %: refused with the range, never read as 1.5 silently."""
+    result = parse_setting(S, "entry_drop", "1,500")
+    assert isinstance(result, SettingError)
+    assert result.message == "Entry drop = 1500 % refused: it must be 0.1–20 %."
 
 
 def test_a_point_followed_by_three_digits_stays_decimal_where_three_decimals_make_sense() -> None:
@@ -265,20 +289,36 @@ numbers = st.one_of(
 )
 
 
+_COMMA_GROUPS = re.compile(r"[-+]?[1-9][0-9]{0,2}(,[0-9]{3})+(\.[0-9]+)?")
+_POINT_GROUPS = re.compile(r"[-+]?[1-9][0-9]{0,2}(\.[0-9]{3})+(,[0-9]+)?")
+
+
+def _thousands(text: str) -> bool:
+    """Digits grouped by thousands where the separator can only be one: 12,000; 1,234.5; 1.234,5; 1.000.000."""
+    return bool(_COMMA_GROUPS.fullmatch(text)) or (
+        bool(_POINT_GROUPS.fullmatch(text)) and (text.count(".") > 1 or "," in text))
+
+
 def _meant(text: str) -> Decimal:
-    """What a number means under the rule: a comma or a point is the decimal separator."""
+    """What a number means under the rule: thousands separators where they can only be one, else a
+    comma or a point is the decimal mark."""
+    if _COMMA_GROUPS.fullmatch(text):
+        return Decimal(text.replace(",", ""))
+    if _thousands(text):
+        return Decimal(text.replace(".", "").replace(",", "."))
     return Decimal(text.replace(",", ".").replace("_", ""))
 
 
 @given(key=st.sampled_from(NUMERIC), text=numbers)
 def test_a_number_is_read_one_way_or_refused(key: str, text: str) -> None:
     result = parse_setting(S, key, text)
-    if re.search(r",[0-9]{3}", text) or text.count(",") + text.count(".") > 1 or " " in text.strip():
+    t = text.strip()
+    if (text.count(",") + text.count(".") > 1 and not _thousands(t)) or " " in t:
         assert isinstance(result, SettingError), (text, result)
+    if re.fullmatch(r"[-+]?[0-9]{4,},[0-9]{3}", t) and t.lstrip("+-0")[:1] != ",":
+        assert isinstance(result, SettingError), (text, result)  # 1234,567: mistyped thousands, or decimals?
     if isinstance(result, SettingChange):
-        assert result.new == _meant(text)
-        if "," in text:
-            assert "_" not in text and 1 <= len(text.split(",")[1]) <= 2
+        assert result.new == _meant(t)
     else:  # the range valid now (a reprice interval below the order timeout), or the values that divide 60
         assert re.search(r"\d–\d", result.message) or DIVISORS in result.message, result.message
         assert unit_text(key) in result.message

@@ -220,6 +220,7 @@ async def test_a_typed_value_equal_to_the_current_one_offers_no_confirm(tg: Tg) 
     ("/set delta 0,65", "✅ Delta of the call to buy: <code>0.6</code> → <code>0.65</code>"),
     ("/set qty 2", "✅ Position size: <code>1</code> contract → <code>2</code> contracts"),
     ("/set size 10%", "✅ Position size: <code>1</code> contract → <code>10%</code> of net liquidation"),
+    ("/set premium 12,500", "✅ Max premium per entry: <code>12000</code> USD → <code>12500</code> USD"),
 ])
 async def test_set_replies_with_the_label_and_units(tg: Tg, text: str, reply: str) -> None:
     await tg.enroll_and_login()
@@ -228,13 +229,14 @@ async def test_set_replies_with_the_label_and_units(tg: Tg, text: str, reply: st
 
 
 @pytest.mark.parametrize(("text", "reply"), [
-    ("/set premium 12,000", "❌ '12,000' is ambiguous: 12000 or 12? Type 12000 or 12, without a thousands separator. "
+    ("/set premium 12.000", "❌ '12.000' is ambiguous: 12000 or 12? Type 12000 or 12, without a thousands separator. "
                             "Max premium per entry must be 100–1000000 USD.\nNothing was changed."),
+    ("/set delta ⁰.⁶", "❌ '⁰.⁶' is not a number: type it with the digits 0–9. Delta of the call to buy must be "
+                       "0.05–0.95.\nNothing was changed."),
     ("/set reprice 200", "❌ Reprice after = 200 s refused: it must be below Order timeout (120 s), so 1–119 s. "
                          "To go higher, raise Order timeout first.\nNothing was changed."),
     ("/set entry_drop 0.05", "❌ Entry drop = 0.05 % refused: it must be 0.1–20 %.\nNothing was changed."),
-    ("/set drop 1,234.5", "❌ '1,234.5' mixes a comma and a point: type it without a thousands separator, "
-                          "e.g. 1234.5. Entry drop must be 0.1–20 %.\nNothing was changed."),
+    ("/set drop 1,234.5", "❌ Entry drop = 1234.5 % refused: it must be 0.1–20 %.\nNothing was changed."),
 ])
 async def test_set_refusals_are_worded_for_the_user_and_store_nothing(tg: Tg, text: str, reply: str) -> None:
     await tg.enroll_and_login()

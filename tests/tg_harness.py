@@ -4,10 +4,11 @@ the Bot API calls that come out (method, chat, text, keyboard, photo)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
@@ -119,8 +120,19 @@ class FakeBotApi:
         self.messages: dict[tuple[int, int], str] = {}  # (chat, message id) → current text, in creation order
         self.deleted: set[tuple[int, int]] = set()
         self.strict_edits = False
+        self.latency: float | None = None  # seconds each answer takes, as over a real network (None: at once)
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
+    def __call__(self, request: httpx.Request) -> httpx.Response | Awaitable[httpx.Response]:
+        if self.latency is not None:
+            return self._after(self.latency, request)
+        return self.answer(request)
+
+    async def _after(self, seconds: float, request: httpx.Request) -> httpx.Response:
+        """The answer after a round trip: other updates run meanwhile, as they do in production."""
+        await asyncio.sleep(seconds)
+        return self.answer(request)
+
+    def answer(self, request: httpx.Request) -> httpx.Response:
         method = request.url.path.rsplit("/", 1)[-1]
         params, files = _parse(request)
         if method == "getUpdates":

@@ -32,6 +32,7 @@ from bot.alerts import MemorySink
 from bot.engine import Engine
 from bot.orders import ORDER_REF_PREFIX
 from bot.settings_service import SettingsService
+from broker.base import BrokerError
 from broker.clock import SimClock
 from broker.sim import SimBroker, SimFillModel
 from broker.sim_market import IvSource, PricePath
@@ -160,13 +161,23 @@ class Campaign:
         self.log.append(f"sold 1 {h.instrument.key} in TWS")
 
     async def manual_enter(self) -> None:
-        """Two taps on one confirm (or two admins' confirms) delivered together."""
+        """Two taps on one confirm (or two admins' confirms) delivered together; when the session had
+        its entry, sometimes an explicit "buy another"."""
         preview = await manual.enter_preview(self.engine)
         if isinstance(preview, manual.Refusal):
             return
-        results = await asyncio.gather(*(manual.enter(self.engine, who, preview.contract)
+        another = preview.another and self.rng.random() < 0.5
+        if preview.another and not another:
+            return  # the only button is "buy another"; not tapped
+        results = await asyncio.gather(*(manual.enter(self.engine, who, preview.contract, preview.entries, another)
                                          for who in self.rng.sample(ADMINS, 2)))
-        self.log.append(f"double /enter: {[getattr(r, 'text', r) for r in results]}")
+        if another and any(isinstance(r, manual.Done) and r.outcome is not None and r.outcome.filled
+                           for r in results):
+            day = self.engine.calendar.open_session(self.clock.now())
+            if day is not None:
+                self.another_ok.add(day.day)
+        self.log.append(f"double /enter{' (buy another)' if another else ''}: "
+                        f"{[getattr(r, 'text', r) for r in results]}")
 
     async def manual_sell(self) -> None:
         lots = ledger.open_lots()
@@ -216,14 +227,16 @@ class Campaign:
                     self.settings.update("paused", "entries", ADMINS[1])
                 self.log.append("/pause entries")
             elif r < 0.19:
-                if os.environ.get("QQQ_NO_MANUAL_ENTER") is None:
-                    await self.manual_enter()
+                await self.manual_enter()
             elif r < 0.22:
                 await self.manual_sell()
             elif r < 0.25:
                 self.log.append("restart")
                 self.restart()
-                await self.engine.start()
+                try:
+                    await self.engine.start()
+                except BrokerError as e:  # as `qqq-bot run` does: the start is retried (here: the next tick)
+                    self.log.append(f"start-up reconciliation interrupted: {e}")
             elif r < 0.27:
                 await self.stray()
         except Exception as e:  # a user action may be refused; it must never break the bot
