@@ -130,7 +130,9 @@ class BotService:
             rows.append(LotRow(lot.id, lot.contract.key, lot.qty, lot.avg_price, mid, pct, usd, held,
                                take_profit_target(held, s.tp_tiers), s.force_exit_days - held,
                                lot.contract.dte(today), value))
-        held_by_bot = {lot.contract: lot.qty for lot in lots}
+        held_by_bot: dict[OptionContract, int] = {}  # summed: two lots often hold the same contract
+        for lot in lots:
+            held_by_bot[lot.contract] = held_by_bot.get(lot.contract, 0) + lot.qty
         others: dict[str, list[Position]] = {"stock": [], "option": [], "bond": []}
         cash: dict[str, Decimal] = {}
         for p in positions or []:
@@ -141,7 +143,9 @@ class BotService:
                 rest = p.qty - held_by_bot[p.contract]
                 if rest == 0:
                     continue
-                p = Position(p.category, p.symbol, p.description + " (besides the bot's lot)", rest, p.avg_cost,
+                besides = " (besides the bot's lots)" if len([x for x in lots if x.contract == p.contract]) > 1 \
+                    else " (besides the bot's lot)"
+                p = Position(p.category, p.symbol, p.description + besides, rest, p.avg_cost,
                              p.market_price, None, p.currency, p.contract)
             others.setdefault(p.category, []).append(p)
         if not cash and account is not None:

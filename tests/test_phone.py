@@ -1,0 +1,45 @@
+"""Issue 20, "phone polish": what a person on a small screen reads, through the real Application on
+the test Bot API (respx at the transport). Each test sends what a user would send and reads the
+exact reply."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from storage import ledger
+from tests.tg_harness import ADMIN, Tg, bars_oc, open_tg
+
+# two dips whose entries pick the same strike: the second lot holds the first one's contract
+SAME_STRIKE_TWICE = [(500, 500), (490, 495), (489.5, 489), (489, 489)]
+
+
+def section(text: str, title: str) -> list[str]:
+    """The lines of one section of a reply (after its bold title, up to the blank line)."""
+    lines = text.split("\n")
+    start = lines.index(f"<b>{title}</b>") + 1
+    end = next((i for i in range(start, len(lines)) if not lines[i]), len(lines))
+    return lines[start:end]
+
+
+@pytest.fixture
+async def two_lots(tmp_path: Path) -> AsyncIterator[Tg]:
+    async for t in open_tg(tmp_path, bars_oc(SAME_STRIKE_TWICE), settings={"recycle_enabled": "off"}):
+        await t.world.run_days([s.day for s in t.world.path.sessions[:3]])
+        yield t
+
+
+# --- 1. no phantom holding -----------------------------------------------------------------------------
+
+
+async def test_two_lots_of_one_contract_are_not_shown_again_as_another_holding(two_lots: Tg) -> None:
+    tg = two_lots
+    first, second = ledger.open_lots()
+    assert first.contract == second.contract  # the situation of the issue
+    await tg.send(ADMIN, "/start")
+    await tg.send(ADMIN, "/positions")
+    text = tg.api.last(ADMIN).text
+    assert section(text, "Options") == ["SPY 2026-01-16 450P: <code>1</code> · 1,240.00 USD"]
+    assert "besides the bot" not in text
