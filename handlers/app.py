@@ -69,9 +69,11 @@ def build(
     assert cfg.telegram_bot_token is not None and cfg.totp_encryption_key is not None
     fernet = auth.load_fernet(cfg.totp_encryption_key.get_secret_value())
     db = open_database(cfg.db_url)
-    if clock is None or broker is None:
-        wall = WallClock()
-        clock, broker = wall, make_broker(cfg, wall)
+    if broker is None:
+        clock = clock or WallClock()
+        broker = make_broker(cfg, clock)
+    elif clock is None:
+        clock = WallClock()
     the_broker = broker
 
     def label() -> str:

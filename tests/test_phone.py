@@ -5,11 +5,15 @@ exact reply."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from broker.clock import SimClock
+from broker.sim import SimBroker
 from storage import ledger
+from strategy.calendar import NY, nyse
 from tests.tg_harness import ADMIN, Tg, bars_oc, open_tg
 
 # two dips whose entries pick the same strike: the second lot holds the first one's contract
@@ -43,3 +47,34 @@ async def test_two_lots_of_one_contract_are_not_shown_again_as_another_holding(t
     text = tg.api.last(ADMIN).text
     assert section(text, "Options") == ["SPY 2026-01-16 450P: <code>1</code> · 1,240.00 USD"]
     assert "besides the bot" not in text
+
+
+# --- 3. the simulated market goes on across restarts -----------------------------------------------------
+
+
+def _qqq_line(text: str) -> str:
+    return next(line for line in text.split("\n") if line.startswith("QQQ:"))
+
+
+async def test_the_simulated_market_goes_on_across_a_restart(tmp_path: Path) -> None:
+    """`qqq-bot run` on the sim broker: a close read before a restart is the previous close after it,
+    though the second process starts on another day (the market was built from the day it starts)."""
+    cal = nyse()
+    day = date(2026, 3, 10)
+    after_close = datetime(2026, 3, 10, 17, 0, tzinfo=NY)
+    async for tg in open_tg(tmp_path, run_clock=SimClock(after_close)):
+        await tg.send(ADMIN, "/start")
+        await tg.send(ADMIN, "/status")
+        first = _qqq_line(tg.api.last(ADMIN).text)
+    close = first.split("<code>")[1].split("</code>")[0]
+    next_morning = cal.next_session(day)
+    assert next_morning is not None
+    async for tg in open_tg(tmp_path, run_clock=SimClock(next_morning.open - timedelta(hours=2))):
+        await tg.send(ADMIN, "/status")
+        second = _qqq_line(tg.api.last(ADMIN).text)
+    assert second == f"QQQ: <code>{close}</code> ⚪ +0.00 % vs prev close {close}"
+    # three months later, the same day's close is still what it was
+    async for tg in open_tg(tmp_path, run_clock=SimClock(datetime(2026, 6, 10, 12, 0, tzinfo=NY))):
+        broker = tg.parts.engine.broker
+        assert isinstance(broker, SimBroker)
+        assert f"{broker.path.close_of(day):.2f}" == close

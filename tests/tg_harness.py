@@ -312,7 +312,10 @@ def make_cfg(tmp: Path, **extra: str) -> AppConfig:
 async def open_tg(tmp: Path, bars: list[DailyBar] | None = None, *, fill: SimFillModel | None = None,
                   settings: dict[str, str] | None = None,
                   hook: Callable[[Any], None] | None = None,
-                  handler_errors: list[BaseException] | None = None, ib: bool = False) -> AsyncIterator[Tg]:
+                  handler_errors: list[BaseException] | None = None, ib: bool = False,
+                  run_clock: SimClock | None = None) -> AsyncIterator[Tg]:
+    """The bot on a test Bot API. With ``run_clock``, the broker is the one `qqq-bot run` makes (the
+    simulated market this DATA_DIR knows, on that clock) instead of one on ``bars``."""
     bars = bars or bars_oc([(500, 500), (500, 501), (501, 502)])
     cal = nyse()
     path = PricePath.from_bars(bars, cal, seed=3)
@@ -320,7 +323,9 @@ async def open_tg(tmp: Path, bars: list[DailyBar] | None = None, *, fill: SimFil
     assert first is not None
     gateway = None
     broker: Any
-    if ib:  # the real ib_async client over a socket to the fake IB Gateway, on simulated time
+    if run_clock is not None:
+        clock, broker = run_clock, None
+    elif ib:  # the real ib_async client over a socket to the fake IB Gateway, on simulated time
         from tests.fake_gateway import FakeGateway, FakeMarket
         from tests.fake_gateway.testing import fast_broker
         from tests.test_ib_engine import NetClock
@@ -340,6 +345,9 @@ async def open_tg(tmp: Path, bars: list[DailyBar] | None = None, *, fill: SimFil
     with respx.mock(assert_all_called=False) as router:
         router.route(url__startswith=BASE).mock(side_effect=api)
         parts = build(cfg, broker=broker, clock=clock, calendar=cal, builder_hook=hook)
+        if broker is None:
+            broker = parts.engine.broker
+            path = broker.path
         errors: list[BaseException] = handler_errors if handler_errors is not None else []
 
         async def record(update: object, context: Any) -> None:
