@@ -33,9 +33,10 @@ from broker.base import Position
 from storage import auth, ledger
 from strategy.accounting import unrealized_pnl
 from strategy.calendar import NY
+from strategy.exposure import Exposure, exposure
 from strategy.model import OptionContract, OptionQuote
 from strategy.rules import lot_pnl_pct, take_profit_target
-from strategy.settings import PauseMode, SettingChange, SettingError, StrategySettings
+from strategy.settings import PauseMode, SettingChange, SettingError, StrategySettings, parse_setting
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -202,6 +203,22 @@ class BotService:
 
     def set_setting(self, key: str, value: str, who: str) -> SettingChange | SettingError:
         return self.settings.update(key, value, who)
+
+    def preview_setting(self, key: str, value: str) -> SettingChange | SettingError:
+        """What ``/set KEY VALUE`` would change, stored nowhere (a change that raises the money at
+        risk is confirmed first)."""
+        return parse_setting(self.settings.current, key, value)
+
+    async def net_liquidation(self) -> Decimal | None:
+        """The account's net liquidation within the reply budget (None when the broker has not told)."""
+        account = await self._ask("account", "account summary", self.engine.broker.account_summary, [])
+        return account.net_liquidation if account is not None and account.net_liquidation > 0 else None
+
+    def exposures(self, change: SettingChange, net_liquidation: Decimal | None) -> tuple[Exposure, Exposure]:
+        """The money a new lot takes before and after ``change``, at the last lot's contract price."""
+        cost = ledger.last_contract_cost()
+        base = self.settings.current
+        return exposure(base, net_liquidation, cost), exposure(change.settings, net_liquidation, cost)
 
     def set_paused(self, mode: PauseMode, who: str) -> SettingChange | SettingError:
         return self.settings.update("paused", mode.value, who)

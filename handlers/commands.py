@@ -24,9 +24,10 @@ from handlers import manual
 from handlers.auth import Handler, guarded, who
 from handlers.backtest import backtest_command
 from handlers.context import BotContext
-from handlers.settings_kb import settings_command
+from handlers.settings_kb import Panel, confirm_screen, settings_command, tokens_of
 from storage import auth, kv
-from strategy.settings import PauseMode, SettingError
+from strategy.exposure import raises_money_at_risk
+from strategy.settings import PauseMode, SettingChange, SettingError, format_value
 
 log = logging.getLogger(__name__)
 MAX_TRADES = 50
@@ -183,6 +184,15 @@ async def set_(update: Update, context: BotContext) -> None:
     if len(args) < 2:
         await reply(update, "Usage: <code>/set KEY VALUE</code>, e.g. <code>/set delta 0.6</code> or "
                     "<code>/set entry_drop 1.5%</code>. /settings lists the keys.")
+        return
+    preview = deps.service.preview_setting(args[0], " ".join(args[1:]))
+    if isinstance(preview, SettingChange) and preview.old != preview.new and raises_money_at_risk(preview):
+        # the same confirm as the keyboard's, with the money it puts at risk and 🧪 Compare
+        user = update.effective_user
+        assert user is not None
+        panel = Panel(deps, user.id, tokens_of(deps).new_panel(), await deps.service.net_liquidation())
+        (text, markup), _ = confirm_screen(panel, preview.key, format_value(preview.key, preview.new))
+        await manual.reply_with(update, text, markup)
         return
     result = deps.service.set_setting(args[0], " ".join(args[1:]), who(update))
     if isinstance(result, SettingError):

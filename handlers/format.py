@@ -15,7 +15,9 @@ from bot.report import TickReport
 from bot.reports import DayJournal, LotStory, PeriodRow
 from bot.settings_service import pause_text
 from bot.views import AccountView, ComparisonView, OrdersView, PnlView, PositionsView, StatusView, TradeRow
+from strategy import numbers as num
 from strategy.calendar import NY
+from strategy.exposure import Exposure
 from strategy.settings import (
     GROUP_TITLES,
     GROUPS,
@@ -323,6 +325,35 @@ def settings_text(s: StrategySettings, label: str) -> str:
 def change_text(c: SettingChange) -> str:
     """ "Entry drop: 1 % → 1.5 %", the old and the new value as they are stored."""
     return f"{e(label_of(c.key))}: {value_html(c.key, c.old)} → {value_html(c.key, c.new)}"
+
+
+def _lot_money(x: Exposure, lots: int = 1) -> str:
+    if x.skipped:
+        return "none (entries skipped)"
+    if x.per_lot is None:
+        return f"up to {num.usd(x.cap * lots)}"
+    return f"about {num.usd(x.per_lot * lots)}"
+
+
+def exposure_lines(old: Exposure, new: Exposure) -> list[str]:
+    """The money a change puts at risk, old → new: a new lot, every lot held, the cap on a lot."""
+    def change(a: str, b: str) -> str:
+        return f"{e(a)} → <b>{e(b)}</b>" if a != b else f"{e(b)}, as now"
+
+    lines = [f"💵 A new lot: {change(_lot_money(old), _lot_money(new))}"]
+    lots = f"{new.lots} lots" if new.lots == old.lots else f"{old.lots} → {new.lots} lots"
+    lines.append(f"💵 With {lots}: {change(_lot_money(old, old.lots), _lot_money(new, new.lots))}")
+    if old.cap != new.cap:
+        lines.append(f"💵 The most a lot may cost: {change(num.usd(old.cap), num.usd(new.cap))}")
+    if new.skipped and new.uncapped is not None:
+        lines.append(f"<i>A lot would cost {e(num.usd(new.uncapped))}, above Max premium "
+                     f"({e(num.usd(new.cap))}): entries would be skipped.</i>")
+    elif new.uncapped is not None:
+        lines.append(f"<i>That size is {e(num.usd(new.uncapped))}; Max premium caps a lot at "
+                     f"{e(num.usd(new.cap))}.</i>")
+    if new.contract_cost is not None:
+        lines.append(f"<i>At the last lot's price of one contract, {e(num.usd(new.contract_cost))}.</i>")
+    return lines
 
 
 def error_text(err: SettingError) -> str:

@@ -37,6 +37,7 @@ from handlers.auth import guarded, who
 from handlers.backtest import compare_request, run_and_reply
 from handlers.context import BotContext, Deps
 from storage import auth, outbox
+from strategy.exposure import raises_money_at_risk
 from strategy.settings import (
     GROUP_HELP,
     GROUP_TITLES,
@@ -159,6 +160,7 @@ class Panel:
     deps: Deps
     uid: int
     id: str
+    net_liquidation: Decimal | None = None  # for the money a change puts at risk (asked before drawing)
 
     def button(self, text: str, action: str, key: str = "", value: str = "", old: str = "") -> InlineKeyboardButton:
         data = tokens_of(self.deps).issue(self.uid, self.id, action, self.deps.now(), key, value, old)
@@ -263,7 +265,27 @@ def confirm_screen(p: Panel, key: str, value_text: str) -> tuple[Screen, bool]:
     if change.old == change.new:
         text = f"No change: {fmt.change_text(change)}"
         return (text, _markup([[p.button("« Back", "edit", change.key)]])), True
-    return (f"Change {fmt.change_text(change)}?", _markup(_confirm_rows(p, change))), True
+    return (change_ask_text(p.deps, change, p.net_liquidation), _markup(_confirm_rows(p, change))), True
+
+
+def change_ask_text(deps: Deps, change: SettingChange, net_liquidation: Decimal | None) -> str:
+    """ "Change Position size: 1 contract → 10 % of net liquidation?", with the money it puts at risk
+    when it raises it."""
+    text = f"Change {fmt.change_text(change)}?"
+    if raises_money_at_risk(change):
+        old, new = deps.service.exposures(change, net_liquidation)
+        text += "\n" + "\n".join(fmt.exposure_lines(old, new))
+        if change.key in RISK_NOTES:
+            text += f"\n<i>{fmt.e(RISK_NOTES[change.key])}</i>"
+    return text
+
+
+RISK_NOTES = {
+    "target_delta": "A higher delta buys a deeper call, which costs more.",
+    "delta_tolerance": "A wider range accepts calls further from the target delta.",
+    "max_spread_pct": "Wider spreads accepted: entries may pay further from the fair price.",
+    "max_slippage_pct": "Orders may fill further from the mid.",
+}
 
 
 def _confirm_rows(p: Panel, change: SettingChange) -> list[list[InlineKeyboardButton]]:
@@ -417,6 +439,7 @@ async def settings_callback(update: Update, context: BotContext) -> None:
     if button.action in CHANGES and not auth.has_session(user.id, deps.now()):
         await query.answer("This changes something: open a session first with /login CODE.", show_alert=True)
         return
+    net = await deps.service.net_liquidation() if button.action in ("preset", "compare") else None
     tokens.revoke_panel(button.panel)  # the message is redrawn: what it showed is dead from here on
     data = _user_data(context)
     waiting = data.get("awaiting")
@@ -424,15 +447,20 @@ async def settings_callback(update: Update, context: BotContext) -> None:
         data.pop("awaiting", None)
     if button.action == "type":
         data["awaiting"] = Awaiting(button.key, button.panel, deps.now() + TYPE_TTL)
-    screen = _act(Panel(deps, user.id, button.panel), button, who(update))
+    screen = _act(Panel(deps, user.id, button.panel, net), button, who(update))
     await query.answer()
-    await _show(update, screen)
-    if button.action == "compare":
-        request = compare_request(deps, button.key, button.value)
-        if isinstance(request, SettingError):
-            await context.bot.send_message(user.id, fmt.error_text(request), parse_mode=ParseMode.HTML)
-        else:
-            await run_and_reply(update, context, request)
+    if button.action != "compare":
+        await _show(update, screen)
+        return
+    # the comparison comes below this message: the confirm is sent again under it, where the thumb is
+    await _show(update, (screen[0] + "\n🧪 <i>Comparing; the confirm comes again below the comparison.</i>", None))
+    request = compare_request(deps, button.key, button.value)
+    if isinstance(request, SettingError):
+        await context.bot.send_message(user.id, fmt.error_text(request), parse_mode=ParseMode.HTML)
+    else:
+        await run_and_reply(update, context, request)
+    (text, markup), _ = confirm_screen(Panel(deps, user.id, tokens.new_panel(), net), button.key, button.value)
+    await context.bot.send_message(user.id, text, parse_mode=ParseMode.HTML, reply_markup=markup)
 
 
 @guarded("read")
@@ -455,8 +483,8 @@ async def typed_value(update: Update, context: BotContext) -> None:
         await message.reply_text("That came more than 5 minutes after ✏️ Type a value: nothing was changed. "
                                  "Send /settings to try again.")
         return
-    (text, markup), understood = confirm_screen(Panel(deps, user.id, tokens.new_panel()), waiting.key,
-                                                message.text or "")
+    panel = Panel(deps, user.id, tokens.new_panel(), await deps.service.net_liquidation())
+    (text, markup), understood = confirm_screen(panel, waiting.key, message.text or "")
     if understood:  # the next message is not a value any more, and the prompt's « Back is spent
         data.pop("awaiting", None)
         tokens.revoke_panel(waiting.panel)

@@ -525,3 +525,19 @@ def roll_leg_qty(roll_id: int, side: str) -> int:
 
 def lot_row(lot_id: int) -> Lot | None:
     return prepared.first(Lot, "lot_row", lambda: Lot.select().where(Lot.id == lot_id), (lot_id,))
+
+
+def last_contract_cost() -> Decimal | None:
+    """One contract's premium in USD at the average price of the last lot bought (None before the
+    first): what a new lot's contracts cost, near enough to show the money a size puts at risk."""
+    row = Lot.select().order_by(Lot.opened_at.desc(), Lot.id.desc()).first()
+    return None if row is None else Decimal(row.avg_price) * int(row.multiplier)
+
+
+def lot_of_order(order_ref: str) -> int | None:
+    """The lot an order opened or closed (None for a QQQM or unknown order)."""
+    order = order_by_ref(order_ref)
+    if order is None:
+        return None
+    lot = _lot_for_buy(order) if order.side == "BUY" else _lot_for_sell(order)
+    return None if lot is None else int(lot.id)

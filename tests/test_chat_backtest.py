@@ -96,11 +96,18 @@ async def test_the_compare_button_of_a_pending_change(tg: Tg) -> None:
     tg.api.clear()
     await tg.tap(ADMIN, confirm.button("🧪 Compare"))
     redrawn = tg.api.of("editMessageText", ADMIN)[0]
-    assert "Change Entry drop" in redrawn.text  # the change is still pending
+    assert redrawn.text == ("Change Entry drop: <code>1</code> % → <code>2</code> %?\n"
+                            "🧪 <i>Comparing; the confirm comes again below the comparison.</i>")
+    assert redrawn.keyboard == []  # its buttons would scroll away above the comparison
     assert any("change = Entry drop 2 %" in c.text for c in tg.api.of("editMessageText", ADMIN))
     assert tg.api.of("sendPhoto", ADMIN)
     assert tg.parts.engine.settings.current.entry_drop_pct == 1
-    await tg.tap(ADMIN, redrawn.button("✅ Confirm"))  # and it can still be confirmed
+    # the change is still pending: its confirm comes again, below the photo, where the thumb is
+    methods = [c.method for c in tg.api.replies(ADMIN)]
+    assert methods[-2:] == ["sendPhoto", "sendMessage"]
+    again = tg.api.last(ADMIN)
+    assert again.text == "Change Entry drop: <code>1</code> % → <code>2</code> %?"
+    await tg.tap(ADMIN, again.button("✅ Confirm"))  # and it can still be confirmed
     assert tg.parts.engine.settings.current.entry_drop_pct == 2
 
 

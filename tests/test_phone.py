@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from broker.clock import SimClock
 from broker.sim import SimBroker
 from storage import ledger
+from strategy import numbers as num
 from strategy.calendar import NY, nyse
 from tests.tg_harness import ADMIN, Tg, bars_oc, open_tg
 
@@ -78,3 +80,45 @@ async def test_the_simulated_market_goes_on_across_a_restart(tmp_path: Path) -> 
         broker = tg.parts.engine.broker
         assert isinstance(broker, SimBroker)
         assert f"{broker.path.close_of(day):.2f}" == close
+
+
+# --- 4. a /set that raises the money at risk is confirmed, with the money -----------------------------------
+
+
+async def test_set_size_asks_to_confirm_with_the_money_at_risk(two_lots: Tg) -> None:
+    tg = two_lots
+    await tg.enroll_and_login()
+    net = (await tg.world.broker.account_summary()).net_liquidation
+    one = ledger.open_lots()[-1].avg_price * 100  # the last lot's contract
+    fits = int(min(net / 10, Decimal(12_000)) // one)  # 10 % of net liquidation, within Max premium
+    assert fits == 2
+    await tg.send(ADMIN, "/set size 10%")
+    ask = tg.api.last(ADMIN)
+    assert ask.text == (
+        "Change Position size: <code>1</code> contract → <code>10%</code> of net liquidation?\n"
+        f"💵 A new lot: about {num.usd(one)} → <b>about {num.usd(2 * one)}</b>\n"
+        f"💵 With 3 lots: about {num.usd(3 * one)} → <b>about {num.usd(6 * one)}</b>\n"
+        f"<i>That size is {num.usd(net / 10)}; Max premium caps a lot at 12,000.00 USD.</i>\n"
+        f"<i>At the last lot's price of one contract, {num.usd(one)}.</i>")
+    assert [[b["text"] for b in row] for row in ask.keyboard] == [["✅ Confirm", "✖ Cancel"], ["🧪 Compare"]]
+    assert tg.parts.engine.settings.current.position_size.contracts == 1  # asking stored nothing
+    await tg.tap(ADMIN, ask.button("✅ Confirm"))
+    assert tg.api.last(ADMIN).text == ("✅ Saved: Position size: <code>1</code> contract → <code>10%</code> of net "
+                                       "liquidation\nTakes effect at the next tick.")
+    assert tg.parts.engine.settings.current.position_size.pct == 10
+
+
+async def test_a_change_that_lowers_the_risk_stays_one_step(two_lots: Tg) -> None:
+    tg = two_lots
+    await tg.enroll_and_login()
+    await tg.send(ADMIN, "/set max_positions 2")
+    assert tg.api.last(ADMIN).text == "✅ Max lots: <code>3</code> lots → <code>2</code> lots\n" \
+                                      "Takes effect at the next tick."
+    await tg.send(ADMIN, "/set max_positions 4")
+    ask = tg.api.last(ADMIN)
+    one = ledger.open_lots()[-1].avg_price * 100
+    assert ask.text.split("\n")[:3] == [
+        "Change Max lots: <code>2</code> lots → <code>4</code> lots?",
+        f"💵 A new lot: about {num.usd(one)}, as now",
+        f"💵 With 2 → 4 lots: about {num.usd(2 * one)} → <b>about {num.usd(4 * one)}</b>"]
+    assert tg.parts.engine.settings.current.max_positions == 2

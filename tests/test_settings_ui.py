@@ -217,9 +217,10 @@ async def test_a_typed_value_equal_to_the_current_one_offers_no_confirm(tg: Tg) 
 
 @pytest.mark.parametrize(("text", "reply"), [
     ("/set entry_drop 0,5", "✅ Entry drop: <code>1</code> % → <code>0.5</code> %"),
-    ("/set delta 0,65", "✅ Delta of the call to buy: <code>0.6</code> → <code>0.65</code>"),
-    ("/set qty 2", "✅ Position size: <code>1</code> contract → <code>2</code> contracts"),
-    ("/set size 10%", "✅ Position size: <code>1</code> contract → <code>10%</code> of net liquidation"),
+    # the ones that raise the money at risk ask to confirm first (tests/test_phone.py)
+    ("/set delta 0,65", "Change Delta of the call to buy: <code>0.6</code> → <code>0.65</code>?"),
+    ("/set qty 2", "Change Position size: <code>1</code> contract → <code>2</code> contracts?"),
+    ("/set size 10%", "Change Position size: <code>1</code> contract → <code>10%</code> of net liquidation?"),
 ])
 async def test_set_replies_with_the_label_and_units(tg: Tg, text: str, reply: str) -> None:
     await tg.enroll_and_login()
@@ -304,7 +305,7 @@ def set_inputs(draw: st.DrawFn) -> tuple[str, str]:
     return key_text, draw(st.one_of(near, any_values))
 
 
-CHANGE = re.compile(r"(?:✅ |No change: )(?P<label>[^:<]+(?::[^:<]+)?): <code>(?P<old>[^<]*)</code>[^→]* → "
+CHANGE = re.compile(r"(?:✅ (?:Saved: )?|No change: )(?P<label>[^:<]+(?::[^:<]+)?): <code>(?P<old>[^<]*)</code>[^→]* → "
                     r"<code>(?P<new>[^<]*)</code>")
 
 
@@ -322,6 +323,11 @@ async def test_no_input_stores_a_value_other_than_the_replys_old_to_new(tg: Tg, 
     changes_before = SettingChange.select().count()
     await tg.send(ADMIN, f"/set {key_text} {value}")
     reply = tg.api.last(ADMIN).text
+    if reply.startswith("Change "):  # it raises the money at risk: asked first, stored on Confirm
+        event("confirmed")
+        assert settings_store.load_raw() == stored_before and tg.parts.engine.settings.current == before
+        await tg.tap(ADMIN, tg.api.last(ADMIN).button("✅ Confirm"))
+        reply = tg.api.last(ADMIN).text
     m = CHANGE.match(reply)
     if m is None:  # refused (or usage): nothing stored, and the reply says so
         event("refused")
@@ -373,6 +379,7 @@ async def test_a_typed_value_stores_what_the_confirm_screen_said(tg: Tg, typed: 
     old, new = html.unescape(m["old"]), html.unescape(m["new"])
     assert m["label"] == SETTING_SPECS[key].label and old == format_value(key, getattr(before, key))
     await tg.tap(ADMIN, offer.button("✅ Confirm"))
-    assert tg.api.last(ADMIN).text.startswith(f"✅ Saved: {offer.text.removeprefix('Change ').removesuffix('?')}")
+    asked = offer.text.split("\n")[0]  # then the money it puts at risk, when it raises it
+    assert tg.api.last(ADMIN).text.startswith(f"✅ Saved: {asked.removeprefix('Change ').removesuffix('?')}")
     assert settings_store.load_raw()[key] == new
     assert format_value(key, getattr(tg.parts.engine.settings.current, key)) == new

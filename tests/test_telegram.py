@@ -207,6 +207,8 @@ async def test_set_pause_resume_with_a_session(tg: Tg) -> None:
     await tg.enroll_and_login()
     await tg.send(ADMIN, "/set delta 0.7")
     assert "0.6</code> → <code>0.7" in tg.api.last(ADMIN).text
+    assert tg.parts.engine.settings.current.target_delta == Decimal("0.6")  # a deeper call: confirmed first
+    await tg.tap(ADMIN, tg.api.last(ADMIN).button("✅ Confirm"))
     assert tg.parts.engine.settings.current.target_delta == Decimal("0.7")
     change = SettingChange.select().order_by(SettingChange.id.desc()).get()
     assert (change.key, change.old_value, change.new_value) == ("target_delta", "0.6", "0.7")
@@ -304,10 +306,10 @@ async def test_forged_stale_and_foreign_buttons_change_nothing(tg: Tg) -> None:
     assert tg.parts.engine.settings.current.target_delta == Decimal("0.6")
 
     # the value changed meanwhile (through /set): the old confirm is refused
-    await tg.send(ADMIN2, "/set delta 0.8")
+    await tg.send(ADMIN2, "/set delta 0.5")  # lower: no confirm needed
     await tg.tap(ADMIN, confirm)
     assert "Not changed" in tg.api.last(ADMIN).text
-    assert tg.parts.engine.settings.current.target_delta == Decimal("0.8")
+    assert tg.parts.engine.settings.current.target_delta == Decimal("0.5")
 
     # an expired button
     await tg.send(ADMIN, "/settings")
