@@ -22,10 +22,14 @@ Handler = Callable[[Update, BotContext], Coroutine[Any, Any, None]]
 
 
 def who(update: Update) -> str:
+    """The actor of an action for the audit trail and the alerts: ``telegram:1001 (Ann Lee, @ann)``
+    (alerts show the person's name, ``bot.alert_view.person``)."""
     user = update.effective_user
     if user is None:
         return "unknown"
-    return f"telegram:{user.id}" + (f" (@{user.username})" if user.username else "")
+    name = " ".join(user.full_name.replace("(", " ").replace(")", " ").replace(",", " ").split())[:40]
+    parts = [p for p in (name, f"@{user.username}" if user.username else "") if p]
+    return f"telegram:{user.id}" + (f" ({', '.join(parts)})" if parts else "")
 
 
 def note_unauthorized(deps: Deps, update: Update) -> None:

@@ -17,6 +17,7 @@ from telegram.error import TelegramError
 from bot.alerts import EventKind
 from bot.charts import pnl_chart_png
 from bot.logs import redactor
+from bot.manual import Refusal
 from bot.reports import Period
 from bot.settings_service import pause_text
 from handlers import format as fmt
@@ -129,12 +130,47 @@ async def status(update: Update, context: BotContext) -> None:
 
 @guarded("read")
 async def positions(update: Update, context: BotContext) -> None:
+    await _positions(update, context)
+
+
+async def _positions(update: Update, context: BotContext) -> None:
     deps = context.deps
     view = await deps.service.positions()
     user = update.effective_user
     assert user is not None
     markup = manual.sell_buttons(deps, user.id, [lot.id for lot in view.lots])
     await manual.reply_with(update, fmt.positions_text(view, deps.label), markup)
+
+
+ALERT_PREFIX = "a:"
+
+
+@guarded("read")
+async def alert_action(update: Update, context: BotContext) -> None:
+    """A button under an alert: [Positions], [Sell #N…] (its confirm, as a new message), [Why]. Each
+    only shows something, so it needs no token; selling still needs a session and the confirm."""
+    deps = context.deps
+    query, user = update.callback_query, update.effective_user
+    assert query is not None and user is not None
+    action = (query.data or "").removeprefix(ALERT_PREFIX)
+    what, _, arg = action.partition(":")
+    if what not in ("positions", "why", "sell") or (arg and not arg.isdigit()) or (what == "sell" and not arg):
+        await query.answer("This button is not valid.", show_alert=True)
+        return
+    await query.answer()
+    if what == "positions":
+        await _positions(update, context)
+    elif what == "why" and not arg:
+        await reply(update, fmt.journal_text(deps.service.journal_day(), deps.label))
+    elif what == "why":
+        story = deps.service.lot_story(int(arg))
+        await reply(update, fmt.lot_story_text(story, deps.label) if story is not None else f"There is no lot #{arg}.")
+    else:
+        preview = await deps.service.sell_preview(int(arg))
+        if isinstance(preview, Refusal):
+            await reply(update, manual.refused_text(preview))
+        else:
+            await manual.reply_with(update, *manual.sell_confirm(deps, user.id, preview))
 
 
 @guarded("read")

@@ -69,8 +69,11 @@ def _uid(update: Update) -> int:
     return user.id
 
 
-def _refused(r: Refusal) -> str:
+def refused_text(r: Refusal) -> str:
     return f"❌ {fmt.e(r.text[0].upper() + r.text[1:])}.\nNothing was sent."
+
+
+_refused = refused_text
 
 
 def _lot_arg(args: list[str]) -> int | None:
@@ -198,7 +201,8 @@ async def manual_callback(update: Update, context: BotContext) -> None:
         await query.answer("This changes something: open a session first with /login CODE.", show_alert=True)
         return
     await query.answer()
-    b.kill_group(token.group)  # one decision per message: its other buttons die now
+    if token.action != "sell_ask":  # "Sell #2 now…" only asks, in a new message: the list stays usable
+        b.kill_group(token.group)  # one decision per message: its other buttons die now
     await _act(update, deps, uid, token, who(update))
 
 
@@ -207,12 +211,12 @@ async def _act(update: Update, deps: Deps, uid: int, token: Token, actor: str) -
     a = token.action
     if a == "close":
         await _edit(update, "Closed; nothing was sent.")
-    elif a == "sell_ask":
+    elif a == "sell_ask":  # below the list, which stays as it was
         preview = await service.sell_preview(int(token.args["lot"]))
         if isinstance(preview, Refusal):
-            await _edit(update, _refused(preview))
+            await reply_with(update, _refused(preview))
         else:
-            await _edit(update, *sell_confirm(deps, uid, preview))
+            await reply_with(update, *sell_confirm(deps, uid, preview))
     elif a == "sell":
         await _edit(update, f"⏳ Selling lot #{token.args['lot']}…")
         await _edit(update, _done(await service.sell(int(token.args["lot"]), actor)))

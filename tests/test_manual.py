@@ -84,8 +84,8 @@ async def test_sell_now_button_under_positions(tg: Tg) -> None:
     await tg.send(ADMIN, "/positions")
     text = tg.api.last(ADMIN)
     await tg.tap(ADMIN, text.button(f"Sell #{lot.id}"))
-    preview = tg.api.of("editMessageText", ADMIN)[-1]
-    assert f"Sell lot #{lot.id} now?" in preview.text
+    preview = tg.api.last(ADMIN)  # a new message: the list stays as it was
+    assert preview.method == "sendMessage" and f"Sell lot #{lot.id} now?" in preview.text
     await tg.tap(ADMIN, preview.button("✖ Keep"))
     assert ledger.open_lots() == (lot,)
     assert "nothing was sent" in tg.api.of("editMessageText", ADMIN)[-1].text
