@@ -4,6 +4,9 @@ exact reply."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 from collections.abc import AsyncIterator
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -12,11 +15,12 @@ from pathlib import Path
 import pytest
 
 from broker.clock import SimClock
-from broker.sim import SimBroker
+from broker.sim import SimBroker, SimFillModel
 from storage import ledger
+from storage.models import Fill, Order
 from strategy import numbers as num
 from strategy.calendar import NY, nyse
-from tests.tg_harness import ADMIN, Tg, bars_oc, open_tg
+from tests.tg_harness import ADMIN, ADMIN2, Call, Tg, bars_oc, open_tg
 
 # two dips whose entries pick the same strike: the second lot holds the first one's contract
 SAME_STRIKE_TWICE = [(500, 500), (490, 495), (489.5, 489), (489, 489)]
@@ -122,3 +126,92 @@ async def test_a_change_that_lowers_the_risk_stays_one_step(two_lots: Tg) -> Non
         f"💵 A new lot: about {num.usd(one)}, as now",
         f"💵 With 2 → 4 lots: about {num.usd(2 * one)} → <b>about {num.usd(4 * one)}</b>"]
     assert tg.parts.engine.settings.current.max_positions == 2
+
+
+# --- 8. alerts people can act on -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def slow_fills(tmp_path: Path) -> AsyncIterator[Tg]:
+    """Limits at the mid do not fill at once (as at IB): the order's alert goes out before its fill."""
+    async for t in open_tg(tmp_path, bars_oc(SAME_STRIKE_TWICE), settings={"recycle_enabled": "off"},
+                           fill=SimFillModel(p_at_mid=0.0)):
+        await t.drain_alerts()
+        t.api.clear()
+        t.api.messages.clear()  # what start-up said is not what these tests read
+        yield t
+
+
+async def ticks_with_the_sender_running(tg: Tg, day_index: int, ticks: int) -> None:
+    """A session's first ticks with the alert sender running beside them, as `qqq-bot run` does."""
+    w = tg.world
+    session = w.cal.session(w.path.sessions[day_index].day)
+    assert session is not None
+    sender = asyncio.create_task(tg.parts.notifier.run())
+    try:
+        for t in w.cal.tick_times(session, 5, 5)[:ticks]:
+            w.clock.advance_to(t)
+            await w.engine.tick()
+            await asyncio.sleep(0.05)
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
+    await tg.drain_alerts()
+
+
+def rings(call: Call) -> bool:
+    return call.params.get("disable_notification") != "true"
+
+
+async def test_an_automatic_entry_rings_when_it_fills_names_its_lot_and_offers_buttons(slow_fills: Tg) -> None:
+    tg = slow_fills
+    await ticks_with_the_sender_running(tg, 1, 3)
+    (lot,) = ledger.open_lots()
+    fill = Fill.get(Fill.lot == lot.id)
+    order = Order.get(Order.lot == lot.id)
+    key = lot.contract.key
+    sent = [c for c in tg.api.of("sendMessage", ADMIN)]
+    assert [rings(c) for c in sent] == [True, True]  # the order when sent, and again when it filled
+    assert [c.method for c in tg.api.replies(ADMIN)] == ["sendMessage", "editMessageText", "sendMessage"]
+    assert [int(c.params["message_id"]) for c in tg.api.of("deleteMessage", ADMIN)] == [sent[0].message_id]
+    (shown,) = tg.api.screen(ADMIN)  # one message, the order's whole story
+    paid = num.usd(fill.price * 100)
+    blocks = shown.split("\n\n")
+    limit = ledger.request_from_json(order.request).limit  # as first sent, before any reprice
+    assert blocks[0] == (f"[SIM] <b>📤 Order sent</b>\nBUY 1 {key} @ {limit} (entry, delta "
+                         f"{json.loads(order.context)['deltas'][key]:.2f}): {num.usd(limit * 100)}")
+    assert blocks[1] == (f"[SIM] <b>✅ Filled</b>\nBUY 1 {key} @ {fill.price}: paid {paid} + "
+                         f"{num.usd(fill.commission)} commission (entry, 1/1 filled) · lot #{lot.id}")
+    assert blocks[2].startswith(f"[SIM] <b>🟢 Entry</b>\nLot #{lot.id}: bought 1 {key} for "
+                                f"{num.usd(fill.price * 100 + fill.commission)} with commissions (QQQ ")
+    last = tg.api.last(ADMIN)
+    assert [[b["text"] for b in row] for row in last.keyboard] == [["📋 Positions", f"Sell #{lot.id}…"]]
+    # the buttons: the sale's confirm as a new message (a session is needed to confirm it), the list
+    await tg.send(ADMIN, "/start")
+    await tg.tap(ADMIN, last.button("Sell #"), message_id=last.message_id or 0)
+    ask = tg.api.last(ADMIN)
+    assert ask.method == "sendMessage" and ask.text.startswith(f"<b>Sell lot #{lot.id} now?</b>")
+    await tg.tap(ADMIN, last.button("📋 Positions"), message_id=last.message_id or 0)
+    assert tg.api.last(ADMIN).text.startswith("<b>Positions</b> [SIM]\n\n<b>#1 ")
+
+
+async def test_a_sale_by_hand_reaches_the_other_admin_by_name_with_the_commission_paid(two_lots: Tg) -> None:
+    tg = two_lots
+    session = tg.world.cal.session(tg.world.path.sessions[3].day)
+    assert session is not None
+    tg.clock.advance_to(session.open + timedelta(minutes=30))
+    await tg.enroll_and_login()
+    first = ledger.open_lots()[0]
+    await tg.drain_alerts()
+    tg.api.clear()
+    tg.api.messages.clear()
+    await tg.send(ADMIN, f"/sell {first.id}")
+    await tg.tap(ADMIN, tg.api.last(ADMIN).button("✅ Sell"))
+    await tg.drain_alerts()
+    seen = "\n\n".join(tg.api.screen(ADMIN2))
+    assert f"Manual sale of lot #{first.id} {first.contract.key} × 1 sent" in seen
+    assert "(by u1001)" in seen and "telegram:" not in seen
+    sale = Fill.get((Fill.lot == first.id) & (Fill.side == "SELL"))
+    assert (f"SELL 1 {first.contract.key} @ {sale.price}: received {num.usd(sale.price * 100)}, less "
+            f"{num.usd(sale.commission)} commission (manual sale, 1/1 filled) · lot #{first.id}") in seen
