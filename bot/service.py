@@ -165,7 +165,8 @@ class BotService:
         if shares:
             price = (q.last or q.mid) if q is not None else None
             value = price * shares if price is not None else None
-        return AccountView(account, shares, cost, value, ledger.recycling_pool(), tuple(notes))
+        return AccountView(account, shares, cost, value, ledger.recycling_pool(), tuple(notes),
+                           self.settings.current.recycle_threshold)
 
     def trades(self, n: int) -> list[TradeRow]:
         rows = []
@@ -194,7 +195,8 @@ class BotService:
             curve.append((at, total))
         closed = ledger.closed_lot_pnls()
         return PnlView(total, unrealized, account.qqqm_cost, account.qqqm_value,
-                       account.pool, len(closed), sum(1 for p in closed if p > 0), tuple(curve), tuple(notes))
+                       account.pool, len(closed), sum(1 for p in closed if p > 0), tuple(curve), tuple(notes),
+                       self.settings.current.recycle_threshold)
 
     def current_settings(self) -> StrategySettings:
         return self.settings.current
@@ -355,7 +357,19 @@ class BotService:
         return reports.lot_story(lot_id)
 
     def period_pnl(self, period: reports.Period, n: int) -> list[reports.PeriodRow]:
-        return reports.period_report(period, self._today(), n)
+        """The last ``n`` weeks or months; for days, the last ``n`` sessions (weekends and holidays
+        only when something was realized on them)."""
+        today = self._today()
+        if period != "day":
+            return reports.period_report(period, today, n)
+        cal = self.engine.calendar
+        sessions: list[date] = []
+        day: date | None = today if cal.is_session(today) else getattr(cal.previous_session(today), "day", None)
+        while day is not None and len(sessions) < n:
+            sessions.append(day)
+            prev = cal.previous_session(day)
+            day = prev.day if prev is not None else None
+        return reports.days_report(sessions, today)
 
     def recent_logs(self, n: int) -> list[str]:
         from bot.logs import recent_lines

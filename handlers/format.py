@@ -41,14 +41,12 @@ def e(value: object) -> str:
 
 
 def money(value: Decimal | None, currency: str = "USD", signed: bool = False) -> str:
-    if value is None:
-        return "—"
-    text = f"{value:+,.2f}" if signed else f"{value:,.2f}"
-    return f"{text} {currency}" if currency else text
+    """Money in the one style of ``strategy.numbers``: ``12,000.00 USD``, ``−380.00 USD``."""
+    return num.usd(value, sign=signed, currency=currency)
 
 
 def pct(value: Decimal | None) -> str:
-    return "—" if value is None else f"{value:+.2f} %"
+    return num.percent(value)
 
 
 def mark(value: Decimal | None) -> str:
@@ -179,7 +177,7 @@ def positions_text(v: PositionsView, label: str) -> str:
             lines.append(f"{e(p.description or p.symbol)}: <code>{p.qty.normalize():f}</code> · {e(value)}")
     if v.cash:
         lines += ["", "<b>Cash</b>"]
-        lines += [f"{e(cur)}: <code>{amount:,.2f}</code>" for cur, amount in sorted(v.cash.items())]
+        lines += [f"{e(cur)}: <code>{e(num.plain(amount))}</code>" for cur, amount in sorted(v.cash.items())]
     lines += notes_lines(v.notes)
     return "\n".join(lines)
 
@@ -194,11 +192,11 @@ def account_text(v: AccountView, label: str) -> str:
             f"Available funds (USD): <code>{e(money(a.available_funds_usd))}</code>",
         ]
         for cur, amount in sorted(a.cash_by_currency.items()):
-            lines.append(f"Cash {e(cur)}: <code>{amount:,.2f}</code>")
+            lines.append(f"Cash {e(cur)}: <code>{e(num.plain(amount))}</code>")
     lines += [
         f"QQQM core (bought by recycling): {v.qqqm_shares} shares, cost <code>{e(money(v.qqqm_cost))}</code>, "
         f"value <code>{e(money(v.qqqm_value))}</code>",
-        f"Recycling pool: <code>{e(money(v.pool))}</code>",
+        f"Recycling pool: {e(num.pool_text(v.pool, v.threshold))}",
     ]
     lines += notes_lines(v.notes)
     return "\n".join(lines)
@@ -211,7 +209,7 @@ def trades_text(rows: Sequence[TradeRow], label: str) -> str:
         lines.append("No fills yet.")
     for t in rows:
         extra = f" · {mark(t.realized)} {e(money(t.realized, 'USD', signed=True))}" if t.realized is not None else ""
-        comm = f" · comm {t.commission:.2f}" if t.commission is not None else ""
+        comm = f" · commission {num.usd(t.commission)}" if t.commission is not None else ""
         lines.append(f"{e(ny(t.time))} <b>{e(t.side)}</b> {t.qty} {e(t.what)} @ <code>{t.price:.2f}</code>"
                      f"{e(comm)} ({e(t.purpose)}){extra}")
     return "\n".join(lines)
@@ -227,7 +225,7 @@ def pnl_text(v: PnlView, label: str) -> str:
         f"Unrealized (open lots at mid): {mark(v.unrealized_options)} "
         f"<code>{e(money(v.unrealized_options, 'USD', signed=True))}</code>",
         f"QQQM core: {mark(qqqm_unreal)} <code>{e(money(qqqm_unreal, 'USD', signed=True))}</code>",
-        f"Recycling pool: <code>{e(money(v.pool))}</code>",
+        f"Recycling pool: {e(num.pool_text(v.pool, v.threshold))}",
     ]
     lines += notes_lines(v.notes)
     return "\n".join(lines)
@@ -240,9 +238,9 @@ def check_text(report: TickReport, label: str, market_open: bool = True) -> str:
         lines.append(f"<i>The market is closed: this is the first tick of {report.session:%a %Y-%m-%d} "
                      f"({e(ny(report.time))}) if prices stayed where they are now, QQQ's last price as its "
                      "previous close.</i>")
-    lines.append(e(report.summary() or "no action"))
+    lines.append(e(num.restyle(report.summary() or "no action")))
     if report.reasons:
-        lines += ["", "<b>Why</b>"] + [f"• {e(r.text)}" for r in report.reasons]
+        lines += ["", "<b>Why</b>"] + [f"• {e(num.restyle(r.text))}" for r in report.reasons]
     return "\n".join(lines)
 
 
@@ -250,7 +248,7 @@ def journal_text(j: DayJournal, label: str) -> str:
     lines = [f"<b>Decisions of {j.day:%a %Y-%m-%d}</b> {e(label)}".rstrip()]
     if not j.lines:
         lines.append("Nothing recorded for this session yet.")
-    lines += [f"{e(line.at.astimezone(NY).strftime('%H:%M'))} {e(line.text)}" for line in j.lines]
+    lines += [f"{e(line.at.astimezone(NY).strftime('%H:%M'))} {e(num.restyle(line.text))}" for line in j.lines]
     lines.append("")
     lines.append("One line each time a decision or its reason changes. /why N tells lot N's story.")
     return "\n".join(lines)
@@ -265,26 +263,28 @@ def lot_story_text(story: LotStory, label: str) -> str:
              f"opened {e(ny(story.opened_at))}; {state}", ""]
     if not story.lines:
         lines.append("No journal lines for this lot (it predates the journal).")
-    lines += [f"{e(line.at.astimezone(NY).strftime('%Y-%m-%d %H:%M'))} {e(line.text)}" for line in story.lines]
+    lines += [f"{e(line.at.astimezone(NY).strftime('%Y-%m-%d %H:%M'))} {e(num.restyle(line.text))}"
+              for line in story.lines]
     return "\n".join(lines)
 
 
-_PERIOD_TITLES = {"day": "Realized P&amp;L by day", "week": "Realized P&amp;L by week",
+_PERIOD_TITLES = {"day": "Realized P&amp;L by trading day", "week": "Realized P&amp;L by week",
                   "month": "Realized P&amp;L by month"}
 
 
 def period_text(period: str, rows: Sequence[PeriodRow], label: str) -> str:
     lines = [f"<b>{_PERIOD_TITLES[period]}</b> {e(label)}".rstrip(),
-             "<i>Options, net of commissions; lots that expired unsold included.</i>"]
+             "<i>Options, net of commissions; lots that expired unsold included.</i>"
+             + (" <i>Weekends and holidays only when something closed.</i>" if period == "day" else "")]
     total = sum((r.realized for r in rows), Decimal(0))
     for r in rows:
         when = {"day": f"{r.start:%a %Y-%m-%d}", "week": f"week of {r.start:%Y-%m-%d}",
                 "month": f"{r.start:%B %Y}"}[period]
         counts = []
         if r.sales:
-            counts.append(f"{r.sales} sale{'' if r.sales == 1 else 's'}")
+            counts.append(num.plural(r.sales, "sale"))
         if r.expiries:
-            counts.append(f"{r.expiries} expir{'y' if r.expiries == 1 else 'ies'}")
+            counts.append(num.plural(r.expiries, "expiry", "expiries"))
         detail = f" ({', '.join(counts)}, {r.wins} won)" if counts else " (nothing closed)"
         lines.append(f"{e(when)}: {mark(r.realized)} <code>{e(money(r.realized, 'USD', signed=True))}</code>"
                      f"{e(detail)}")
@@ -481,7 +481,7 @@ def cancel_ask_text(orders: Sequence[WorkingOrder]) -> str:
 
 
 def sell_all_ask_text(v: PositionsView) -> str:
-    lines = [f"<b>Sell all {len(v.lots)} lots now?</b>"]
+    lines = [f"<b>Sell {'the lot' if len(v.lots) == 1 else f'all {len(v.lots)} lots'} now?</b>"]
     for lot in v.lots:
         lines.append(f"#{lot.id} {e(lot.contract)} × {lot.qty}: mid {e(money(lot.mid, ''))}, "
                      f"{e(money(lot.pnl_usd, 'USD', signed=True))}")
@@ -493,7 +493,7 @@ def sell_all_ask_text(v: PositionsView) -> str:
 
 
 def _pct_cell(x: float) -> str:
-    return f"{x * 100:+.1f}%"
+    return num.percent(Decimal(str(x * 100)), 1)
 
 
 def comparison_text(v: ComparisonView, label: str) -> str:
@@ -502,7 +502,8 @@ def comparison_text(v: ComparisonView, label: str) -> str:
     names = ["now", "change"][: len(curves)]
     rows: list[tuple[str, list[str]]] = [
         ("CAGR", [_pct_cell(c.summary["cagr"]) for c in curves]),
-        ("Max drawdown", [f"{c.summary['max_drawdown_pct']:.1f}%" for c in curves]),
+        ("Max drawdown", [num.percent(Decimal(str(c.summary['max_drawdown_pct'])), 1, sign=False)
+                          for c in curves]),
         ("Sharpe", [f"{c.summary['sharpe']:.2f}" for c in curves]),
         ("Entries", [str(c.summary["entries"]) for c in curves]),
         ("Realized", [f"{float(c.summary['realized_pnl']):,.0f}" for c in curves]),
@@ -518,7 +519,8 @@ def comparison_text(v: ComparisonView, label: str) -> str:
     if len(curves) > 1:
         lines.append(f"now = current settings; change = {e(curves[1].label)}")
     lines += [f"<pre>{e(chr(10).join(table))}</pre>",
-              f"QQQ buy &amp; hold: CAGR {e(_pct_cell(bh['cagr']))}, max drawdown {bh['max_drawdown_pct']:.1f}%, "
+              f"QQQ buy &amp; hold: CAGR {e(_pct_cell(bh['cagr']))}, max drawdown "
+              f"{e(num.percent(Decimal(str(bh['max_drawdown_pct'])), 1, sign=False))}, "
               f"final {e(money(Decimal(bh['final_equity'])))}",
               "<i>USD figures; the past, on model option prices: not a promise.</i>"]
     lines += notes_lines(v.notes)

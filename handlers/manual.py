@@ -246,14 +246,17 @@ async def _act(update: Update, deps: Deps, uid: int, token: Token, actor: str) -
         text = "⛔ <b>Stopped</b>\n" + "\n".join(f"• {fmt.e(line)}" for line in lines)
         if lots:
             text += f"\nThe bot still holds {lots} lot{'' if lots == 1 else 's'}."
-            await _edit(update, text, _kb(deps, uid, [[(f"Also sell all {lots}", "sell_all_ask", {}),
+            also = "Also sell the lot" if lots == 1 else f"Also sell all {lots} lots"
+            await _edit(update, text, _kb(deps, uid, [[(also, "sell_all_ask", {}),
                                                        ("Keep them", "close", {})]]))
         else:
             await _edit(update, text)
     elif a == "sell_all_ask":
         positions = await service.positions()
         text = fmt.sell_all_ask_text(positions)
-        await _edit(update, text, _kb(deps, uid, [[(f"✅ Sell all {len(positions.lots)}", "sell_all", {}),
+        n = len(positions.lots)
+        sell = "✅ Sell the lot" if n == 1 else f"✅ Sell all {n} lots"
+        await _edit(update, text, _kb(deps, uid, [[(sell, "sell_all", {}),
                                                    ("✖ No, keep them", "close", {})]]))
     elif a == "sell_all":
         await _edit(update, "⏳ Selling every lot…")

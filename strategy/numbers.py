@@ -69,6 +69,15 @@ def plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
+def pool_text(pool: Decimal, threshold: Decimal) -> str:
+    """The recycling pool in words: what it holds, or the losses to earn back first."""
+    if pool < 0:
+        return f"{usd(-pool)} of losses to earn back before recycling"
+    if pool >= threshold:
+        return f"{usd(pool)} of profits, enough to buy QQQM"
+    return f"{usd(pool)} of profits; QQQM is bought from {usd(threshold)}"
+
+
 # --- bringing a text written elsewhere to the style -----------------------------------------------------
 
 _PERCENT_GLUED = re.compile(r"(?<=\d)%")

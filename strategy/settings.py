@@ -337,6 +337,8 @@ def display_value(key: str, value: Any) -> str:
     text = format_value(key, value)
     if isinstance(value, PositionSize) and value.pct is not None:
         text = f"{_plain(value.pct)} %"
+    elif unit == "USD" and isinstance(value, Decimal):
+        text = f"{value.normalize():,f}"  # 12,000 USD, as every other amount is shown
     return f"{text} {unit}" if unit else text
 
 

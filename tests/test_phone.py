@@ -78,7 +78,7 @@ async def test_the_simulated_market_goes_on_across_a_restart(tmp_path: Path) -> 
     async for tg in open_tg(tmp_path, run_clock=SimClock(next_morning.open - timedelta(hours=2))):
         await tg.send(ADMIN, "/status")
         second = _qqq_line(tg.api.last(ADMIN).text)
-    assert second == f"QQQ: <code>{close}</code> ⚪ +0.00 % vs prev close {close}"
+    assert second == f"QQQ: <code>{close}</code> ⚪ 0.00 % vs prev close {close}"
     # three months later, the same day's close is still what it was
     async for tg in open_tg(tmp_path, run_clock=SimClock(datetime(2026, 6, 10, 12, 0, tzinfo=NY))):
         broker = tg.parts.engine.broker

@@ -204,7 +204,7 @@ def test_every_setting_has_a_human_label_and_a_group() -> None:
     ("position_size", PositionSize(2), "2 contracts"),
     ("position_size", PositionSize(contracts=None, pct=Decimal(10)), "10 % of net liquidation"),
     ("min_dte", 365, "365 days"), ("force_exit_days", 1, "1 day"),
-    ("max_premium", Decimal(12000), "12000 USD"), ("target_delta", Decimal("0.60"), "0.6"),
+    ("max_premium", Decimal(12000), "12,000 USD"), ("target_delta", Decimal("0.60"), "0.6"),
     ("reprice_step_pct", Decimal(20), "20 % of spread"), ("recycle_enabled", True, "on"),
     ("paused", "entries", "entries"),
 ])
