@@ -142,7 +142,7 @@ def status_text(v: StatusView, label: str) -> str:
     lines.append(f"Next tick: {e(ny(v.next_tick))}")
     if v.last_tick_time:
         last = datetime.fromisoformat(v.last_tick_time)
-        lines.append(f"Last tick ({e(ny(last))}): {e(v.last_tick_summary or '')}")
+        lines.append(f"Last tick ({e(ny(last))}): {e(num.restyle(v.last_tick_summary or ''))}")
     else:
         lines.append("Last tick: none yet")
     lines += notes_lines(v.notes)

@@ -11,10 +11,12 @@ from collections.abc import AsyncIterator
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from broker.clock import SimClock
+from handlers.app import summary_job
 from broker.sim import SimBroker, SimFillModel
 from storage import ledger
 from storage.models import Fill, Order
@@ -215,3 +217,49 @@ async def test_a_sale_by_hand_reaches_the_other_admin_by_name_with_the_commissio
     sale = Fill.get((Fill.lot == first.id) & (Fill.side == "SELL"))
     assert (f"SELL 1 {first.contract.key} @ {sale.price}: received {num.usd(sale.price * 100)}, less "
             f"{num.usd(sale.commission)} commission (manual sale, 1/1 filled) · lot #{first.id}") in seen
+
+
+# --- 9. the daily summary, /daily -----------------------------------------------------------------------------
+
+
+async def test_the_daily_summary_is_lines_with_buttons(two_lots: Tg) -> None:
+    tg = two_lots
+    day = tg.world.path.sessions[2].day
+    await tg.drain_alerts()
+    tg.api.clear()
+    tg.clock.advance_to(tg.clock.now() + timedelta(minutes=10))  # 16:10 ET
+    await summary_job(SimpleNamespace(application=tg.parts.app, job=None))  # type: ignore[arg-type]
+    await tg.drain_alerts()
+    summary = tg.api.last(ADMIN)
+    close, prev = Decimal(str(SAME_STRIKE_TWICE[2][1])), Decimal(str(SAME_STRIKE_TWICE[1][1]))
+    net = (await tg.world.broker.account_summary()).net_liquidation
+    positions = await tg.parts.deps.service.positions()
+    at, last = tg.parts.engine.last_tick()
+    assert summary.text.split("\n") == [
+        "[SIM] <b>📊 Daily summary</b>",
+        f"{day:%a %Y-%m-%d} · QQQ closed at {close:.2f}, {num.percent((close / prev - 1) * 100)} on the day",
+        "Realized today: 0.00 USD",
+        "Fills today: 1 fill",
+        f"Lots: 2 of 3 open, unrealized {num.usd(positions.lots_pnl, sign=True)}",
+        f"Net liquidation: {num.usd(net)}",
+        "Recycling pool: 0.00 USD of profits; QQQM is bought from 500.00 USD",
+        "Automatic orders: running",
+        f"Last tick (15:55 ET): {num.restyle(last or '')}",
+    ]
+    assert "−1.21 % on the day" in summary.text  # 489 after 495
+    assert [[b["text"] for b in row] for row in summary.keyboard] == [["📋 Positions", "🧭 Why"]]
+    await tg.send(ADMIN, "/start")
+    await tg.tap(ADMIN, summary.button("🧭 Why"), message_id=summary.message_id or 0)
+    assert tg.api.last(ADMIN).text.startswith(f"<b>Decisions of {day:%a %Y-%m-%d}</b> [SIM]\n")
+
+
+async def test_daily_lists_trading_days_only(two_lots: Tg) -> None:
+    tg = two_lots  # Wed 2024-03-06: the week before holds a weekend
+    await tg.send(ADMIN, "/start")
+    await tg.send(ADMIN, "/daily 4")
+    lines = tg.api.last(ADMIN).text.split("\n")
+    assert lines[2:] == ["Wed 2024-03-06: ⚪ <code>0.00 USD</code> (nothing closed)",
+                         "Tue 2024-03-05: ⚪ <code>0.00 USD</code> (nothing closed)",
+                         "Mon 2024-03-04: ⚪ <code>0.00 USD</code> (nothing closed)",
+                         "Fri 2024-03-01: ⚪ <code>0.00 USD</code> (nothing closed)",
+                         "Total: ⚪ <code>0.00 USD</code>"]
