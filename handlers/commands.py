@@ -27,6 +27,7 @@ from handlers.backtest import backtest_command
 from handlers.context import BotContext
 from handlers.settings_kb import Panel, confirm_screen, settings_command, tokens_of
 from storage import auth, kv
+from strategy import numbers as num
 from strategy.exposure import raises_money_at_risk
 from strategy.settings import PauseMode, SettingChange, SettingError, format_value
 
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 MAX_TRADES = 50
 MIN_CHART_POINTS = 3  # fewer points make a chart that says nothing the text does not
 MAX_LOG_LINES = 100
+DEFAULT_LOG_LINES = 10
+LOG_FILE_LINES = 500  # the whole recent log the process keeps
 
 
 async def reply(update: Update, text: str) -> None:
@@ -345,11 +348,21 @@ async def monthly(update: Update, context: BotContext) -> None:
 
 @guarded("read")
 async def logs(update: Update, context: BotContext) -> None:
-    n = _count(context.args or [], 20, MAX_LOG_LINES)
+    """/logs [N]: the last N lines, short and in New York time; the whole recent log, as written, in a file."""
+    n = _count(context.args or [], DEFAULT_LOG_LINES, MAX_LOG_LINES)
     if n is None:
-        await reply(update, f"Usage: <code>/logs [N]</code> with N from 1 to {MAX_LOG_LINES} (default 20).")
+        await reply(update, f"Usage: <code>/logs [N]</code> with N from 1 to {MAX_LOG_LINES} "
+                    f"(default {DEFAULT_LOG_LINES}).")
         return
-    await reply(update, fmt.logs_text(context.deps.service.recent_logs(n)))
+    service = context.deps.service
+    await reply(update, fmt.logs_text(service.recent_logs(n)))
+    full = service.recent_logs(LOG_FILE_LINES)
+    chat = update.effective_chat
+    if full and chat is not None:
+        data = ("\n".join(full) + "\n").encode()
+        await context.bot.send_document(chat.id, InputFile(io.BytesIO(data), filename="qqq-bot-log.txt"),
+                                        caption=f"The last {num.plural(len(full), 'log line')} in full "
+                                        "(times in UTC, redacted)")
 
 
 @guarded("read")

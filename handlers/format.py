@@ -5,6 +5,7 @@ figures, it only lays out what the service returns."""
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -292,11 +293,31 @@ def period_text(period: str, rows: Sequence[PeriodRow], label: str) -> str:
     return "\n".join(lines)
 
 
+LOG_LINE_CHARS = 110  # a phone shows about this much of a line in three or four rows
+_LOG_LINE = re.compile(r"(?P<time>\S+) (?P<level>[A-Z]+) (?P<name>\S+): (?P<msg>.*)", re.S)
+_LEVEL_MARKS = {"WARNING": "⚠️ ", "ERROR": "❗ ", "CRITICAL": "❗ "}
+
+
+def log_line(line: str) -> str:
+    """One log line as a phone reads it: the time in New York, a mark for a warning or an error, the
+    logger's last name, the message cut to ``LOG_LINE_CHARS``."""
+    m = _LOG_LINE.fullmatch(line)
+    if m is None:
+        return line if len(line) <= LOG_LINE_CHARS else line[: LOG_LINE_CHARS - 1] + "…"
+    try:
+        at = datetime.fromisoformat(m["time"]).astimezone(NY).strftime("%H:%M:%S")
+    except ValueError:
+        at = m["time"]
+    msg = m["msg"] if len(m["msg"]) <= LOG_LINE_CHARS else m["msg"][: LOG_LINE_CHARS - 1] + "…"
+    return f"{at} {_LEVEL_MARKS.get(m['level'], '')}{m['name'].rsplit('.', 1)[-1]}: {msg}"
+
+
 def logs_text(lines: Sequence[str]) -> str:
+    """/logs: the last lines, short, in New York time (the full lines come as a file)."""
     if not lines:
         return "No log lines yet in this process."
-    return "\n".join([f"<b>Last {len(lines)} log line{'' if len(lines) == 1 else 's'}</b> (UTC, redacted)",
-                      *(f"<code>{e(line)}</code>" for line in lines)])
+    head = f"<b>Last {num.plural(len(lines), 'log line')}</b> (ET, redacted; in full in the file)"
+    return "\n".join([head, *(e(log_line(line)) for line in lines)])
 
 
 def version_text(versions: dict[str, str], label: str) -> str:

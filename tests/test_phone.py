@@ -16,8 +16,8 @@ from types import SimpleNamespace
 import pytest
 
 from broker.clock import SimClock
-from handlers.app import summary_job
 from broker.sim import SimBroker, SimFillModel
+from handlers.app import summary_job
 from storage import ledger
 from storage.models import Fill, Order
 from strategy import numbers as num
@@ -234,7 +234,7 @@ async def test_the_daily_summary_is_lines_with_buttons(two_lots: Tg) -> None:
     close, prev = Decimal(str(SAME_STRIKE_TWICE[2][1])), Decimal(str(SAME_STRIKE_TWICE[1][1]))
     net = (await tg.world.broker.account_summary()).net_liquidation
     positions = await tg.parts.deps.service.positions()
-    at, last = tg.parts.engine.last_tick()
+    _, last = tg.parts.engine.last_tick()
     assert summary.text.split("\n") == [
         "[SIM] <b>📊 Daily summary</b>",
         f"{day:%a %Y-%m-%d} · QQQ closed at {close:.2f}, {num.percent((close / prev - 1) * 100)} on the day",

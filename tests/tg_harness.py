@@ -175,13 +175,16 @@ class FakeBotApi:
             key = (int(params.get("chat_id", 0)), int(params["message_id"]))
             if key in self.messages:
                 self.messages[key] = str(params.get("text", ""))
-        if method in ("sendMessage", "sendPhoto", "editMessageText"):
+        if method in ("sendMessage", "sendPhoto", "sendDocument", "editMessageText"):
             self.next_id += 1
             chat = {"id": int(params.get("chat_id", 0)), "type": "private"}
             msg: dict[str, Any] = {"message_id": int(params.get("message_id", self.next_id)), "date": int(time.time()),
                                    "chat": chat, "from": BOT_USER}
             if method == "sendPhoto":
                 msg["photo"] = [{"file_id": "p", "file_unique_id": "p", "width": 200, "height": 200}]
+                msg["caption"] = params.get("caption", "")
+            elif method == "sendDocument":
+                msg["document"] = {"file_id": "d", "file_unique_id": "d"}
                 msg["caption"] = params.get("caption", "")
             else:
                 msg["text"] = params.get("text", "")
@@ -208,7 +211,7 @@ class FakeBotApi:
 
     def replies(self, chat_id: int) -> list[Call]:
         return [c for c in self.calls if c.chat_id == chat_id and c.method in ("sendMessage", "sendPhoto",
-                                                                                 "editMessageText")]
+                                                                                 "sendDocument", "editMessageText")]
 
     def last(self, chat_id: int) -> Call:
         r = self.replies(chat_id)
