@@ -135,6 +135,7 @@ def alert_markup(actions: Sequence[tuple[str, str]]) -> InlineKeyboardMarkup | N
 
 
 def register_handlers(app: BotApp) -> None:
+    app.bot_data.deps.extra["command_names"] = [c.name for c in commands.COMMANDS]  # for plain-text hints
     for command in commands.COMMANDS:
         app.add_handler(CommandHandler(command.name, command.handler))
     app.add_handler(CallbackQueryHandler(manual.manual_callback, pattern=f"^{manual.PREFIX}"))

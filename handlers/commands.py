@@ -21,7 +21,7 @@ from bot.manual import Refusal
 from bot.reports import Period
 from bot.settings_service import pause_text
 from handlers import format as fmt
-from handlers import manual
+from handlers import guess, manual
 from handlers.auth import Handler, guarded, who
 from handlers.backtest import backtest_command
 from handlers.context import BotContext
@@ -56,11 +56,11 @@ async def start(update: Update, context: BotContext) -> None:
     assert user is not None and chat is not None
     status = auth.enrollment_status(user.id)
     if status == "active":
-        await reply(update, fmt.help_text(deps.label, help_lines()))
+        await reply(update, fmt.help_text(deps.label, help_groups()))
         return
     enrollment = auth.start_enrollment(user.id, deps.fernet, deps.now())
     if enrollment is None:  # activated meanwhile
-        await reply(update, fmt.help_text(deps.label, help_lines()))
+        await reply(update, fmt.help_text(deps.label, help_groups()))
         return
     redactor().add(enrollment.secret)  # whatever logs it later, the log shows ***
     caption = ("<b>Two-factor enrollment</b>\n"
@@ -89,7 +89,17 @@ async def _delete_enrollment_message(context: BotContext, user_id: int) -> None:
 
 @guarded("admin")
 async def help_(update: Update, context: BotContext) -> None:
-    await reply(update, fmt.help_text(context.deps.label, help_lines()))
+    """/help: the commands by group, one line each; /help COMMAND: what that one does."""
+    args = context.args or []
+    if args:
+        name = args[0].lstrip("/").lower()
+        command = next((c for c in COMMANDS if c.name == name), None)
+        if command is None:
+            await reply(update, f"There is no /{fmt.e(name)}. " + (guess_text(name) or "/help lists the commands."))
+            return
+        await reply(update, f"/{command.name} — {fmt.e(command.help)}")
+        return
+    await reply(update, fmt.help_text(context.deps.label, help_groups()))
 
 
 @guarded("admin")
@@ -370,8 +380,18 @@ async def version(update: Update, context: BotContext) -> None:
     await reply(update, fmt.version_text(context.deps.service.version(), context.deps.label))
 
 
+def guess_text(name: str) -> str | None:
+    return guess.guess_text(name, [c.name for c in COMMANDS])
+
+
 @guarded("admin")
 async def unknown(update: Update, context: BotContext) -> None:
+    message = update.effective_message
+    typed = (message.text or "").split()[0] if message is not None and message.text else ""
+    guess = guess_text(typed)
+    if guess is not None:
+        await reply(update, f"There is no {fmt.e(typed.split('@', 1)[0])}. {guess}")
+        return
     await reply(update, "Unknown command. /help lists what I understand.")
 
 
@@ -385,39 +405,54 @@ class Command:
     name: str
     handler: Handler
     help: str
+    group: str = "admin"  # its line in /help: watch, trade, settings, lab, admin
 
 
 COMMANDS: tuple[Command, ...] = (
-    Command("start", start, "enroll your authenticator (first time) and see this help"),
-    Command("help", help_, "the commands"),
-    Command("login", login, "/login CODE: open a session with your authenticator code"),
-    Command("logout", logout, "end your session"),
-    Command("status", status, "connection, mode, market, QQQ, next tick, last decision"),
-    Command("positions", positions, "the bot's lots and every other holding"),
-    Command("account", account, "net liquidation, cash, buying power, QQQM core, recycling pool"),
-    Command("trades", trades, "/trades [N]: the last N fills (default 10)"),
-    Command("pnl", pnl, "realized and unrealized P&L, with a chart"),
-    Command("settings", settings_command, "view and edit the strategy settings"),
-    Command("set", set_, "/set KEY VALUE, e.g. /set delta 0.6 (needs a session)"),
-    Command("pause", pause, "/pause [entries]: hold back every automatic order, or only new positions"),
-    Command("resume", resume, "resume automatic orders (needs a session)"),
-    Command("check", check, "evaluate a tick now and show what it would do, without trading"),
-    Command("why", why, "/why: today's decisions and why not; /why N: lot N's story"),
-    Command("daily", daily, "/daily [N]: realized P&L of the last N days"),
-    Command("weekly", weekly, "/weekly [N]: realized P&L of the last N weeks"),
-    Command("monthly", monthly, "/monthly [N]: realized P&L of the last N months"),
-    Command("orders", manual.orders_command, "working orders, with a Cancel button each"),
-    Command("sell", manual.sell_command, "/sell N: sell lot N now (needs a session; asks to confirm)"),
-    Command("enter", manual.enter_command, "buy a new lot now, without waiting for a dip (confirm)"),
-    Command("cancel", manual.cancel_command, "/cancel ID or /cancel all: cancel working orders (confirm)"),
-    Command("stop", manual.stop_command, "emergency: pause everything and cancel every order (confirm)"),
+    Command("start", start, "enroll your authenticator (first time) and see this help", group="admin"),
+    Command("help", help_, "the commands", group="admin"),
+    Command("login", login, "/login CODE: open a session with your authenticator code", group="admin"),
+    Command("logout", logout, "end your session", group="admin"),
+    Command("status", status, "connection, mode, market, QQQ, next tick, last decision", group="watch"),
+    Command("positions", positions, "the bot's lots and every other holding", group="watch"),
+    Command("account", account, "net liquidation, cash, buying power, QQQM core, recycling pool", group="watch"),
+    Command("trades", trades, "/trades [N]: the last N fills (default 10)", group="watch"),
+    Command("pnl", pnl, "realized and unrealized P&L, with a chart", group="watch"),
+    Command("settings", settings_command, "view and edit the strategy settings", group="settings"),
+    Command("set", set_, "/set KEY VALUE, e.g. /set delta 0.6 (needs a session)", group="settings"),
+    Command("pause", pause, "/pause [entries]: hold back every automatic order, or only new positions",
+            group="trade"),
+    Command("resume", resume, "resume automatic orders (needs a session)", group="trade"),
+    Command("check", check, "evaluate a tick now and show what it would do, without trading", group="lab"),
+    Command("why", why, "/why: today's decisions and why not; /why N: lot N's story", group="watch"),
+    Command("daily", daily, "/daily [N]: realized P&L of the last N days", group="watch"),
+    Command("weekly", weekly, "/weekly [N]: realized P&L of the last N weeks", group="watch"),
+    Command("monthly", monthly, "/monthly [N]: realized P&L of the last N months", group="watch"),
+    Command("orders", manual.orders_command, "working orders, with a Cancel button each", group="watch"),
+    Command("sell", manual.sell_command, "/sell N: sell lot N now (needs a session; asks to confirm)",
+            group="trade"),
+    Command("enter", manual.enter_command, "buy a new lot now, without waiting for a dip (confirm)",
+            group="trade"),
+    Command("cancel", manual.cancel_command, "/cancel ID or /cancel all: cancel working orders (confirm)",
+            group="trade"),
+    Command("stop", manual.stop_command, "emergency: pause everything and cancel every order (confirm)",
+            group="trade"),
     Command("backtest", backtest_command, "/backtest [YEARS] [KEY=VALUE ...]: what the settings, or a change, "
-            "would have done (needs a session)"),
-    Command("logs", logs, "/logs [N]: the last N log lines (redacted)"),
-    Command("version", version, "the bot's version"),
+            "would have done (needs a session)", group="lab"),
+    Command("logs", logs, "/logs [N]: the last N log lines (redacted)", group="admin"),
+    Command("version", version, "the bot's version", group="admin"),
 )
 
 
 def help_lines() -> Iterator[tuple[str, str]]:
     """(name, description) of every command, in menu order."""
     return ((c.name, c.help) for c in COMMANDS)
+
+
+HELP_GROUPS: tuple[tuple[str, str], ...] = (("watch", "👀 Watch"), ("trade", "🖐 Trade"), ("settings", "⚙️ Settings"),
+                                           ("lab", "🧪 Lab"), ("admin", "🔐 Admin"))
+
+
+def help_groups() -> list[tuple[str, list[str]]]:
+    """/help's lines: each group's title and its commands as typed ("sell N")."""
+    return [(title, [c.name for c in COMMANDS if c.group == group]) for group, title in HELP_GROUPS]

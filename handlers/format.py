@@ -107,11 +107,11 @@ def notes_lines(notes: Iterable[str]) -> list[str]:
 
 # --- commands ------------------------------------------------------------------------------------
 
-def help_text(mode_label: str, commands: Iterable[tuple[str, str]]) -> str:
-    """/help: every command with its one-line description, from the command table."""
-    lines = [f"<b>QQQ LEAPS bot</b> {e(mode_label)}".rstrip(), ""]
-    lines += [f"/{cmd} — {e(text)}" for cmd, text in commands]
-    lines += ["", "Read-only commands need only your user id; changes need an open session (/login CODE)."]
+def help_text(mode_label: str, groups: Iterable[tuple[str, Sequence[str]]]) -> str:
+    """/help: the commands by group, one line each, from the command table."""
+    lines = [f"<b>QQQ LEAPS bot</b> {e(mode_label)}".rstrip()]
+    lines += [f"{e(title)}: " + " ".join(f"/{e(cmd)}" for cmd in commands) for title, commands in groups]
+    lines += ["Changes need a session (/login CODE). <code>/help sell</code> explains one command."]
     return "\n".join(lines)
 
 

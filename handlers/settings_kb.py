@@ -36,6 +36,7 @@ from handlers import format as fmt
 from handlers.auth import guarded, who
 from handlers.backtest import compare_request, run_and_reply
 from handlers.context import BotContext, Deps
+from handlers.guess import plain_text_hint
 from storage import auth, outbox
 from strategy.exposure import raises_money_at_risk
 from strategy.settings import (
@@ -190,7 +191,9 @@ def menu_screen(p: Panel) -> Screen:
     rows = _rows(groups, per_row=2)
     rows.append([p.button(f"⏸ Pause: {format_value('paused', s.paused)}", "edit", "paused"),
                  p.button("✖ Close", "close")])
-    return fmt.settings_text(s, p.deps.label) + "\n\nTap a group to change one of its settings.", _markup(rows)
+    text = (f"<b>Settings</b> {fmt.e(p.deps.label)}".rstrip() + f"\nAutomatic orders: {fmt.pause_line(s.paused)}\n"
+            "Tap a group to see its settings and change one.")
+    return text, _markup(rows)
 
 
 def group_screen(p: Panel, group: str) -> Screen:
@@ -388,7 +391,7 @@ def _act(p: Panel, button: Button, user: str) -> Screen:
 
 def _confirm(p: Panel, button: Button, user: str) -> Screen:
     settings = p.deps.service.current_settings()
-    back = _markup([[p.button("« Settings", "menu")]])
+    back = _markup([[_back_to_group(p, button.key)]])  # the setting's group, where its new value shows
     now_value = format_value(button.key, getattr(settings, button.key))
     if now_value != button.old:
         label = SETTING_SPECS[button.key].label
@@ -475,7 +478,10 @@ async def typed_value(update: Update, context: BotContext) -> None:
     now = deps.now()
     if not isinstance(waiting, Awaiting) or not tokens.is_live(waiting.panel, now):
         data.pop("awaiting", None)
-        await message.reply_text("Send a command; /help lists them.")
+        enrolled = auth.enrollment_status(user.id) == "active"
+        names = deps.extra.get("command_names", ())  # the command table's, set where the handlers are registered
+        await message.reply_text(plain_text_hint(message.text or "", list(names), enrolled),
+                                 parse_mode=ParseMode.HTML)
         return
     if waiting.until < now:
         data.pop("awaiting", None)
