@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -263,3 +264,108 @@ async def test_daily_lists_trading_days_only(two_lots: Tg) -> None:
                          "Mon 2024-03-04: ⚪ <code>0.00 USD</code> (nothing closed)",
                          "Fri 2024-03-01: ⚪ <code>0.00 USD</code> (nothing closed)",
                          "Total: ⚪ <code>0.00 USD</code>"]
+
+
+# --- 6. what people guess, plain words ------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def tg(tmp_path: Path) -> AsyncIterator[Tg]:
+    async for t in open_tg(tmp_path):
+        yield t
+
+
+@pytest.mark.parametrize(("typed", "answer"), [
+    ("/balance", "There is no /balance. Did you mean /account? (net liquidation, cash, buying power)"),
+    ("/profit", "There is no /profit. Did you mean /pnl? (realized and unrealized P&amp;L)"),
+    ("/forceexit", "There is no /forceexit. Did you mean /sell? (/sell N sells lot N now)"),
+    ("/stopbuy", "There is no /stopbuy. Did you mean /pause? (/pause entries holds back new lots; exits go on)"),
+    ("/buy", "There is no /buy. Did you mean /enter? (buy a new lot now, after a confirm)"),
+    ("/menu", "There is no /menu. Did you mean /help? (the commands)"),
+    ("/postions", "There is no /postions. Did you mean /positions?"),
+    ("/frobnicate", "Unknown command. /help lists what I understand."),
+])
+async def test_a_guessed_command_gets_the_right_one(tg: Tg, typed: str, answer: str) -> None:
+    await tg.send(ADMIN, "/start")
+    await tg.send(ADMIN, typed)
+    assert tg.api.last(ADMIN).text == answer
+
+
+async def test_plain_words_point_to_the_next_step(tg: Tg) -> None:
+    await tg.send(ADMIN, "hi")  # a new admin, not enrolled yet
+    assert tg.api.last(ADMIN).text == ("Hello! To begin, send /start: it sets up your authenticator app "
+                                       "(two-factor), then /login CODE opens a session.")
+    await tg.enroll_and_login()
+    await tg.send(ADMIN, "status")
+    assert tg.api.last(ADMIN).text == "Did you mean /status?"
+    await tg.send(ADMIN, "balance")
+    assert tg.api.last(ADMIN).text == "Did you mean /account? (net liquidation, cash, buying power)"
+    await tg.send(ADMIN, "what is going on")
+    assert tg.api.last(ADMIN).text == "Send a command; /help lists them."
+
+
+# --- 10. screens that fit ----------------------------------------------------------------------------------------
+
+
+async def test_help_is_grouped_one_line_each(tg: Tg) -> None:
+    await tg.send(ADMIN, "/start")
+    await tg.send(ADMIN, "/help")
+    assert tg.api.last(ADMIN).text.split("\n") == [
+        "<b>QQQ LEAPS bot</b> [SIM]",
+        "👀 Watch: /status /positions /account /trades /pnl /why /daily /weekly /monthly /orders",
+        "🖐 Trade: /pause /resume /sell /enter /cancel /stop",
+        "⚙️ Settings: /settings /set",
+        "🧪 Lab: /check /backtest",
+        "🔐 Admin: /start /help /login /logout /logs /version",
+        "Changes need a session (/login CODE). <code>/help sell</code> explains one command.",
+    ]
+    await tg.send(ADMIN, "/help sell")
+    assert tg.api.last(ADMIN).text == "/sell — /sell N: sell lot N now (needs a session; asks to confirm)"
+
+
+async def test_settings_shows_the_groups_and_each_group_its_values(tg: Tg) -> None:
+    await tg.send(ADMIN, "/start")
+    await tg.send(ADMIN, "/settings")
+    menu = tg.api.last(ADMIN)
+    assert menu.text == ("<b>Settings</b> [SIM]\nAutomatic orders: ▶️ running\n"
+                         "Tap a group to see its settings and change one.")
+    await tg.tap(ADMIN, menu.button("🔄 Roll"))
+    roll = tg.api.last(ADMIN)
+    assert [[b["text"] for b in row] for row in roll.keyboard] == [["Roll drop: 5 %"], ["« Settings"]]
+    await tg.tap(ADMIN, roll.button("« Settings"))
+    assert tg.api.last(ADMIN).text == menu.text  # not a 37-line list on every way back
+
+
+async def test_logs_are_short_lines_in_new_york_time_and_a_file(tg: Tg) -> None:
+    from bot.logs import setup_logging
+
+    await tg.send(ADMIN, "/start")
+    setup_logging("INFO")
+    logging.getLogger("bot.engine").warning("a warning " + "x" * 300)
+    await tg.send(ADMIN, "/logs 1")
+    text, document = tg.api.replies(ADMIN)[-2:]
+    written = document.files["document"].decode().strip().split("\n")
+    full = written[-1]
+    assert full.endswith("WARNING bot.engine: a warning " + "x" * 300)  # as written, in UTC
+    at = datetime.fromisoformat(full.split(" ")[0]).astimezone(NY).strftime("%H:%M:%S")
+    assert text.text.split("\n") == ["<b>Last 1 log line</b> (ET, redacted; in full in the file)",
+                                     f"{at} ⚠️ engine: a warning " + "x" * 99 + "…"]
+    assert document.method == "sendDocument"
+    assert document.text == f"The last {num.plural(len(written), 'log line')} in full (times in UTC, redacted)"
+
+
+async def test_sell_now_under_positions_asks_in_a_new_message(two_lots: Tg) -> None:
+    tg = two_lots
+    session = tg.world.cal.session(tg.world.path.sessions[3].day)
+    assert session is not None
+    tg.clock.advance_to(session.open + timedelta(minutes=30))
+    await tg.send(ADMIN, "/start")
+    await tg.send(ADMIN, "/positions")
+    listing = tg.api.last(ADMIN)
+    first, second = ledger.open_lots()
+    await tg.tap(ADMIN, listing.button(f"Sell #{second.id} now"), message_id=listing.message_id or 0)
+    ask = tg.api.last(ADMIN)
+    assert ask.method == "sendMessage" and ask.text.startswith(f"<b>Sell lot #{second.id} now?</b>")
+    assert tg.api.of("editMessageText", ADMIN) == []  # the list is as it was
+    await tg.tap(ADMIN, listing.button(f"Sell #{first.id} now"), message_id=listing.message_id or 0)
+    assert tg.api.last(ADMIN).text.startswith(f"<b>Sell lot #{first.id} now?</b>")  # its other buttons still work
