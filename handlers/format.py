@@ -329,7 +329,8 @@ def version_text(versions: dict[str, str], label: str) -> str:
 
 
 def value_html(key: str, value: object) -> str:
-    """A setting's value as typed, in code, with its unit after it: ``<code>1.5</code> %``."""
+    """A setting's value as typed, in code (what /set takes, so no number style applies inside),
+    with its unit after it: ``<code>1.5</code> %``."""
     unit = unit_text(key, value)
     return f"<code>{e(format_value(key, value))}</code>" + (f" {e(unit)}" if unit else "")
 

@@ -38,6 +38,7 @@ from handlers.backtest import compare_request, run_and_reply
 from handlers.context import BotContext, Deps
 from handlers.guess import plain_text_hint
 from storage import auth, outbox
+from strategy import numbers as num
 from strategy.exposure import raises_money_at_risk
 from strategy.settings import (
     GROUP_HELP,
@@ -220,9 +221,11 @@ def _preset_text(key: str, preset: str) -> str:
     if key == "paused":
         return PAUSE_PRESETS.get(preset, preset)
     if SETTING_SPECS[key].kind in ("decimal", "int"):
-        unit = unit_text(key, Decimal(preset))
-        return f"{preset} {unit}" if unit else preset
-    return preset
+        value = Decimal(preset)
+        unit = unit_text(key, value)
+        shown = f"{value:,f}" if unit == "USD" else preset  # 5,000 USD, as amounts are shown
+        return f"{shown} {unit}" if unit else preset
+    return num.restyle(preset)  # "10 %"
 
 
 def _typing_example(key: str) -> str:

@@ -215,7 +215,7 @@ _SPECS: tuple[SettingSpec, ...] = (
                 "lots held before entries stop and rolls start", ("max_pos", "positions", "max_lots"),
                 ("1", "2", "3", "4", "5")),
     SettingSpec("position_size", "size", "contracts", "entry", "Position size",
-                "a new lot's size: a number of contracts, or a share of net liquidation (10%) bought at the limit",
+                "a new lot's size: a number of contracts, or a share of net liquidation (10 %) bought at the limit",
                 ("size", "order_quantity", "qty", "quantity", "contracts"), ("1", "2", "5%", "10%", "20%")),
     SettingSpec("max_premium", "decimal", "USD", "entry", "Max premium per entry",
                 "an entry costing more than this is skipped", ("premium",), ("5000", "10000", "12000", "20000")),
@@ -369,7 +369,7 @@ def range_text(key: str) -> str:
         return ", ".join(spec.presets[:-1]) + " or " + spec.presets[-1]
     if spec.kind == "size":
         return (f"1–{SIZE_MAX_CONTRACTS} contracts, or {_plain(SIZE_MIN_PCT)}–{_plain(SIZE_MAX_PCT)} % of net "
-                "liquidation (e.g. 2, or 10%)")
+                "liquidation (e.g. 2, or 10 %)")
     if key == "check_interval_min":
         return f"{_divisors_text()} min (a divisor of 60, so ticks align to the clock)"
     if spec.kind == "tiers":
@@ -392,6 +392,8 @@ def valid_text(settings: StrategySettings, key: str) -> str:
 
 def _span(key: str, lo: Decimal, hi: Decimal) -> str:
     unit = unit_text(key)
+    if unit == "USD":  # amounts as every reply shows them: 1,000,000 USD
+        return f"{lo.normalize():,f}–{hi.normalize():,f} {unit}"
     return f"{_plain(lo)}–{_plain(hi)}" + (f" {unit}" if unit else "")
 
 

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -369,3 +370,66 @@ async def test_sell_now_under_positions_asks_in_a_new_message(two_lots: Tg) -> N
     assert tg.api.of("editMessageText", ADMIN) == []  # the list is as it was
     await tg.tap(ADMIN, listing.button(f"Sell #{first.id} now"), message_id=listing.message_id or 0)
     assert tg.api.last(ADMIN).text.startswith(f"<b>Sell lot #{first.id} now?</b>")  # its other buttons still work
+
+
+# --- 11. one number style, in every reply ------------------------------------------------------------------------
+
+STYLE_FAULTS = [
+    (re.compile(r"(?<![\w.:/\-–])-\d"), "an ASCII hyphen as a minus (a real minus is −)"),
+    (re.compile(r"\d%"), "a percent without its space"),
+    (re.compile(r"[−+]0(?:\.0+)?(?![\d.])"), "a sign on a zero"),
+    (re.compile(r"(?<![\w/])x\d"), "x1 for a quantity (× 1)"),
+    (re.compile(r"(?<![\d,.])\d{4,}(?:\.\d+)? USD"), "an amount without its thousands separator"),
+    (re.compile(r"(?<![\d.,/])1 (?:lots|fills|sales|contracts|orders|shares|results)\b"), "a plural for one"),
+    (re.compile(r"telegram:\d"), "an actor shown as an id"),
+]
+
+
+def style_faults(text: str) -> list[str]:
+    text = re.sub(r"Treasury [\d.]+%", "Treasury", text)  # a bond's name is the issuer's, not a figure of ours
+    text = re.sub(r"<code>[^<]*</code>", "<code/>", text)  # a value as typed: what /set takes
+    return [f"{why}: …{text[max(m.start() - 30, 0):m.end() + 30]}…" for pattern, why in STYLE_FAULTS
+            for m in pattern.finditer(text)]
+
+
+def test_the_style_checker_finds_what_the_issue_saw() -> None:
+    seen = "+0.30 % vs (+0.30% vs 582); −1 % vs -0.96 %; 12000 USD vs 6,639.00 USD; × 1 vs x1; (-0.0 %)"
+    assert len(style_faults(seen)) == 5
+    assert style_faults("+0.30 % · −0.96 % · 12,000.00 USD · × 1 · 0.0 % · 2024-03-06 · 0.05–0.95") == []
+
+
+async def test_every_reply_and_alert_has_one_number_style(tmp_path: Path) -> None:
+    """A week's worth of replies and alerts: an entry, a take-profit sale, every command, every
+    settings screen, the confirms; each is read for the number style of strategy/numbers.py."""
+    bars = bars_oc([(500, 500), (490, 489), (560, 560), (489.5, 484), (484, 484)])
+    async for tg in open_tg(tmp_path, bars, settings={"recycle_enabled": "off"}):
+        await tg.world.run_days([s.day for s in tg.world.path.sessions[:4]])
+        session = tg.world.cal.session(tg.world.path.sessions[4].day)
+        assert session is not None
+        tg.clock.advance_to(session.open + timedelta(minutes=30))
+        await tg.enroll_and_login()
+        await summary_job(SimpleNamespace(application=tg.parts.app, job=None))  # type: ignore[arg-type]
+        lot = ledger.open_lots()[0].id
+        for command in ("/status", "/positions", "/account", "/trades", "/pnl", "/check", "/why", "/why 1",
+                        f"/why {lot}", "/daily", "/weekly", "/monthly", "/orders", "/version", "/help",
+                        "/set size 10%", "/set max_positions 5", "/set entry_drop 2", f"/sell {lot}", "/enter",
+                        "/stop", "/set delta 60", "/balance", "hello"):
+            await tg.send(ADMIN, command)
+        await tg.send(ADMIN, "/settings")
+        menu = tg.api.last(ADMIN)
+        for group in ("📈 Entry", "🎯 Exits", "🔄 Roll", "♻️ Recycling", "🧾 Orders"):
+            await tg.tap(ADMIN, menu.button(group))
+            screen = tg.api.last(ADMIN)
+            for i in range(len(screen.keyboard) - 1):  # each setting's screen, and back
+                await tg.tap(ADMIN, screen.keyboard[i][0]["callback_data"])
+                await tg.tap(ADMIN, tg.api.last(ADMIN).button("« "))
+                screen = tg.api.last(ADMIN)
+            await tg.tap(ADMIN, screen.button("« Settings"))
+            menu = tg.api.last(ADMIN)
+        await tg.drain_alerts()
+        texts = [c.text for c in tg.api.calls if c.chat_id in (ADMIN, ADMIN2) and c.text]
+        texts += [b["text"] for c in tg.api.calls for row in c.keyboard for b in row]
+        assert len(texts) > 120
+        assert "Take profit" in "\n".join(texts)  # a sale's alerts are among them
+        faults = [f for t in texts for f in style_faults(t)]
+        assert faults == [], "\n".join(faults)

@@ -111,10 +111,10 @@ def test_a_point_followed_by_three_digits_stays_decimal_where_three_decimals_mak
     ("entry_drop", "0", "Entry drop = 0 % refused: it must be 0.1–20 %."),
     ("entry_drop", "50", "Entry drop = 50 % refused: it must be 0.1–20 %."),
     ("qty", "0", "Position size = 0 contracts refused: it must be 1–100 contracts, or 0.1–100 % of net liquidation "
-                 "(e.g. 2, or 10%)."),
+                 "(e.g. 2, or 10 %)."),
     ("size", "150%", "Position size = 150 % of net liquidation refused: it must be 1–100 contracts, or 0.1–100 % of "
-                     "net liquidation (e.g. 2, or 10%)."),
-    ("premium", "50", "Max premium per entry = 50 USD refused: it must be 100–1000000 USD."),
+                     "net liquidation (e.g. 2, or 10 %)."),
+    ("premium", "50", "Max premium per entry = 50 USD refused: it must be 100–1,000,000 USD."),
     ("reprice", "200", "Reprice after = 200 s refused: it must be below Order timeout (120 s), so 1–119 s. "
                        "To go higher, raise Order timeout first."),
     ("timeout", "10", "Order timeout = 10 s refused: it must be above Reprice after (15 s), so 16–3600 s. "

@@ -229,7 +229,7 @@ async def test_set_replies_with_the_label_and_units(tg: Tg, text: str, reply: st
 
 @pytest.mark.parametrize(("text", "reply"), [
     ("/set premium 12,000", "❌ '12,000' is ambiguous: 12000 or 12? Type 12000 or 12, without a thousands separator. "
-                            "Max premium per entry must be 100–1000000 USD.\nNothing was changed."),
+                            "Max premium per entry must be 100–1,000,000 USD.\nNothing was changed."),
     ("/set reprice 200", "❌ Reprice after = 200 s refused: it must be below Order timeout (120 s), so 1–119 s. "
                          "To go higher, raise Order timeout first.\nNothing was changed."),
     ("/set entry_drop 0.05", "❌ Entry drop = 0.05 % refused: it must be 0.1–20 %.\nNothing was changed."),
