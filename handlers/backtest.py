@@ -42,7 +42,7 @@ async def run_and_reply(update: Update, context: BotContext, request: Request) -
     if busy is not None:
         await context.bot.send_message(chat.id, f"⏳ {fmt.e(busy[0].upper() + busy[1:])}.")
         return
-    what = f"{request.years} year{'s' if request.years > 1 else ''} of QQQ"
+    what = f"up to {request.years} year{'s' if request.years > 1 else ''} of QQQ (as far back as the data goes)"
     started = await context.bot.send_message(
         chat.id, f"⏳ Backtesting {fmt.e(what)}: "
         + ("the current settings and the change, side by side" if request.compares else "the current settings")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 
 from bot.alerts import Event, EventKind
@@ -518,6 +518,18 @@ def _pct_cell(x: float) -> str:
     return num.percent(Decimal(str(x * 100)), 1)
 
 
+def covered_span(start: str, end: str, years: int) -> tuple[str, bool]:
+    """What a backtest really covered ("13 months", "9.8 years") and whether it is short of the
+    years asked."""
+    try:
+        days = (date.fromisoformat(end) - date.fromisoformat(start)).days
+    except ValueError:
+        return f"{years} y", False
+    months = round(days / 30.44)
+    text = num.plural(months, "month") if months < 24 else f"{days / 365.25:.1f} years"
+    return text, days / 365.25 < years - 0.25
+
+
 def comparison_text(v: ComparisonView, label: str) -> str:
     """A short table, monospaced so its columns line up on a phone: one column per strategy."""
     curves = v.curves
@@ -536,8 +548,10 @@ def comparison_text(v: ComparisonView, label: str) -> str:
     table = [f"{'':<13}" + "".join(f"{n:>{width + 1}}" for n in names)]
     table += [f"{name:<13}" + "".join(f"{cell:>{width + 1}}" for cell in cells) for name, cells in rows]
     bh = curves[0].summary["buy_hold"]
+    covered, short = covered_span(v.start, v.end, v.years)
+    asked = f" (you asked for {num.plural(v.years, 'year')}: that is all the history there is)" if short else ""
     lines = [f"<b>Backtest</b> {e(label)}".rstrip(),
-             f"{e(v.start)} → {e(v.end)} ({v.years} y, {e(v.source)}), {e(money(v.capital))} to start"]
+             f"{e(v.start)} → {e(v.end)}: {e(covered)} of {e(v.source)}{e(asked)}, {e(money(v.capital))} to start"]
     if len(curves) > 1:
         lines.append(f"now = current settings; change = {e(curves[1].label)}")
     lines += [f"<pre>{e(chr(10).join(table))}</pre>",
@@ -545,5 +559,5 @@ def comparison_text(v: ComparisonView, label: str) -> str:
               f"{e(num.percent(Decimal(str(bh['max_drawdown_pct'])), 1, sign=False))}, "
               f"final {e(money(Decimal(bh['final_equity'])))}",
               "<i>USD figures; the past, on model option prices: not a promise.</i>"]
-    lines += notes_lines(v.notes)
+    lines += notes_lines(n for n in v.notes if not (short and "years of QQQ history" in n))  # said up front
     return "\n".join(lines)

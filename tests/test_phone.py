@@ -433,3 +433,24 @@ async def test_every_reply_and_alert_has_one_number_style(tmp_path: Path) -> Non
         assert "Take profit" in "\n".join(texts)  # a sale's alerts are among them
         faults = [f for t in texts for f in style_faults(t)]
         assert faults == [], "\n".join(faults)
+
+
+# --- 2. /backtest says what it really covered -----------------------------------------------------------------------
+
+
+async def test_backtest_on_the_simulated_market_says_what_it_covered_up_front(tmp_path: Path) -> None:
+    async for tg in open_tg(tmp_path, run_clock=SimClock(datetime(2026, 3, 10, 17, 0, tzinfo=NY))):
+        await tg.enroll_and_login()
+        tg.api.clear()
+        await tg.send(ADMIN, "/backtest 10")
+        started = tg.api.of("sendMessage", ADMIN)[0].text
+        assert started == ("⏳ Backtesting up to 10 years of QQQ (as far back as the data goes): the current "
+                           "settings… (this takes a few seconds)")
+        table = tg.api.of("editMessageText", ADMIN)[-1].text.split("\n")
+        broker = tg.parts.engine.broker
+        assert isinstance(broker, SimBroker)
+        first = broker.path.first_day
+        assert table[0] == "<b>Backtest</b> [SIM]"
+        assert table[1].startswith(f"{first.isoformat()} → 2026-03-10: 13 months of the simulated market (you asked "
+                                   "for 10 years: that is all the history there is), ")
+        assert not any("years of QQQ history" in line for line in table)  # said once, up front
