@@ -22,7 +22,7 @@ from bot.reports import Period
 from bot.settings_service import pause_text
 from handlers import format as fmt
 from handlers import guess, manual
-from handlers.auth import Handler, guarded, who
+from handlers.auth import Handler, guarded, pending_after_login, who
 from handlers.backtest import backtest_command
 from handlers.context import BotContext
 from handlers.settings_kb import Panel, confirm_screen, settings_command, tokens_of
@@ -121,7 +121,13 @@ async def login(update: Update, context: BotContext) -> None:
     if result.ok:
         expires = auth.session_expires_at(user.id)
         extra = "Two-factor enrollment complete. " if result.activated else ""
-        await reply(update, f"✅ {fmt.e(extra)}Session open until {fmt.e(fmt.ny(expires))}.")
+        pending = pending_after_login(context, deps.now())
+        then = f"\nNow doing what you asked: <code>{fmt.e(pending.text)}</code>" if pending is not None else ""
+        await reply(update, f"✅ {fmt.e(extra)}Session open until {fmt.e(fmt.ny(expires))}.{then}")
+        command = next((c for c in COMMANDS if pending is not None and c.name == pending.command), None)
+        if pending is not None and command is not None:
+            context.args = list(pending.args)
+            await command.handler(update, context)
     else:
         await reply(update, f"❌ {fmt.e(result.message)}")
 
@@ -253,7 +259,7 @@ async def set_(update: Update, context: BotContext) -> None:
     await reply(update, f"✅ {fmt.change_text(result)}\nTakes effect at the next tick.")
 
 
-@guarded("change")
+@guarded("reduce")  # it only lowers the risk: it works when the session has expired (and is audited)
 async def pause(update: Update, context: BotContext) -> None:
     """/pause [entries|all]: hold back new positions, or every automatic order (the default)."""
     args = [a.lower() for a in context.args or []]

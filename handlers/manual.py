@@ -172,7 +172,7 @@ async def cancel_command(update: Update, context: BotContext) -> None:
 # --- /stop -----------------------------------------------------------------------------------------
 
 
-@guarded("change")
+@guarded("reduce")  # the emergency stop only lowers the risk: no fresh session needed (it is audited)
 async def stop_command(update: Update, context: BotContext) -> None:
     deps = context.deps
     view = await deps.service.orders()
@@ -197,7 +197,7 @@ async def manual_callback(update: Update, context: BotContext) -> None:
         log.info("refused a manual-control button from %s: %s", uid, token)
         await query.answer(token, show_alert=True)
         return
-    if token.action not in ("close", "sell_ask", "cancel_ask") and not auth.has_session(uid, deps.now()):
+    if token.action not in ("close", "sell_ask", "cancel_ask", "stop") and not auth.has_session(uid, deps.now()):
         await query.answer("This changes something: open a session first with /login CODE.", show_alert=True)
         return
     await query.answer()

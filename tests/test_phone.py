@@ -21,7 +21,7 @@ from broker.clock import SimClock
 from broker.sim import SimBroker, SimFillModel
 from handlers.app import summary_job
 from storage import ledger
-from storage.models import Fill, Order
+from storage.models import AuditEntry, Fill, Order, SettingChange
 from strategy import numbers as num
 from strategy.calendar import NY, nyse
 from tests.tg_harness import ADMIN, ADMIN2, Call, Tg, bars_oc, open_tg
@@ -454,3 +454,50 @@ async def test_backtest_on_the_simulated_market_says_what_it_covered_up_front(tm
         assert table[1].startswith(f"{first.isoformat()} → 2026-03-10: 13 months of the simulated market (you asked "
                                    "for 10 years: that is all the history there is), ")
         assert not any("years of QQQ history" in line for line in table)  # said once, up front
+
+
+# --- 7. an expired session --------------------------------------------------------------------------------------
+
+
+async def test_pause_and_stop_work_when_the_session_has_expired_and_are_audited(two_lots: Tg) -> None:
+    tg = two_lots
+    await tg.enroll_and_login()
+    tg.clock.advance_to(tg.clock.now() + timedelta(minutes=31))  # the session has expired
+    await tg.send(ADMIN, "/pause entries")
+    assert tg.api.last(ADMIN).text == ("⏸ Entries paused: no new entries, rolls or recycling buys; exits keep "
+                                       "running, until /resume. Ticks still run and report what they would do.")
+    change = SettingChange.select().order_by(SettingChange.id.desc()).get()
+    assert (change.key, change.new_value) == ("paused", "entries") and change.who.startswith(f"telegram:{ADMIN} ")
+    await tg.send(ADMIN, "/stop")
+    await tg.tap(ADMIN, tg.api.last(ADMIN).button("⛔ Stop now"))
+    assert tg.api.last(ADMIN).text.startswith("⛔ <b>Stopped</b>")
+    assert tg.parts.engine.settings.current.paused.holds_exits
+    assert AuditEntry.get(AuditEntry.action == "stop").who.startswith(f"telegram:{ADMIN} (u{ADMIN}")
+    # selling is a trade: it still needs a session
+    await tg.tap(ADMIN, tg.api.last(ADMIN).button("Also sell"))
+    assert "open a session first" in tg.api.of("answerCallbackQuery")[-1].params["text"]
+    assert len(ledger.open_lots()) == 2
+
+
+async def test_a_change_refused_for_want_of_a_session_runs_after_login(two_lots: Tg) -> None:
+    tg = two_lots
+    secret = await tg.enroll_and_login()
+    tg.clock.advance_to(tg.clock.now() + timedelta(minutes=31))
+    await tg.send(ADMIN, "/set entry_drop 2")
+    assert tg.api.last(ADMIN).text == (
+        "This changes something: open a session first with /login CODE (your authenticator code).\n"
+        "Then I will do it: <code>/set entry_drop 2</code> (if you log in within 5 minutes; nothing to retype).")
+    assert tg.parts.engine.settings.current.entry_drop_pct == 1
+    await tg.send(ADMIN, f"/login {tg.code(secret)}")
+    opened, done = tg.api.replies(ADMIN)[-2:]
+    assert opened.text.endswith("\nNow doing what you asked: <code>/set entry_drop 2</code>")
+    assert done.text == "✅ Entry drop: <code>1</code> % → <code>2</code> %\nTakes effect at the next tick."
+    assert tg.parts.engine.settings.current.entry_drop_pct == 2
+    # once only, and not after the 5 minutes
+    await tg.send(ADMIN, "/logout")
+    await tg.send(ADMIN, "/set entry_drop 3")
+    tg.clock.advance_to(tg.clock.now() + timedelta(minutes=6))
+    await tg.send(ADMIN, f"/login {tg.code(secret)}")
+    assert tg.api.last(ADMIN).text.startswith("✅ Session open until ")
+    assert "Now doing" not in tg.api.last(ADMIN).text
+    assert tg.parts.engine.settings.current.entry_drop_pct == 2
