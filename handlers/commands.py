@@ -29,6 +29,7 @@ from handlers.settings_kb import Panel, confirm_screen, settings_command, tokens
 from storage import auth, kv
 from strategy import numbers as num
 from strategy.exposure import raises_money_at_risk
+from strategy.hints import typing_hint
 from strategy.settings import PauseMode, SettingChange, SettingError, format_value
 
 log = logging.getLogger(__name__)
@@ -239,6 +240,10 @@ async def set_(update: Update, context: BotContext) -> None:
     if len(args) < 2:
         await reply(update, "Usage: <code>/set KEY VALUE</code>, e.g. <code>/set delta 0.6</code> or "
                     "<code>/set entry_drop 1.5%</code>. /settings lists the keys.")
+        return
+    hint = typing_hint(deps.service.current_settings(), args[0], " ".join(args[1:]))
+    if hint is not None:  # a slip people make: answered with the command to send, nothing stored
+        await reply(update, f"❓ {fmt.e(hint)}\nNothing was changed.")
         return
     preview = deps.service.preview_setting(args[0], " ".join(args[1:]))
     if isinstance(preview, SettingChange) and preview.old != preview.new and raises_money_at_risk(preview):

@@ -654,14 +654,28 @@ def parse_setting(settings: StrategySettings, key_text: str, value_text: str) ->
     return SettingChange(key=key, old=getattr(settings, key), new=getattr(new, key), settings=new)
 
 
+SHORT_KEYS: tuple[str, ...] = ("drop", "delta", "size", "premium", "positions", "tp", "force_exit", "roll",
+                               "recycle", "threshold")
+
+
+def _label_key(label: str) -> str:
+    return label.lower().replace("-", "_").replace(" ", "_").replace("/", "_")
+
+
 def unknown_key(key_text: str) -> SettingError:
-    """No such setting: the closest keys, and the list of them."""
+    """No such setting: the closest one (by key, alias or label) with its short name, and the short
+    names of the common ones (not every internal key)."""
     typed = key_text.strip()
-    close = difflib.get_close_matches(typed.lower().replace("-", "_"), list(_ALIASES), n=5, cutoff=0.6)
-    by_key = {_ALIASES[c]: c for c in reversed(close)}  # the best-matching spelling of each setting
-    hint = f" Did you mean {' or '.join(by_key.values())}?" if by_key else ""
-    return SettingError(f"Unknown setting '{typed}'.{hint} The keys are: {', '.join(SETTING_SPECS)} "
-                        "(/settings shows them with their values).")
+    spelled = typed.lower().replace("-", "_")
+    names = dict(_ALIASES) | {_label_key(spec.label): spec.key for spec in _SPECS}
+    close = difflib.get_close_matches(spelled, list(names), n=3, cutoff=0.6)
+    keys = list(dict.fromkeys(names[c] for c in close))  # each setting once, the best match first
+    hint = ""
+    if keys:
+        shown = [f"{min(SETTING_SPECS[k].aliases or (k,), key=len)} ({label_of(k)})" for k in keys]
+        hint = f" Did you mean {' or '.join(shown)}?"
+    return SettingError(f"Unknown setting '{typed}'.{hint} Short names: {', '.join(SHORT_KEYS)}; /settings shows "
+                        "every setting and its name.")
 
 
 def parse_assignment(settings: StrategySettings, text: str) -> SettingChange | SettingError:

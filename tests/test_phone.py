@@ -501,3 +501,37 @@ async def test_a_change_refused_for_want_of_a_session_runs_after_login(two_lots:
     assert tg.api.last(ADMIN).text.startswith("✅ Session open until ")
     assert "Now doing" not in tg.api.last(ADMIN).text
     assert tg.parts.engine.settings.current.entry_drop_pct == 2
+
+
+# --- 5. what people type ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("typed", "answer"), [
+    ("/set tp 50%", "❓ Take-profit tiers are day:percent pairs, now 0:50,121:30,181:10 (+50 % from day 0, +30 % "
+                    "from day 121, +10 % from day 181). One target for every day, whatever the holding? Send /set tp "
+                    "0:50. To change one tier, send them all, e.g. /set tp 0:50,121:30,181:10\nNothing was changed."),
+    ("/set delta 60%", "❓ A delta is a number from 0 to 1 (0.05–0.95). Did you mean 0.60? Send /set delta 0.60\n"
+                       "Nothing was changed."),
+    ("/set delta 60", "❓ A delta is a number from 0 to 1 (0.05–0.95). Did you mean 0.60? Send /set delta 0.60\n"
+                      "Nothing was changed."),
+    ("/set take_profit 50", "❌ Unknown setting 'take_profit'. Did you mean tp (Take-profit tiers)? Short names: "
+                            "drop, delta, size, premium, positions, tp, force_exit, roll, recycle, threshold; "
+                            "/settings shows every setting and its name.\nNothing was changed."),
+])
+async def test_what_people_type_is_answered_with_the_command_to_send(tg: Tg, typed: str, answer: str) -> None:
+    await tg.enroll_and_login()
+    await tg.send(ADMIN, typed)
+    assert tg.api.last(ADMIN).text == answer
+    assert SettingChange.select().count() == 0
+
+
+async def test_backtest_takes_key_value_as_set_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_chat_backtest import write_csv
+
+    monkeypatch.setenv("BACKTEST_CSV", str(write_csv(tmp_path / "qqq.csv")))
+    monkeypatch.setenv("BACKTEST_IV", "0.22")
+    async for tg in open_tg(tmp_path, bars_oc([(500, 500), (500, 501)])):
+        await tg.enroll_and_login()
+        await tg.send(ADMIN, "/backtest 1 delta 0.7")
+        table = tg.api.of("editMessageText", ADMIN)[-1].text
+        assert "now = current settings; change = Delta of the call to buy 0.7" in table
