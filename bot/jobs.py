@@ -5,6 +5,7 @@ python-telegram-bot's loop; `bot/runner.py` (headless) calls the same functions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -18,6 +19,7 @@ from bot.health import write_heartbeat
 from bot.settings_service import pause_text
 from broker.clock import Clock
 from storage import kv, ledger
+from strategy import number_style as num
 from strategy.accounting import unrealized_pnl
 from strategy.calendar import NY, SessionCalendar
 
@@ -94,6 +96,7 @@ class Marks:
     net_liquidation: Decimal | None = None
     unrealized: Decimal | None = None
     qqq_close: Decimal | None = None
+    prev_close: Decimal | None = None  # QQQ's close of the session before
 
 
 async def closing_marks(engine: Engine, timeout_s: float = 10.0) -> Marks:
@@ -102,6 +105,9 @@ async def closing_marks(engine: Engine, timeout_s: float = 10.0) -> Marks:
     async def ask() -> Marks:
         account = await engine.broker.account_summary()
         quote = await engine.broker.quote("QQQ")
+        prev: Decimal | None = None
+        with contextlib.suppress(Exception):  # the day's change is a nicety: never a reason to lose the rest
+            prev = await engine.prev_close(new_york_day(engine.clock.now()))
         lots = ledger.open_lots()
         unrealized: Decimal | None = Decimal(0)
         if lots:
@@ -112,7 +118,7 @@ async def closing_marks(engine: Engine, timeout_s: float = 10.0) -> Marks:
                     unrealized = None
                     continue
                 unrealized += unrealized_pnl(lot.avg_price, q.mid, lot.qty, lot.contract.multiplier)
-        return Marks(account.net_liquidation, unrealized, quote.price)
+        return Marks(account.net_liquidation, unrealized, quote.price, prev)
 
     try:
         return await asyncio.wait_for(ask(), timeout_s)
@@ -121,13 +127,8 @@ async def closing_marks(engine: Engine, timeout_s: float = 10.0) -> Marks:
         return Marks()
 
 
-def _usd(x: Decimal | None, signed: bool = False) -> str:
-    if x is None:
-        return "unknown"
-    return f"{x:+,.2f} USD" if signed else f"{x:,.2f} USD"
-
-
 def daily_summary_text(engine: Engine, day: date, marks: Marks | None = None) -> str:
+    """The after-close summary, one fact a line, as a phone shows it."""
     (today,) = reports.period_report("day", day, 1)  # the one realized-P&L query /pnl and /daily use
     start = datetime(day.year, day.month, day.day, tzinfo=NY)
     fills = len(ledger.fills_between(start, start + timedelta(days=1)))
@@ -136,11 +137,25 @@ def daily_summary_text(engine: Engine, day: date, marks: Marks | None = None) ->
     m = marks or Marks()
     at, last = engine.last_tick()
     when = f" ({datetime.fromisoformat(at).astimezone(NY):%H:%M} ET)" if at else ""
-    close = f"QQQ closed at {m.qqq_close}; " if m.qqq_close is not None else ""
-    return (f"{day.isoformat()}: {close}{fills} fills, realized {today.realized:+.2f} USD today; "
-            f"{len(lots)}/{s.max_positions} lots open, unrealized {_usd(m.unrealized, signed=True)}; "
-            f"net liquidation {_usd(m.net_liquidation)}; recycling pool {ledger.recycling_pool():,.2f} USD; "
-            f"{pause_text(s.paused).split(':')[0].lower()}. Last tick{when}: {last or 'none yet'}")
+    head = f"{day:%a %Y-%m-%d}"
+    if m.qqq_close is not None:
+        head += f" · QQQ closed at {num.price(m.qqq_close)}"
+        if m.prev_close:
+            head += f", {num.percent((m.qqq_close / m.prev_close - 1) * 100)} on the day"
+    closed = [num.plural(today.sales, "sale")] if today.sales else []
+    closed += [num.plural(today.expiries, "expiry", "expiries")] if today.expiries else []
+    unrealized = "unknown" if m.unrealized is None else num.usd(m.unrealized, sign=True)
+    lines = [
+        head,
+        f"Realized today: {num.usd(today.realized, sign=True)}" + (f" ({', '.join(closed)})" if closed else ""),
+        f"Fills today: {num.plural(fills, 'fill') if fills else 'none'}",
+        f"Lots: {len(lots)} of {s.max_positions} open" + (f", unrealized {unrealized}" if lots else ""),
+        f"Net liquidation: {'unknown' if m.net_liquidation is None else num.usd(m.net_liquidation)}",
+        f"Recycling pool: {num.pool_text(ledger.recycling_pool(), s.recycle_threshold)}",
+        f"Automatic orders: {pause_text(s.paused).split(':')[0].lower()}",
+        f"Last tick{when}: {last or 'none yet'}",
+    ]
+    return "\n".join(lines)
 
 
 async def send_daily_summary(engine: Engine, now: datetime) -> bool:

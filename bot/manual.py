@@ -231,11 +231,12 @@ def _order_state(order: Order) -> tuple[OrderOutcome, str]:
     return out, f"the order ended {state.label}" + (f": {order.message}" if order.message else "")
 
 
-def _unsettled(cause: str | None, state: OrderState) -> str:
+def _unsettled(cause: str | None, state: OrderState, message: str = "") -> str:
     """Why an order is not final yet, and what happens to it."""
     if cause:
         return f"then {cause}: the order's end will be settled when the bot reconnects; /orders shows it"
-    return f"the order is still {state.label} at the broker; /orders shows it"
+    why = f" ({message})" if message and not message.startswith("cancel asked") else ""
+    return f"the order is still {state.label} at the broker{why}; /orders shows it"
 
 
 def _sold(lot: Lot, order: Order | str | None, cause: str | None = None) -> Done:
@@ -249,7 +250,7 @@ def _sold(lot: Lot, order: Order | str | None, cause: str | None = None) -> Done
     if not ended:
         sold = f"Lot #{lot.id}: {out.filled} of {out.qty} sold ({received:,.2f} USD)" if out.filled else \
             f"Lot #{lot.id}: nothing sold yet"
-        return Done(f"{sold}; {_unsettled(cause, out.status)}.", out)
+        return Done(f"{sold}; {_unsettled(cause, out.status, out.message)}.", out)
     if out.filled >= out.qty:
         lot_row = ledger.lot_row(lot.id)
         realized = f"; realized {lot_row.realized_pnl:+,.2f} USD" if lot_row is not None else ""
@@ -271,7 +272,7 @@ def _bought(contract: str, order: Order | str | None, cause: str | None = None) 
     if not ended:
         bought = f"Bought {out.filled} of {out.qty} {contract} for {spent:,.2f} USD with commissions" \
             if out.filled else f"Nothing bought yet of {out.qty} {contract}"
-        return Done(f"{bought}; {_unsettled(cause, out.status)}.", out)
+        return Done(f"{bought}; {_unsettled(cause, out.status, out.message)}.", out)
     if out.filled >= out.qty:
         return Done(f"Bought {out.filled} {contract} for {spent:,.2f} USD with commissions.", out)
     if out.filled:

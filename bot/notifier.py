@@ -43,10 +43,15 @@ from strategy.calendar import NY
 
 log = logging.getLogger(__name__)
 
-SendFn = Callable[[int, str, bool], Awaitable[int]]
-"""send(chat_id, html, silent) → the id of the message that holds the end of the text."""
-EditFn = Callable[[int, int, str], Awaitable[None]]
-"""edit(chat_id, message_id, html): replace that message's text."""
+SendFn = Callable[..., Awaitable[int]]
+"""send(chat_id, html, silent[, actions]) → the id of the message that holds the end of the text;
+``actions`` are the buttons to show under it, (text, action) pairs."""
+EditFn = Callable[..., Awaitable[None]]
+"""edit(chat_id, message_id, html[, actions]): replace that message's text (and its buttons)."""
+DeleteFn = Callable[[int, int], Awaitable[None]]
+"""delete(chat_id, message_id): remove a message (best effort)."""
+ActionsFn = Callable[[str, str | None], Sequence[tuple[str, str]]]
+"""actions(kind, thread) → the buttons an alert offers now."""
 RenderFn = Callable[[Event], str]
 JOIN_LIMIT = 3500  # a joined message or a thread's story stays one Telegram message (4096) with room to spare
 SEP = "\n\n"
@@ -97,6 +102,7 @@ class ThreadMessage:
     rings: bool  # sent with sound (an edit never rings)
     started: datetime  # when its first alert was raised
     sent_at: datetime  # when it was sent
+    actions: tuple[tuple[str, str], ...] = ()  # the buttons under it
 
     def story(self, more: Iterable[str] = ()) -> str:
         return SEP.join([*self.texts, *more])
@@ -112,12 +118,14 @@ class _Step:
     shown: list[AlertRecord] = field(default_factory=list)
     thread: str | None = None
     edit: ThreadMessage | None = None
+    replace: ThreadMessage | None = None  # a result that rings: a new message with the whole story, this one goes
 
 
 class TelegramNotifier:
     def __init__(self, admins: Iterable[int], render: RenderFn, send: SendFn, now: Callable[[], datetime],
                  quiet_window: tuple[time, time] | None = None, *, edit: EditFn | None = None,
-                 thread_window: timedelta = THREAD_WINDOW) -> None:
+                 thread_window: timedelta = THREAD_WINDOW, delete: DeleteFn | None = None,
+                 actions: ActionsFn | None = None, rings_anew: frozenset[str] = frozenset()) -> None:
         self.admins = sorted(set(admins))
         self.quiet_window = quiet_window
         self.render = render
@@ -125,6 +133,9 @@ class TelegramNotifier:
         self.edit = edit  # None: every alert is a new message (threads are not edited)
         self.now = now
         self.thread_window = thread_window
+        self.delete = delete
+        self.actions = actions
+        self.rings_anew = rings_anew  # kinds that ring in a new message rather than edit their order's
         self._wake = asyncio.Event()
         self._failures = 0
         self._progress: dict[int, int] = {}
@@ -222,8 +233,10 @@ class TelegramNotifier:
                 step = step or _Step(upto=rec.id)
                 step.thread = rec.thread
                 step.edit = self._editable(admin, rec) if rec.thread is not None else None
+                step.replace = self._replaceable(admin, rec) if step.edit is None else None
                 silent = self._silent(rec)
-                size = len(step.edit.story([rec.text])) if step.edit else len(rec.text)
+                story = step.edit or step.replace
+                size = len(story.story([rec.text])) if story else len(rec.text)
             else:
                 if rec.thread != step.thread:
                     break  # an order's story never shares a message with anything else
@@ -231,6 +244,8 @@ class TelegramNotifier:
                     break  # a new message has one sound level
                 if step.edit is not None and not step.edit.rings and not self._silent(rec):
                     break  # an edit cannot ring: this one needs a message of its own
+                if step.edit is not None and self._rings_anew(rec):
+                    break  # a result rings: it goes as a new message with the story
                 if size + len(SEP) + len(rec.text) > JOIN_LIMIT:
                     break
                 started = step.edit.started if step.edit is not None else step.shown[0].created_at
@@ -250,9 +265,36 @@ class TelegramNotifier:
             return None
         if not msg.rings and not self._silent(rec):
             return None
-        if len(msg.story([rec.text])) > JOIN_LIMIT:
+        if len(msg.story([rec.text])) > JOIN_LIMIT or self._rings_anew(rec):
             return None
         return msg
+
+    def _rings_anew(self, rec: AlertRecord) -> bool:
+        return rec.kind in self.rings_anew and not self._silent(rec)
+
+    def _replaceable(self, admin: int, rec: AlertRecord) -> ThreadMessage | None:
+        """The admin's message for ``rec``'s thread, when ``rec`` is a result that rings: it goes as a
+        new message carrying the story so far, and that one is deleted."""
+        if rec.thread is None or not self._rings_anew(rec):
+            return None
+        msg = self._threads.get(admin, OrderedDict()).get(rec.thread)
+        if msg is None or rec.created_at - msg.started > self.thread_window:
+            return None
+        return msg if len(msg.story([rec.text])) <= JOIN_LIMIT else None
+
+    def _actions_of(self, records: Sequence[AlertRecord]) -> tuple[tuple[str, str], ...]:
+        """The buttons of a message: those of its last alert that offers some."""
+        if self.actions is None:
+            return ()
+        for rec in reversed(records):
+            try:
+                found = tuple(self.actions(rec.kind, rec.thread))
+            except Exception:
+                log.exception("could not work out the buttons of alert %d", rec.id)
+                found = ()
+            if found:
+                return found
+        return ()
 
     # --- delivery ----------------------------------------------------------------------------------
 
@@ -285,16 +327,30 @@ class TelegramNotifier:
     async def _send_new(self, admin: int, step: _Step) -> None:
         texts = [r.text for r in step.shown]
         silent = all(self._silent(r) for r in step.shown)  # mixed only when a refused edit falls back here
-        message_id = await self.send(admin, SEP.join(texts), silent)
+        old = step.replace
+        story = [*old.texts, *texts] if old is not None else texts
+        buttons = self._actions_of(step.shown)
+        message_id = await (self.send(admin, SEP.join(story), silent, buttons) if buttons else
+                            self.send(admin, SEP.join(story), silent))
+        if old is not None and self.delete is not None:
+            try:  # the story goes on in the new message: the old one would say it twice
+                await self.delete(admin, old.message_id)
+            except TelegramError as e:
+                log.info("could not delete alert message %s for admin %s: %s", old.message_id, admin, e)
         if step.thread is not None:
+            started = old.started if old is not None else step.shown[0].created_at
             self._remember(admin, step.thread,
-                           ThreadMessage(message_id, texts, not silent, step.shown[0].created_at, self.now()))
+                           ThreadMessage(message_id, story, not silent, started, self.now(), buttons))
 
     async def _edit_thread(self, admin: int, step: _Step, msg: ThreadMessage) -> None:
         assert self.edit is not None and step.thread is not None
         texts = [r.text for r in step.shown]
+        buttons = self._actions_of(step.shown) or msg.actions
         try:
-            await self.edit(admin, msg.message_id, msg.story(texts))
+            if buttons:
+                await self.edit(admin, msg.message_id, msg.story(texts), buttons)
+            else:
+                await self.edit(admin, msg.message_id, msg.story(texts))
         except BadRequest as e:
             if not _not_modified(e):
                 # deleted, too old, or refused otherwise: never lost, a new message carries it
@@ -306,6 +362,7 @@ class TelegramNotifier:
             # the message already shows this story (an earlier try reached Telegram unanswered)
             log.info("alert message %s for admin %s already up to date", msg.message_id, admin)
         msg.texts.extend(texts)
+        msg.actions = buttons
 
     def _remember(self, admin: int, thread: str, msg: ThreadMessage) -> None:
         threads = self._threads.setdefault(admin, OrderedDict())

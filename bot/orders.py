@@ -236,6 +236,7 @@ class OrderRunner:
             sent = True
         except NotSent as e:
             sent, problem = False, f"the cancel could not be sent ({e}); the order keeps working at the broker"
+            ledger.set_order_message(ref, "the connection to the broker dropped before its cancel could be sent")
         except BrokerError as e:
             # Unknown or already over at the broker: its final status and fills come as events, or
             # the reconciliation reads them.

@@ -70,6 +70,23 @@ def period_report(period: Period, today: date, n: int) -> list[PeriodRow]:
     return by_period(ledger.realized_option_events(start), period, today, n)
 
 
+def days_report(sessions: Sequence[date], today: date) -> list[PeriodRow]:
+    """Realized P&L of each of ``sessions`` (trading days), newest first, with any other day that saw
+    a realized result (a weekend or holiday is otherwise left out: nothing trades then)."""
+    if not sessions:
+        return []
+    first = min(sessions)
+    start = datetime(first.year, first.month, first.day, tzinfo=NY)
+    grouped: dict[date, list[ledger.RealizedEvent]] = {d: [] for d in sessions}
+    for e in ledger.realized_option_events(start):
+        day = e.time.astimezone(NY).date()
+        if day <= today:
+            grouped.setdefault(day, []).append(e)
+    return [PeriodRow(day, sum((e.pnl for e in es), ZERO), sum(e.kind == "sale" for e in es),
+                      sum(e.kind == "expiry" for e in es), sum(e.pnl > 0 for e in es))
+            for day, es in sorted(grouped.items(), reverse=True)]
+
+
 @dataclass(frozen=True, slots=True)
 class JournalLine:
     at: datetime

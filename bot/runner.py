@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import signal
-from datetime import date, timedelta
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from bot.alerts import LogSink, mode_label
@@ -19,7 +21,7 @@ from bot.jobs import announce_start, heartbeat
 from bot.rates import parse_cash_rate
 from bot.settings_service import SettingsService
 from broker.base import Broker, BrokerError, LiveAccountRefused
-from broker.clock import WallClock
+from broker.clock import Clock, WallClock
 from storage.db import close_database, open_database
 from strategy.calendar import nyse
 
@@ -28,18 +30,69 @@ HEARTBEAT_S = 30
 SIM_INTEREST_KEY = "sim_interest"
 
 
-def make_sim_broker(cfg: AppConfig, clock: WallClock) -> Broker:
+SIM_MARKET_KEY = "sim_market"
+SIM_HISTORY_DAYS = 400  # the simulated market's history before its first start
+SIM_AHEAD_DAYS = 60
+SIM_S0 = 480.0
+
+
+@dataclass(frozen=True, slots=True)
+class SimMarketDefinition:
+    """What defines the simulated market: its seed, its first day and QQQ's price that day. Stored
+    at the first start, read back at every later one, so the market goes on across restarts (the
+    path is built day by day from these, so a later end only adds days)."""
+
+    seed: int
+    start: date
+    s0: float
+
+    def to_json(self) -> str:
+        return json.dumps({"seed": self.seed, "start": self.start.isoformat(), "s0": self.s0})
+
+    @classmethod
+    def from_json(cls, text: str) -> SimMarketDefinition:
+        d = json.loads(text)
+        return cls(int(d["seed"]), date.fromisoformat(d["start"]), float(d["s0"]))
+
+
+def sim_market_definition(cfg: AppConfig, today: date, now: datetime) -> SimMarketDefinition:
+    """The stored definition of the simulated market, or a new one (stored) on the first start."""
+    from storage import kv
+
+    stored = kv.get(SIM_MARKET_KEY)
+    if stored:
+        try:
+            market = SimMarketDefinition.from_json(stored)
+        except (ValueError, KeyError, TypeError) as e:
+            log.error("the stored simulated market is unreadable (%s); starting a new one", e)
+        else:
+            if market.seed != cfg.sim_seed:
+                log.warning("SIM_SEED is %d but this database's simulated market was made with seed %d; it goes "
+                            "on with %d (a new SIM_SEED applies to a new database)", cfg.sim_seed, market.seed,
+                            market.seed)
+            return market
+    market = SimMarketDefinition(cfg.sim_seed, today - timedelta(days=SIM_HISTORY_DAYS), SIM_S0)
+    kv.put(SIM_MARKET_KEY, market.to_json(), now)
+    return market
+
+
+def make_sim_broker(cfg: AppConfig, clock: Clock) -> Broker:
+    """The simulated broker on the market this database has known since its first start (needs the
+    database open)."""
     from broker.sim import SimBroker
     from broker.sim_market import IvSource, PricePath
 
     cal = nyse()
-    today = clock.now().date()
-    path = PricePath.wall_clock(cal, cfg.sim_seed, today - timedelta(days=400), today + timedelta(days=60))
+    now = clock.now()
+    today = now.date()
+    market = sim_market_definition(cfg, today, now)
+    end = max(today, market.start) + timedelta(days=SIM_AHEAD_DAYS)
+    path = PricePath.wall_clock(cal, market.seed, market.start, end, s0=market.s0)
     return SimBroker(clock, path, IvSource.constant(0.24), calendar=cal, starting_cash=cfg.sim_capital,
-                     mixed_account=True, seed=cfg.sim_seed, cash_rate=parse_cash_rate(cfg.sim_cash_rate))
+                     mixed_account=True, seed=market.seed, cash_rate=parse_cash_rate(cfg.sim_cash_rate))
 
 
-def make_broker(cfg: AppConfig, clock: WallClock) -> Broker:
+def make_broker(cfg: AppConfig, clock: Clock) -> Broker:
     """The configured broker: the built-in simulator, or IB Gateway through ib_async."""
     if cfg.broker == "ib":
         from bot.logs import redactor

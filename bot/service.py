@@ -33,9 +33,10 @@ from broker.base import Position
 from storage import auth, ledger
 from strategy.accounting import unrealized_pnl
 from strategy.calendar import NY
+from strategy.exposure import Exposure, exposure
 from strategy.model import OptionContract, OptionQuote
 from strategy.rules import lot_pnl_pct, take_profit_target
-from strategy.settings import PauseMode, SettingChange, SettingError, StrategySettings
+from strategy.settings import PauseMode, SettingChange, SettingError, StrategySettings, parse_setting
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -131,7 +132,9 @@ class BotService:
             rows.append(LotRow(lot.id, lot.contract.key, lot.qty, lot.avg_price, mid, pct, usd, held,
                                take_profit_target(held, s.tp_tiers), s.force_exit_days - held,
                                lot.contract.dte(today), value))
-        held_by_bot = {lot.contract: lot.qty for lot in lots}
+        held_by_bot: dict[OptionContract, int] = {}  # summed: two lots often hold the same contract
+        for lot in lots:
+            held_by_bot[lot.contract] = held_by_bot.get(lot.contract, 0) + lot.qty
         others: dict[str, list[Position]] = {"stock": [], "option": [], "bond": []}
         cash: dict[str, Decimal] = {}
         for p in positions or []:
@@ -142,7 +145,9 @@ class BotService:
                 rest = p.qty - held_by_bot[p.contract]
                 if rest == 0:
                     continue
-                p = Position(p.category, p.symbol, p.description + " (besides the bot's lot)", rest, p.avg_cost,
+                besides = " (besides the bot's lots)" if len([x for x in lots if x.contract == p.contract]) > 1 \
+                    else " (besides the bot's lot)"
+                p = Position(p.category, p.symbol, p.description + besides, rest, p.avg_cost,
                              p.market_price, None, p.currency, p.contract)
             others.setdefault(p.category, []).append(p)
         if not cash and account is not None:
@@ -161,7 +166,8 @@ class BotService:
         if shares:
             price = (q.last or q.mid) if q is not None else None
             value = price * shares if price is not None else None
-        return AccountView(account, shares, cost, value, ledger.recycling_pool(), tuple(notes))
+        return AccountView(account, shares, cost, value, ledger.recycling_pool(), tuple(notes),
+                           self.settings.current.recycle_threshold)
 
     def trades(self, n: int) -> list[TradeRow]:
         rows = []
@@ -190,7 +196,8 @@ class BotService:
             curve.append((at, total))
         closed = ledger.closed_lot_pnls()
         return PnlView(total, unrealized, account.qqqm_cost, account.qqqm_value,
-                       account.pool, len(closed), sum(1 for p in closed if p > 0), tuple(curve), tuple(notes))
+                       account.pool, len(closed), sum(1 for p in closed if p > 0), tuple(curve), tuple(notes),
+                       self.settings.current.recycle_threshold)
 
     def current_settings(self) -> StrategySettings:
         return self.settings.current
@@ -202,6 +209,23 @@ class BotService:
         every order not yet sent once this returns."""
         async with self.engine.send_lock:
             return self.settings.update(key, value, who)
+
+    def preview_setting(self, key: str, value: str) -> SettingChange | SettingError:
+        """What ``/set KEY VALUE`` would change, stored nowhere (a change that raises the money at
+        risk is confirmed first)."""
+        return parse_setting(self.settings.current, key, value)
+
+    async def net_liquidation(self) -> Decimal | None:
+        """The account's net liquidation within the reply budget (None when the broker has not told)."""
+        account = await self._ask("account", "account summary", self.engine.broker.account_summary, [])
+        return account.net_liquidation if account is not None and account.net_liquidation > 0 else None
+
+    def exposures(self, change: SettingChange, net_liquidation: Decimal | None) -> tuple[Exposure, Exposure]:
+        """The money a new lot takes before and after ``change``, at the last lot's contract price."""
+        cost = ledger.last_contract_cost()
+        base = self.settings.current
+        return exposure(base, net_liquidation, cost), exposure(change.settings, net_liquidation, cost)
+
 
     async def set_paused(self, mode: PauseMode, who: str) -> SettingChange | SettingError:
         """Pause or resume; once this returns, no automatic order the pause holds back leaves the bot
@@ -345,7 +369,19 @@ class BotService:
         return reports.lot_story(lot_id)
 
     def period_pnl(self, period: reports.Period, n: int) -> list[reports.PeriodRow]:
-        return reports.period_report(period, self._today(), n)
+        """The last ``n`` weeks or months; for days, the last ``n`` sessions (weekends and holidays
+        only when something was realized on them)."""
+        today = self._today()
+        if period != "day":
+            return reports.period_report(period, today, n)
+        cal = self.engine.calendar
+        sessions: list[date] = []
+        day: date | None = today if cal.is_session(today) else getattr(cal.previous_session(today), "day", None)
+        while day is not None and len(sessions) < n:
+            sessions.append(day)
+            prev = cal.previous_session(day)
+            day = prev.day if prev is not None else None
+        return reports.days_report(sessions, today)
 
     def recent_logs(self, n: int) -> list[str]:
         from bot.logs import recent_lines

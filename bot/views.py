@@ -82,6 +82,7 @@ class AccountView:
     qqqm_value: Decimal | None
     pool: Decimal
     notes: tuple[str, ...] = ()
+    threshold: Decimal = Decimal(500)  # the recycling threshold, to say what the pool means
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +118,7 @@ class PnlView:
     wins: int
     curve: tuple[tuple[datetime, Decimal], ...] = field(default=())
     notes: tuple[str, ...] = ()
+    threshold: Decimal = Decimal(500)
 
 
 @dataclass(frozen=True, slots=True)

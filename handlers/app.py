@@ -14,12 +14,12 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, cast
 
 from apscheduler.triggers.cron import CronTrigger
-from telegram import BotCommand, Update
+from telegram import BotCommand, InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.constants import ParseMode
 from telegram.error import InvalidToken
 from telegram.ext import (
@@ -31,7 +31,7 @@ from telegram.ext import (
     filters,
 )
 
-from bot import cli, jobs
+from bot import alert_view, cli, jobs
 from bot.alerts import EventKind, FanoutSink, LogSink, mode_label
 from bot.config import AppConfig
 from bot.engine import Engine
@@ -69,9 +69,11 @@ def build(
     assert cfg.telegram_bot_token is not None and cfg.totp_encryption_key is not None
     fernet = auth.load_fernet(cfg.totp_encryption_key.get_secret_value())
     db = open_database(cfg.db_url)
-    if clock is None or broker is None:
-        wall = WallClock()
-        clock, broker = wall, make_broker(cfg, wall)
+    if broker is None:
+        clock = clock or WallClock()
+        broker = make_broker(cfg, clock)
+    elif clock is None:
+        clock = WallClock()
     the_broker = broker
 
     def label() -> str:
@@ -86,20 +88,26 @@ def build(
         builder_hook(builder)
     app = cast(BotApp, builder.build())  # the builder cannot carry the custom context types through
 
-    async def send(chat_id: int, text: str, silent: bool) -> int:
+    async def send(chat_id: int, text: str, silent: bool, actions: Sequence[tuple[str, str]] = ()) -> int:
         message_id = 0
-        for chunk in fmt.split_message(text):
+        chunks = fmt.split_message(text)
+        for i, chunk in enumerate(chunks):
             message = await app.bot.send_message(chat_id, chunk, parse_mode=ParseMode.HTML,
-                                                 disable_notification=silent, disable_web_page_preview=True)
+                                                 disable_notification=silent, disable_web_page_preview=True,
+                                                 reply_markup=alert_markup(actions) if i == len(chunks) - 1 else None)
             message_id = message.message_id
         return message_id  # the message holding the end of the text: the one a thread's next alert edits
 
-    async def edit(chat_id: int, message_id: int, text: str) -> None:
+    async def edit(chat_id: int, message_id: int, text: str, actions: Sequence[tuple[str, str]] = ()) -> None:
         await app.bot.edit_message_text(text, chat_id=chat_id, message_id=message_id, parse_mode=ParseMode.HTML,
-                                        disable_web_page_preview=True)
+                                        disable_web_page_preview=True, reply_markup=alert_markup(actions))
 
-    notifier = TelegramNotifier(cfg.admin_user_ids, lambda ev: fmt.alert_html(ev, label()), send, clock.now,
-                                quiet_window=parse_window(cfg.ib_quiet_window), edit=edit)
+    async def delete(chat_id: int, message_id: int) -> None:
+        await app.bot.delete_message(chat_id, message_id)
+
+    notifier = TelegramNotifier(cfg.admin_user_ids, lambda ev: fmt.alert_html(alert_view.present(ev), label()), send,
+                                clock.now, quiet_window=parse_window(cfg.ib_quiet_window), edit=edit, delete=delete,
+                                actions=alert_view.actions, rings_anew=frozenset(alert_view.RESULT_KINDS))
     sink = FanoutSink([LogSink(label), notifier])
     settings = SettingsService(sink, clock.now)
     engine = Engine(broker, clock, calendar or nyse(), settings, sink, cfg.limits)
@@ -117,10 +125,21 @@ def build(
     return parts
 
 
+def alert_markup(actions: Sequence[tuple[str, str]]) -> InlineKeyboardMarkup | None:
+    """An alert's buttons: each only shows something (a list, a confirm that needs a session), so
+    they carry the action itself and work after a restart."""
+    if not actions:
+        return None
+    return InlineKeyboardMarkup([[InlineKeyboardButton(text, callback_data=commands.ALERT_PREFIX + action)
+                                  for text, action in actions]])
+
+
 def register_handlers(app: BotApp) -> None:
+    app.bot_data.deps.extra["command_names"] = [c.name for c in commands.COMMANDS]  # for plain-text hints
     for command in commands.COMMANDS:
         app.add_handler(CommandHandler(command.name, command.handler))
     app.add_handler(CallbackQueryHandler(manual.manual_callback, pattern=f"^{manual.PREFIX}"))
+    app.add_handler(CallbackQueryHandler(commands.alert_action, pattern=f"^{commands.ALERT_PREFIX}"))
     app.add_handler(CallbackQueryHandler(settings_callback))
     app.add_handler(MessageHandler(filters.COMMAND, commands.unknown))
     app.add_handler(MessageHandler(filters.ALL, typed_value))

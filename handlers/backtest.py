@@ -16,7 +16,7 @@ from bot.manual import Refusal
 from handlers import format as fmt
 from handlers.auth import guarded, who
 from handlers.context import BotContext, Deps
-from strategy.settings import SettingError
+from strategy.settings import SettingError, resolve_key
 
 log = logging.getLogger(__name__)
 
@@ -24,13 +24,28 @@ log = logging.getLogger(__name__)
 @guarded("change")
 async def backtest_command(update: Update, context: BotContext) -> None:
     deps = context.deps
-    request = parse_request(deps.service.current_settings(), context.args or [])
+    request = parse_request(deps.service.current_settings(), assignments(context.args or []))
     message = update.effective_message
     assert message is not None
     if isinstance(request, SettingError):
         await message.reply_text(fmt.error_text(request), parse_mode=ParseMode.HTML)
         return
     await run_and_reply(update, context, request)
+
+
+def assignments(args: list[str]) -> list[str]:
+    """``/backtest delta 0.7`` as ``/backtest delta=0.7``: /set's ``KEY VALUE`` is taken too."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        word = args[i]
+        if "=" not in word and resolve_key(word) is not None and i + 1 < len(args) and "=" not in args[i + 1]:
+            out.append(f"{word}={args[i + 1]}")
+            i += 2
+            continue
+        out.append(word)
+        i += 1
+    return out
 
 
 async def run_and_reply(update: Update, context: BotContext, request: Request) -> None:
@@ -42,7 +57,7 @@ async def run_and_reply(update: Update, context: BotContext, request: Request) -
     if busy is not None:
         await context.bot.send_message(chat.id, f"⏳ {fmt.e(busy[0].upper() + busy[1:])}.")
         return
-    what = f"{request.years} year{'s' if request.years > 1 else ''} of QQQ"
+    what = f"up to {request.years} year{'s' if request.years > 1 else ''} of QQQ (as far back as the data goes)"
     started = await context.bot.send_message(
         chat.id, f"⏳ Backtesting {fmt.e(what)}: "
         + ("the current settings and the change, side by side" if request.compares else "the current settings")

@@ -88,11 +88,14 @@ class Buttons:
 
     def consume(self, data: str, user_id: int, now: datetime,
                 check: Callable[[Token], str | None] = lambda t: None,
-                what: Callable[[Token], str] = lambda t: "this button was used") -> Token | str:
+                what: Callable[[Token], str] = lambda t: "this button was used",
+                whole_message: Callable[[Token], bool] = lambda t: True) -> Token | str:
         """The token behind ``data`` with every button of its message now dead, or why it is refused
         (``check`` may refuse it and leave it alive, e.g. no session). One synchronous step: nothing
         is awaited between the look-up and the kill, so of two taps at the same moment one acts and
-        the other is answered "Already done: …" (what ``what`` says, then the ``finish`` result)."""
+        the other is answered "Already done: …" (what ``what`` says, then the ``finish`` result).
+        ``whole_message`` False: only this button is used up (one that only asks, below a list
+        whose other buttons stay usable)."""
         key = data[len(self.prefix):] if data.startswith(self.prefix) else ""
         used = self._used.get(key)
         if used is not None and used.user_id == user_id:
@@ -104,11 +107,12 @@ class Buttons:
         if refused is not None:
             return refused
         record = Used(user_id, what(token), now)
-        for k in self._group_keys(key, token.group):
+        whole = whole_message(token)
+        for k in self._group_keys(key, token.group if whole else ""):
             self._used[k] = record
         while len(self._used) > MAX_USED:
             self._used.pop(next(iter(self._used)))
-        if token.group:
+        if token.group and whole:
             self.kill_group(token.group)
         else:
             self._tokens.pop(key, None)

@@ -17,22 +17,28 @@ from telegram.error import TelegramError
 from bot.alerts import EventKind
 from bot.charts import pnl_chart_png
 from bot.logs import redactor
+from bot.manual import Refusal
 from bot.reports import Period
 from bot.settings_service import pause_text
 from handlers import format as fmt
-from handlers import manual
-from handlers.auth import Handler, guarded, who
+from handlers import guess, manual
+from handlers.auth import Handler, guarded, pending_after_login, who
 from handlers.backtest import backtest_command
 from handlers.context import BotContext
-from handlers.settings_kb import settings_command
+from handlers.settings_kb import Panel, confirm_screen, settings_command, tokens_of
 from storage import auth, kv
+from strategy import number_style as num
+from strategy.exposure import raises_money_at_risk
+from strategy.hints import typing_hint
 from strategy.numbers import NotANumber, read_whole
-from strategy.settings import PauseMode, SettingError
+from strategy.settings import PauseMode, SettingChange, SettingError, format_value
 
 log = logging.getLogger(__name__)
 MAX_TRADES = 50
 MIN_CHART_POINTS = 3  # fewer points make a chart that says nothing the text does not
 MAX_LOG_LINES = 100
+DEFAULT_LOG_LINES = 10
+LOG_FILE_LINES = 500  # the whole recent log the process keeps
 
 
 async def reply(update: Update, text: str) -> None:
@@ -52,11 +58,11 @@ async def start(update: Update, context: BotContext) -> None:
     assert user is not None and chat is not None
     status = auth.enrollment_status(user.id)
     if status == "active":
-        await reply(update, fmt.help_text(deps.label, help_lines()))
+        await reply(update, fmt.help_text(deps.label, help_groups()))
         return
     enrollment = auth.start_enrollment(user.id, deps.fernet, deps.now())
     if enrollment is None:  # activated meanwhile
-        await reply(update, fmt.help_text(deps.label, help_lines()))
+        await reply(update, fmt.help_text(deps.label, help_groups()))
         return
     redactor().add(enrollment.secret)  # whatever logs it later, the log shows ***
     caption = ("<b>Two-factor enrollment</b>\n"
@@ -85,7 +91,17 @@ async def _delete_enrollment_message(context: BotContext, user_id: int) -> None:
 
 @guarded("admin")
 async def help_(update: Update, context: BotContext) -> None:
-    await reply(update, fmt.help_text(context.deps.label, help_lines()))
+    """/help: the commands by group, one line each; /help COMMAND: what that one does."""
+    args = context.args or []
+    if args:
+        name = args[0].lstrip("/").lower()
+        command = next((c for c in COMMANDS if c.name == name), None)
+        if command is None:
+            await reply(update, f"There is no /{fmt.e(name)}. " + (guess_text(name) or "/help lists the commands."))
+            return
+        await reply(update, f"/{command.name} — {fmt.e(command.help)}")
+        return
+    await reply(update, fmt.help_text(context.deps.label, help_groups()))
 
 
 @guarded("admin")
@@ -107,7 +123,13 @@ async def login(update: Update, context: BotContext) -> None:
     if result.ok:
         expires = auth.session_expires_at(user.id)
         extra = "Two-factor enrollment complete. " if result.activated else ""
-        await reply(update, f"✅ {fmt.e(extra)}Session open until {fmt.e(fmt.ny(expires))}.")
+        pending = pending_after_login(context, deps.now())
+        then = f"\nNow doing what you asked: <code>{fmt.e(pending.text)}</code>" if pending is not None else ""
+        await reply(update, f"✅ {fmt.e(extra)}Session open until {fmt.e(fmt.ny(expires))}.{then}")
+        command = next((c for c in COMMANDS if pending is not None and c.name == pending.command), None)
+        if pending is not None and command is not None:
+            context.args = list(pending.args)
+            await command.handler(update, context)
     else:
         await reply(update, f"❌ {fmt.e(result.message)}")
 
@@ -129,12 +151,47 @@ async def status(update: Update, context: BotContext) -> None:
 
 @guarded("read")
 async def positions(update: Update, context: BotContext) -> None:
+    await _positions(update, context)
+
+
+async def _positions(update: Update, context: BotContext) -> None:
     deps = context.deps
     view = await deps.service.positions()
     user = update.effective_user
     assert user is not None
     markup = manual.sell_buttons(deps, user.id, [lot.id for lot in view.lots])
     await manual.reply_with(update, fmt.positions_text(view, deps.label), markup)
+
+
+ALERT_PREFIX = "a:"
+
+
+@guarded("read")
+async def alert_action(update: Update, context: BotContext) -> None:
+    """A button under an alert: [Positions], [Sell #N…] (its confirm, as a new message), [Why]. Each
+    only shows something, so it needs no token; selling still needs a session and the confirm."""
+    deps = context.deps
+    query, user = update.callback_query, update.effective_user
+    assert query is not None and user is not None
+    action = (query.data or "").removeprefix(ALERT_PREFIX)
+    what, _, arg = action.partition(":")
+    if what not in ("positions", "why", "sell") or (arg and not arg.isdigit()) or (what == "sell" and not arg):
+        await query.answer("This button is not valid.", show_alert=True)
+        return
+    await query.answer()
+    if what == "positions":
+        await _positions(update, context)
+    elif what == "why" and not arg:
+        await reply(update, fmt.journal_text(deps.service.journal_day(), deps.label))
+    elif what == "why":
+        story = deps.service.lot_story(int(arg))
+        await reply(update, fmt.lot_story_text(story, deps.label) if story is not None else f"There is no lot #{arg}.")
+    else:
+        preview = await deps.service.sell_preview(int(arg))
+        if isinstance(preview, Refusal):
+            await reply(update, manual.refused_text(preview))
+        else:
+            await manual.reply_with(update, *manual.sell_confirm(deps, user.id, preview))
 
 
 @guarded("read")
@@ -183,6 +240,19 @@ async def set_(update: Update, context: BotContext) -> None:
         await reply(update, "Usage: <code>/set KEY VALUE</code>, e.g. <code>/set delta 0.6</code> or "
                     "<code>/set entry_drop 1.5%</code>. /settings lists the keys.")
         return
+    hint = typing_hint(deps.service.current_settings(), args[0], " ".join(args[1:]))
+    if hint is not None:  # a slip people make: answered with the command to send, nothing stored
+        await reply(update, f"❓ {fmt.e(hint)}\nNothing was changed.")
+        return
+    preview = deps.service.preview_setting(args[0], " ".join(args[1:]))
+    if isinstance(preview, SettingChange) and preview.old != preview.new and raises_money_at_risk(preview):
+        # the same confirm as the keyboard's, with the money it puts at risk and 🧪 Compare
+        user = update.effective_user
+        assert user is not None
+        panel = Panel(deps, user.id, tokens_of(deps).new_panel(), await deps.service.net_liquidation())
+        (text, markup), _ = confirm_screen(panel, preview.key, format_value(preview.key, preview.new))
+        await manual.reply_with(update, text, markup)
+        return
     result = await deps.service.set_setting(args[0], " ".join(args[1:]), who(update))
     if isinstance(result, SettingError):
         await reply(update, fmt.error_text(result))
@@ -193,7 +263,7 @@ async def set_(update: Update, context: BotContext) -> None:
     await reply(update, f"✅ {fmt.change_text(result)}\nTakes effect at the next tick.")
 
 
-@guarded("change")
+@guarded("reduce")  # it only lowers the risk: it works when the session has expired (and is audited)
 async def pause(update: Update, context: BotContext) -> None:
     """/pause [entries|all]: hold back new positions, or every automatic order (the default)."""
     args = [a.lower() for a in context.args or []]
@@ -308,12 +378,21 @@ async def monthly(update: Update, context: BotContext) -> None:
 
 @guarded("read")
 async def logs(update: Update, context: BotContext) -> None:
-    n = _count(context.args or [], 20, MAX_LOG_LINES)
+    """/logs [N]: the last N lines, short and in New York time; the whole recent log, as written, in a file."""
+    n = _count(context.args or [], DEFAULT_LOG_LINES, MAX_LOG_LINES)
     if isinstance(n, NotANumber):
         await reply(update, f"{fmt.e(n.why)}Usage: <code>/logs [N]</code> with N from 1 to {MAX_LOG_LINES} "
-                    "(default 20).")
+                    f"(default {DEFAULT_LOG_LINES}).")
         return
-    await reply(update, fmt.logs_text(context.deps.service.recent_logs(n)))
+    service = context.deps.service
+    await reply(update, fmt.logs_text(service.recent_logs(n)))
+    full = service.recent_logs(LOG_FILE_LINES)
+    chat = update.effective_chat
+    if full and chat is not None:
+        data = ("\n".join(full) + "\n").encode()
+        await context.bot.send_document(chat.id, InputFile(io.BytesIO(data), filename="qqq-bot-log.txt"),
+                                        caption=f"The last {num.plural(len(full), 'log line')} in full "
+                                        "(times in UTC, redacted)")
 
 
 @guarded("read")
@@ -321,8 +400,18 @@ async def version(update: Update, context: BotContext) -> None:
     await reply(update, fmt.version_text(context.deps.service.version(), context.deps.label))
 
 
+def guess_text(name: str) -> str | None:
+    return guess.guess_text(name, [c.name for c in COMMANDS])
+
+
 @guarded("admin")
 async def unknown(update: Update, context: BotContext) -> None:
+    message = update.effective_message
+    typed = (message.text or "").split()[0] if message is not None and message.text else ""
+    guess = guess_text(typed)
+    if guess is not None:
+        await reply(update, f"There is no {fmt.e(typed.split('@', 1)[0])}. {guess}")
+        return
     await reply(update, "Unknown command. /help lists what I understand.")
 
 
@@ -336,39 +425,54 @@ class Command:
     name: str
     handler: Handler
     help: str
+    group: str = "admin"  # its line in /help: watch, trade, settings, lab, admin
 
 
 COMMANDS: tuple[Command, ...] = (
-    Command("start", start, "enroll your authenticator (first time) and see this help"),
-    Command("help", help_, "the commands"),
-    Command("login", login, "/login CODE: open a session with your authenticator code"),
-    Command("logout", logout, "end your session"),
-    Command("status", status, "connection, mode, market, QQQ, next tick, last decision"),
-    Command("positions", positions, "the bot's lots and every other holding"),
-    Command("account", account, "net liquidation, cash, buying power, QQQM core, recycling pool"),
-    Command("trades", trades, "/trades [N]: the last N fills (default 10)"),
-    Command("pnl", pnl, "realized and unrealized P&L, with a chart"),
-    Command("settings", settings_command, "view and edit the strategy settings"),
-    Command("set", set_, "/set KEY VALUE, e.g. /set delta 0.6 (needs a session)"),
-    Command("pause", pause, "/pause [entries]: hold back every automatic order, or only new positions"),
-    Command("resume", resume, "resume automatic orders (needs a session)"),
-    Command("check", check, "evaluate a tick now and show what it would do, without trading"),
-    Command("why", why, "/why: today's decisions and why not; /why N: lot N's story"),
-    Command("daily", daily, "/daily [N]: realized P&L of the last N days"),
-    Command("weekly", weekly, "/weekly [N]: realized P&L of the last N weeks"),
-    Command("monthly", monthly, "/monthly [N]: realized P&L of the last N months"),
-    Command("orders", manual.orders_command, "working orders, with a Cancel button each"),
-    Command("sell", manual.sell_command, "/sell N: sell lot N now (needs a session; asks to confirm)"),
-    Command("enter", manual.enter_command, "buy a new lot now, without waiting for a dip (confirm)"),
-    Command("cancel", manual.cancel_command, "/cancel ID or /cancel all: cancel working orders (confirm)"),
-    Command("stop", manual.stop_command, "emergency: pause everything and cancel every order (confirm)"),
+    Command("start", start, "enroll your authenticator (first time) and see this help", group="admin"),
+    Command("help", help_, "the commands", group="admin"),
+    Command("login", login, "/login CODE: open a session with your authenticator code", group="admin"),
+    Command("logout", logout, "end your session", group="admin"),
+    Command("status", status, "connection, mode, market, QQQ, next tick, last decision", group="watch"),
+    Command("positions", positions, "the bot's lots and every other holding", group="watch"),
+    Command("account", account, "net liquidation, cash, buying power, QQQM core, recycling pool", group="watch"),
+    Command("trades", trades, "/trades [N]: the last N fills (default 10)", group="watch"),
+    Command("pnl", pnl, "realized and unrealized P&L, with a chart", group="watch"),
+    Command("settings", settings_command, "view and edit the strategy settings", group="settings"),
+    Command("set", set_, "/set KEY VALUE, e.g. /set delta 0.6 (needs a session)", group="settings"),
+    Command("pause", pause, "/pause [entries]: hold back every automatic order, or only new positions",
+            group="trade"),
+    Command("resume", resume, "resume automatic orders (needs a session)", group="trade"),
+    Command("check", check, "evaluate a tick now and show what it would do, without trading", group="lab"),
+    Command("why", why, "/why: today's decisions and why not; /why N: lot N's story", group="watch"),
+    Command("daily", daily, "/daily [N]: realized P&L of the last N days", group="watch"),
+    Command("weekly", weekly, "/weekly [N]: realized P&L of the last N weeks", group="watch"),
+    Command("monthly", monthly, "/monthly [N]: realized P&L of the last N months", group="watch"),
+    Command("orders", manual.orders_command, "working orders, with a Cancel button each", group="watch"),
+    Command("sell", manual.sell_command, "/sell N: sell lot N now (needs a session; asks to confirm)",
+            group="trade"),
+    Command("enter", manual.enter_command, "buy a new lot now, without waiting for a dip (confirm)",
+            group="trade"),
+    Command("cancel", manual.cancel_command, "/cancel ID or /cancel all: cancel working orders (confirm)",
+            group="trade"),
+    Command("stop", manual.stop_command, "emergency: pause everything and cancel every order (confirm)",
+            group="trade"),
     Command("backtest", backtest_command, "/backtest [YEARS] [KEY=VALUE ...]: what the settings, or a change, "
-            "would have done (needs a session)"),
-    Command("logs", logs, "/logs [N]: the last N log lines (redacted)"),
-    Command("version", version, "the bot's version"),
+            "would have done (needs a session)", group="lab"),
+    Command("logs", logs, "/logs [N]: the last N log lines (redacted)", group="admin"),
+    Command("version", version, "the bot's version", group="admin"),
 )
 
 
 def help_lines() -> Iterator[tuple[str, str]]:
     """(name, description) of every command, in menu order."""
     return ((c.name, c.help) for c in COMMANDS)
+
+
+HELP_GROUPS: tuple[tuple[str, str], ...] = (("watch", "👀 Watch"), ("trade", "🖐 Trade"), ("settings", "⚙️ Settings"),
+                                           ("lab", "🧪 Lab"), ("admin", "🔐 Admin"))
+
+
+def help_groups() -> list[tuple[str, list[str]]]:
+    """/help's lines: each group's title and its commands as typed ("sell N")."""
+    return [(title, [c.name for c in COMMANDS if c.group == group]) for group, title in HELP_GROUPS]

@@ -5,8 +5,9 @@ figures, it only lays out what the service returns."""
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from bot.alerts import Event, EventKind
@@ -15,7 +16,9 @@ from bot.report import TickReport
 from bot.reports import DayJournal, LotStory, PeriodRow
 from bot.settings_service import pause_text
 from bot.views import AccountView, ComparisonView, OrdersView, PnlView, PositionsView, StatusView, TradeRow
+from strategy import number_style as num
 from strategy.calendar import NY
+from strategy.exposure import Exposure
 from strategy.settings import (
     GROUP_TITLES,
     GROUPS,
@@ -39,14 +42,12 @@ def e(value: object) -> str:
 
 
 def money(value: Decimal | None, currency: str = "USD", signed: bool = False) -> str:
-    if value is None:
-        return "—"
-    text = f"{value:+,.2f}" if signed else f"{value:,.2f}"
-    return f"{text} {currency}" if currency else text
+    """Money in the one style of ``strategy.numbers``: ``12,000.00 USD``, ``−380.00 USD``."""
+    return num.usd(value, sign=signed, currency=currency)
 
 
 def pct(value: Decimal | None) -> str:
-    return "—" if value is None else f"{value:+.2f} %"
+    return num.percent(value)
 
 
 def mark(value: Decimal | None) -> str:
@@ -120,11 +121,11 @@ def notes_lines(notes: Iterable[str]) -> list[str]:
 
 # --- commands ------------------------------------------------------------------------------------
 
-def help_text(mode_label: str, commands: Iterable[tuple[str, str]]) -> str:
-    """/help: every command with its one-line description, from the command table."""
-    lines = [f"<b>QQQ LEAPS bot</b> {e(mode_label)}".rstrip(), ""]
-    lines += [f"/{cmd} — {e(text)}" for cmd, text in commands]
-    lines += ["", "Read-only commands need only your user id; changes need an open session (/login CODE)."]
+def help_text(mode_label: str, groups: Iterable[tuple[str, Sequence[str]]]) -> str:
+    """/help: the commands by group, one line each, from the command table."""
+    lines = [f"<b>QQQ LEAPS bot</b> {e(mode_label)}".rstrip()]
+    lines += [f"{e(title)}: " + " ".join(f"/{e(cmd)}" for cmd in commands) for title, commands in groups]
+    lines += ["Changes need a session (/login CODE). <code>/help sell</code> explains one command."]
     return "\n".join(lines)
 
 
@@ -157,7 +158,7 @@ def status_text(v: StatusView, label: str) -> str:
     lines.append(f"Next tick: {e(ny(v.next_tick))}")
     if v.last_tick_time:
         last = datetime.fromisoformat(v.last_tick_time)
-        lines.append(f"Last tick ({e(ny(last))}): {e(v.last_tick_summary or '')}")
+        lines.append(f"Last tick ({e(ny(last))}): {e(num.restyle(v.last_tick_summary or ''))}")
     else:
         lines.append("Last tick: none yet")
     lines += notes_lines(v.notes)
@@ -192,7 +193,7 @@ def positions_text(v: PositionsView, label: str) -> str:
             lines.append(f"{e(p.description or p.symbol)}: <code>{p.qty.normalize():f}</code> · {e(value)}")
     if v.cash:
         lines += ["", "<b>Cash</b>"]
-        lines += [f"{e(cur)}: <code>{amount:,.2f}</code>" for cur, amount in sorted(v.cash.items())]
+        lines += [f"{e(cur)}: <code>{e(num.plain(amount))}</code>" for cur, amount in sorted(v.cash.items())]
     lines += notes_lines(v.notes)
     return "\n".join(lines)
 
@@ -207,11 +208,11 @@ def account_text(v: AccountView, label: str) -> str:
             f"Available funds (USD): <code>{e(money(a.available_funds_usd))}</code>",
         ]
         for cur, amount in sorted(a.cash_by_currency.items()):
-            lines.append(f"Cash {e(cur)}: <code>{amount:,.2f}</code>")
+            lines.append(f"Cash {e(cur)}: <code>{e(num.plain(amount))}</code>")
     lines += [
         f"QQQM core (bought by recycling): {v.qqqm_shares} shares, cost <code>{e(money(v.qqqm_cost))}</code>, "
         f"value <code>{e(money(v.qqqm_value))}</code>",
-        f"Recycling pool: <code>{e(money(v.pool))}</code>",
+        f"Recycling pool: {e(num.pool_text(v.pool, v.threshold))}",
     ]
     lines += notes_lines(v.notes)
     return "\n".join(lines)
@@ -224,7 +225,7 @@ def trades_text(rows: Sequence[TradeRow], label: str) -> str:
         lines.append("No fills yet.")
     for t in rows:
         extra = f" · {mark(t.realized)} {e(money(t.realized, 'USD', signed=True))}" if t.realized is not None else ""
-        comm = f" · comm {t.commission:.2f}" if t.commission is not None else ""
+        comm = f" · commission {num.usd(t.commission)}" if t.commission is not None else ""
         lines.append(f"{e(ny(t.time))} <b>{e(t.side)}</b> {t.qty} {e(t.what)} @ <code>{t.price:.2f}</code>"
                      f"{e(comm)} ({e(t.purpose)}){extra}")
     return "\n".join(lines)
@@ -240,7 +241,7 @@ def pnl_text(v: PnlView, label: str) -> str:
         f"Unrealized (open lots at mid): {mark(v.unrealized_options)} "
         f"<code>{e(money(v.unrealized_options, 'USD', signed=True))}</code>",
         f"QQQM core: {mark(qqqm_unreal)} <code>{e(money(qqqm_unreal, 'USD', signed=True))}</code>",
-        f"Recycling pool: <code>{e(money(v.pool))}</code>",
+        f"Recycling pool: {e(num.pool_text(v.pool, v.threshold))}",
     ]
     lines += notes_lines(v.notes)
     return "\n".join(lines)
@@ -253,9 +254,9 @@ def check_text(report: TickReport, label: str, market_open: bool = True) -> str:
         lines.append(f"<i>The market is closed: this is the first tick of {report.session:%a %Y-%m-%d} "
                      f"({e(ny(report.time))}) if prices stayed where they are now, QQQ's last price as its "
                      "previous close.</i>")
-    lines.append(e(report.summary() or "no action"))
+    lines.append(e(num.restyle(report.summary() or "no action")))
     if report.reasons:
-        lines += ["", "<b>Why</b>"] + [f"• {e(r.text)}" for r in report.reasons]
+        lines += ["", "<b>Why</b>"] + [f"• {e(num.restyle(r.text))}" for r in report.reasons]
     return "\n".join(lines)
 
 
@@ -263,7 +264,7 @@ def journal_text(j: DayJournal, label: str) -> str:
     lines = [f"<b>Decisions of {j.day:%a %Y-%m-%d}</b> {e(label)}".rstrip()]
     if not j.lines:
         lines.append("Nothing recorded for this session yet.")
-    lines += [f"{e(line.at.astimezone(NY).strftime('%H:%M'))} {e(line.text)}" for line in j.lines]
+    lines += [f"{e(line.at.astimezone(NY).strftime('%H:%M'))} {e(num.restyle(line.text))}" for line in j.lines]
     lines.append("")
     lines.append("One line each time a decision or its reason changes. /why N tells lot N's story.")
     return "\n".join(lines)
@@ -278,26 +279,28 @@ def lot_story_text(story: LotStory, label: str) -> str:
              f"opened {e(ny(story.opened_at))}; {state}", ""]
     if not story.lines:
         lines.append("No journal lines for this lot (it predates the journal).")
-    lines += [f"{e(line.at.astimezone(NY).strftime('%Y-%m-%d %H:%M'))} {e(line.text)}" for line in story.lines]
+    lines += [f"{e(line.at.astimezone(NY).strftime('%Y-%m-%d %H:%M'))} {e(num.restyle(line.text))}"
+              for line in story.lines]
     return "\n".join(lines)
 
 
-_PERIOD_TITLES = {"day": "Realized P&amp;L by day", "week": "Realized P&amp;L by week",
+_PERIOD_TITLES = {"day": "Realized P&amp;L by trading day", "week": "Realized P&amp;L by week",
                   "month": "Realized P&amp;L by month"}
 
 
 def period_text(period: str, rows: Sequence[PeriodRow], label: str) -> str:
     lines = [f"<b>{_PERIOD_TITLES[period]}</b> {e(label)}".rstrip(),
-             "<i>Options, net of commissions; lots that expired unsold included.</i>"]
+             "<i>Options, net of commissions; lots that expired unsold included.</i>"
+             + (" <i>Weekends and holidays only when something closed.</i>" if period == "day" else "")]
     total = sum((r.realized for r in rows), Decimal(0))
     for r in rows:
         when = {"day": f"{r.start:%a %Y-%m-%d}", "week": f"week of {r.start:%Y-%m-%d}",
                 "month": f"{r.start:%B %Y}"}[period]
         counts = []
         if r.sales:
-            counts.append(f"{r.sales} sale{'' if r.sales == 1 else 's'}")
+            counts.append(num.plural(r.sales, "sale"))
         if r.expiries:
-            counts.append(f"{r.expiries} expir{'y' if r.expiries == 1 else 'ies'}")
+            counts.append(num.plural(r.expiries, "expiry", "expiries"))
         detail = f" ({', '.join(counts)}, {r.wins} won)" if counts else " (nothing closed)"
         lines.append(f"{e(when)}: {mark(r.realized)} <code>{e(money(r.realized, 'USD', signed=True))}</code>"
                      f"{e(detail)}")
@@ -305,11 +308,31 @@ def period_text(period: str, rows: Sequence[PeriodRow], label: str) -> str:
     return "\n".join(lines)
 
 
+LOG_LINE_CHARS = 110  # a phone shows about this much of a line in three or four rows
+_LOG_LINE = re.compile(r"(?P<time>\S+) (?P<level>[A-Z]+) (?P<name>\S+): (?P<msg>.*)", re.S)
+_LEVEL_MARKS = {"WARNING": "⚠️ ", "ERROR": "❗ ", "CRITICAL": "❗ "}
+
+
+def log_line(line: str) -> str:
+    """One log line as a phone reads it: the time in New York, a mark for a warning or an error, the
+    logger's last name, the message cut to ``LOG_LINE_CHARS``."""
+    m = _LOG_LINE.fullmatch(line)
+    if m is None:
+        return line if len(line) <= LOG_LINE_CHARS else line[: LOG_LINE_CHARS - 1] + "…"
+    try:
+        at = datetime.fromisoformat(m["time"]).astimezone(NY).strftime("%H:%M:%S")
+    except ValueError:
+        at = m["time"]
+    msg = m["msg"] if len(m["msg"]) <= LOG_LINE_CHARS else m["msg"][: LOG_LINE_CHARS - 1] + "…"
+    return f"{at} {_LEVEL_MARKS.get(m['level'], '')}{m['name'].rsplit('.', 1)[-1]}: {msg}"
+
+
 def logs_text(lines: Sequence[str]) -> str:
+    """/logs: the last lines, short, in New York time (the full lines come as a file)."""
     if not lines:
         return "No log lines yet in this process."
-    return "\n".join([f"<b>Last {len(lines)} log line{'' if len(lines) == 1 else 's'}</b> (UTC, redacted)",
-                      *(f"<code>{e(line)}</code>" for line in lines)])
+    head = f"<b>Last {num.plural(len(lines), 'log line')}</b> (ET, redacted; in full in the file)"
+    return "\n".join([head, *(e(log_line(line)) for line in lines)])
 
 
 def version_text(versions: dict[str, str], label: str) -> str:
@@ -321,7 +344,8 @@ def version_text(versions: dict[str, str], label: str) -> str:
 
 
 def value_html(key: str, value: object) -> str:
-    """A setting's value as typed, in code, with its unit after it: ``<code>1.5</code> %``."""
+    """A setting's value as typed, in code (what /set takes, so no number style applies inside),
+    with its unit after it: ``<code>1.5</code> %``."""
     unit = unit_text(key, value)
     return f"<code>{e(format_value(key, value))}</code>" + (f" {e(unit)}" if unit else "")
 
@@ -338,6 +362,35 @@ def settings_text(s: StrategySettings, label: str) -> str:
 def change_text(c: SettingChange) -> str:
     """ "Entry drop: 1 % → 1.5 %", the old and the new value as they are stored."""
     return f"{e(label_of(c.key))}: {value_html(c.key, c.old)} → {value_html(c.key, c.new)}"
+
+
+def _lot_money(x: Exposure, lots: int = 1) -> str:
+    if x.skipped:
+        return "none (entries skipped)"
+    if x.per_lot is None:
+        return f"up to {num.usd(x.cap * lots)}"
+    return f"about {num.usd(x.per_lot * lots)}"
+
+
+def exposure_lines(old: Exposure, new: Exposure) -> list[str]:
+    """The money a change puts at risk, old → new: a new lot, every lot held, the cap on a lot."""
+    def change(a: str, b: str) -> str:
+        return f"{e(a)} → <b>{e(b)}</b>" if a != b else f"{e(b)}, as now"
+
+    lines = [f"💵 A new lot: {change(_lot_money(old), _lot_money(new))}"]
+    lots = f"{new.lots} lots" if new.lots == old.lots else f"{old.lots} → {new.lots} lots"
+    lines.append(f"💵 With {lots}: {change(_lot_money(old, old.lots), _lot_money(new, new.lots))}")
+    if old.cap != new.cap:
+        lines.append(f"💵 The most a lot may cost: {change(num.usd(old.cap), num.usd(new.cap))}")
+    if new.skipped and new.uncapped is not None:
+        lines.append(f"<i>A lot would cost {e(num.usd(new.uncapped))}, above Max premium "
+                     f"({e(num.usd(new.cap))}): entries would be skipped.</i>")
+    elif new.uncapped is not None:
+        lines.append(f"<i>That size is {e(num.usd(new.uncapped))}; Max premium caps a lot at "
+                     f"{e(num.usd(new.cap))}.</i>")
+    if new.contract_cost is not None:
+        lines.append(f"<i>At the last lot's price of one contract, {e(num.usd(new.contract_cost))}.</i>")
+    return lines
 
 
 def error_text(err: SettingError) -> str:
@@ -470,7 +523,7 @@ def cancel_ask_text(orders: Sequence[WorkingOrder]) -> str:
 
 
 def sell_all_ask_text(v: PositionsView) -> str:
-    lines = [f"<b>Sell all {len(v.lots)} lots now?</b>"]
+    lines = [f"<b>Sell {'the lot' if len(v.lots) == 1 else f'all {len(v.lots)} lots'} now?</b>"]
     for lot in v.lots:
         lines.append(f"#{lot.id} {e(lot.contract)} × {lot.qty}: mid {e(money(lot.mid, ''))}, "
                      f"{e(money(lot.pnl_usd, 'USD', signed=True))}")
@@ -482,7 +535,19 @@ def sell_all_ask_text(v: PositionsView) -> str:
 
 
 def _pct_cell(x: float) -> str:
-    return f"{x * 100:+.1f}%"
+    return num.percent(Decimal(str(x * 100)), 1)
+
+
+def covered_span(start: str, end: str, years: int) -> tuple[str, bool]:
+    """What a backtest really covered ("13 months", "9.8 years") and whether it is short of the
+    years asked."""
+    try:
+        days = (date.fromisoformat(end) - date.fromisoformat(start)).days
+    except ValueError:
+        return f"{years} y", False
+    months = round(days / 30.44)
+    text = num.plural(months, "month") if months < 24 else f"{days / 365.25:.1f} years"
+    return text, days / 365.25 < years - 0.25
 
 
 def comparison_text(v: ComparisonView, label: str) -> str:
@@ -491,7 +556,8 @@ def comparison_text(v: ComparisonView, label: str) -> str:
     names = ["now", "change"][: len(curves)]
     rows: list[tuple[str, list[str]]] = [
         ("CAGR", [_pct_cell(c.summary["cagr"]) for c in curves]),
-        ("Max drawdown", [f"{c.summary['max_drawdown_pct']:.1f}%" for c in curves]),
+        ("Max drawdown", [num.percent(Decimal(str(c.summary['max_drawdown_pct'])), 1, sign=False)
+                          for c in curves]),
         ("Sharpe", [f"{c.summary['sharpe']:.2f}" for c in curves]),
         ("Entries", [str(c.summary["entries"]) for c in curves]),
         ("Realized", [f"{float(c.summary['realized_pnl']):,.0f}" for c in curves]),
@@ -502,13 +568,16 @@ def comparison_text(v: ComparisonView, label: str) -> str:
     table = [f"{'':<13}" + "".join(f"{n:>{width + 1}}" for n in names)]
     table += [f"{name:<13}" + "".join(f"{cell:>{width + 1}}" for cell in cells) for name, cells in rows]
     bh = curves[0].summary["buy_hold"]
+    covered, short = covered_span(v.start, v.end, v.years)
+    asked = f" (you asked for {num.plural(v.years, 'year')}: that is all the history there is)" if short else ""
     lines = [f"<b>Backtest</b> {e(label)}".rstrip(),
-             f"{e(v.start)} → {e(v.end)} ({v.years} y, {e(v.source)}), {e(money(v.capital))} to start"]
+             f"{e(v.start)} → {e(v.end)}: {e(covered)} of {e(v.source)}{e(asked)}, {e(money(v.capital))} to start"]
     if len(curves) > 1:
         lines.append(f"now = current settings; change = {e(curves[1].label)}")
     lines += [f"<pre>{e(chr(10).join(table))}</pre>",
-              f"QQQ buy &amp; hold: CAGR {e(_pct_cell(bh['cagr']))}, max drawdown {bh['max_drawdown_pct']:.1f}%, "
+              f"QQQ buy &amp; hold: CAGR {e(_pct_cell(bh['cagr']))}, max drawdown "
+              f"{e(num.percent(Decimal(str(bh['max_drawdown_pct'])), 1, sign=False))}, "
               f"final {e(money(Decimal(bh['final_equity'])))}",
               "<i>USD figures; the past, on model option prices: not a promise.</i>"]
-    lines += notes_lines(v.notes)
+    lines += notes_lines(n for n in v.notes if not (short and "years of QQQ history" in n))  # said up front
     return "\n".join(lines)

@@ -70,8 +70,11 @@ def _uid(update: Update) -> int:
     return user.id
 
 
-def _refused(r: Refusal) -> str:
+def refused_text(r: Refusal) -> str:
     return f"❌ {fmt.e(r.text[0].upper() + r.text[1:])}.\nNothing was sent."
+
+
+_refused = refused_text
 
 
 def _lot_arg(args: list[str]) -> int | NotANumber:
@@ -176,7 +179,7 @@ async def cancel_command(update: Update, context: BotContext) -> None:
 # --- /stop -----------------------------------------------------------------------------------------
 
 
-@guarded("change")
+@guarded("reduce")  # the emergency stop only lowers the risk: no fresh session needed (it is audited)
 async def stop_command(update: Update, context: BotContext) -> None:
     deps = context.deps
     view = await deps.service.orders()
@@ -189,7 +192,7 @@ async def stop_command(update: Update, context: BotContext) -> None:
 # --- the buttons -----------------------------------------------------------------------------------
 
 
-READ_ONLY_ACTIONS = ("close", "sell_ask", "cancel_ask")
+READ_ONLY_ACTIONS = ("close", "sell_ask", "cancel_ask", "stop")  # /stop only reduces risk: no session needed
 NO_SESSION = "This changes something: open a session first with /login CODE."
 
 
@@ -224,7 +227,8 @@ async def manual_callback(update: Update, context: BotContext) -> None:
         return None if t.action in READ_ONLY_ACTIONS or auth.has_session(uid, deps.now()) else NO_SESSION
 
     # looked up and used up in one step, before any await: a tap delivered twice acts once
-    token = b.consume(data, uid, deps.now(), check, _what)
+    token = b.consume(data, uid, deps.now(), check, _what,
+                      whole_message=lambda t: t.action != "sell_ask")  # "Sell #2 now…" asks below the list
     if isinstance(token, str):
         log.info("refused a manual-control button from %s: %s", uid, token)
         await query.answer(token, show_alert=True)
@@ -244,13 +248,13 @@ async def _act(update: Update, deps: Deps, uid: int, token: Token, actor: str) -
     if a == "close":
         await _edit(update, "Closed; nothing was sent.")
         return "closed; nothing was sent."
-    if a == "sell_ask":
+    if a == "sell_ask":  # below the list, which stays as it was
         preview = await service.sell_preview(int(token.args["lot"]))
         if isinstance(preview, Refusal):
-            await _edit(update, _refused(preview))
+            await reply_with(update, _refused(preview))
         else:
-            await _edit(update, *sell_confirm(deps, uid, preview))
-        return f"{_what(token)}; the message shows the answer."
+            await reply_with(update, *sell_confirm(deps, uid, preview))
+        return f"{_what(token)}; the confirm is below."
     if a == "sell":
         await _edit(update, f"⏳ Selling lot #{token.args['lot']}…")
         sold = await service.sell(int(token.args["lot"]), actor)
@@ -286,7 +290,8 @@ async def _act(update: Update, deps: Deps, uid: int, token: Token, actor: str) -
         text = "⛔ <b>Stopped</b>\n" + "\n".join(f"• {fmt.e(line)}" for line in lines)
         if lots:
             text += f"\nThe bot still holds {lots} lot{'' if lots == 1 else 's'}."
-            await _edit(update, text, _kb(deps, uid, [[(f"Also sell all {lots}", "sell_all_ask", {}),
+            also = "Also sell the lot" if lots == 1 else f"Also sell all {lots} lots"
+            await _edit(update, text, _kb(deps, uid, [[(also, "sell_all_ask", {}),
                                                        ("Keep them", "close", {})]]))
         else:
             await _edit(update, text)
@@ -294,7 +299,9 @@ async def _act(update: Update, deps: Deps, uid: int, token: Token, actor: str) -
     if a == "sell_all_ask":
         positions = await service.positions()
         text = fmt.sell_all_ask_text(positions)
-        await _edit(update, text, _kb(deps, uid, [[(f"✅ Sell all {len(positions.lots)}", "sell_all", {}),
+        n = len(positions.lots)
+        sell = "✅ Sell the lot" if n == 1 else f"✅ Sell all {n} lots"
+        await _edit(update, text, _kb(deps, uid, [[(sell, "sell_all", {}),
                                                    ("✖ No, keep them", "close", {})]]))
         return f"{_what(token)}; the message shows the answer."
     if a == "sell_all":

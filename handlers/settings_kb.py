@@ -36,7 +36,10 @@ from handlers import format as fmt
 from handlers.auth import guarded, who
 from handlers.backtest import compare_request, run_and_reply
 from handlers.context import BotContext, Deps
+from handlers.guess import plain_text_hint
 from storage import auth, outbox
+from strategy import number_style as num
+from strategy.exposure import raises_money_at_risk
 from strategy.settings import (
     GROUP_HELP,
     GROUP_TITLES,
@@ -159,6 +162,7 @@ class Panel:
     deps: Deps
     uid: int
     id: str
+    net_liquidation: Decimal | None = None  # for the money a change puts at risk (asked before drawing)
 
     def button(self, text: str, action: str, key: str = "", value: str = "", old: str = "") -> InlineKeyboardButton:
         data = tokens_of(self.deps).issue(self.uid, self.id, action, self.deps.now(), key, value, old)
@@ -188,7 +192,9 @@ def menu_screen(p: Panel) -> Screen:
     rows = _rows(groups, per_row=2)
     rows.append([p.button(f"⏸ Pause: {format_value('paused', s.paused)}", "edit", "paused"),
                  p.button("✖ Close", "close")])
-    return fmt.settings_text(s, p.deps.label) + "\n\nTap a group to change one of its settings.", _markup(rows)
+    text = (f"<b>Settings</b> {fmt.e(p.deps.label)}".rstrip() + f"\nAutomatic orders: {fmt.pause_line(s.paused)}\n"
+            "Tap a group to see its settings and change one.")
+    return text, _markup(rows)
 
 
 def group_screen(p: Panel, group: str) -> Screen:
@@ -215,9 +221,11 @@ def _preset_text(key: str, preset: str) -> str:
     if key == "paused":
         return PAUSE_PRESETS.get(preset, preset)
     if SETTING_SPECS[key].kind in ("decimal", "int"):
-        unit = unit_text(key, Decimal(preset))
-        return f"{preset} {unit}" if unit else preset
-    return preset
+        value = Decimal(preset)
+        unit = unit_text(key, value)
+        shown = f"{value:,f}" if unit == "USD" else preset  # 5,000 USD, as amounts are shown
+        return f"{shown} {unit}" if unit else preset
+    return num.restyle(preset)  # "10 %"
 
 
 def _typing_example(key: str) -> str:
@@ -263,7 +271,27 @@ def confirm_screen(p: Panel, key: str, value_text: str) -> tuple[Screen, bool]:
     if change.old == change.new:
         text = f"No change: {fmt.change_text(change)}"
         return (text, _markup([[p.button("« Back", "edit", change.key)]])), True
-    return (f"Change {fmt.change_text(change)}?", _markup(_confirm_rows(p, change))), True
+    return (change_ask_text(p.deps, change, p.net_liquidation), _markup(_confirm_rows(p, change))), True
+
+
+def change_ask_text(deps: Deps, change: SettingChange, net_liquidation: Decimal | None) -> str:
+    """ "Change Position size: 1 contract → 10 % of net liquidation?", with the money it puts at risk
+    when it raises it."""
+    text = f"Change {fmt.change_text(change)}?"
+    if raises_money_at_risk(change):
+        old, new = deps.service.exposures(change, net_liquidation)
+        text += "\n" + "\n".join(fmt.exposure_lines(old, new))
+        if change.key in RISK_NOTES:
+            text += f"\n<i>{fmt.e(RISK_NOTES[change.key])}</i>"
+    return text
+
+
+RISK_NOTES = {
+    "target_delta": "A higher delta buys a deeper call, which costs more.",
+    "delta_tolerance": "A wider range accepts calls further from the target delta.",
+    "max_spread_pct": "Wider spreads accepted: entries may pay further from the fair price.",
+    "max_slippage_pct": "Orders may fill further from the mid.",
+}
 
 
 def _confirm_rows(p: Panel, change: SettingChange) -> list[list[InlineKeyboardButton]]:
@@ -366,7 +394,7 @@ async def _act(p: Panel, button: Button, user: str) -> Screen:
 
 async def _confirm(p: Panel, button: Button, user: str) -> Screen:
     settings = p.deps.service.current_settings()
-    back = _markup([[p.button("« Settings", "menu")]])
+    back = _markup([[_back_to_group(p, button.key)]])  # the setting's group, where its new value shows
     now_value = format_value(button.key, getattr(settings, button.key))
     if now_value != button.old:
         label = SETTING_SPECS[button.key].label
@@ -417,6 +445,7 @@ async def settings_callback(update: Update, context: BotContext) -> None:
     if button.action in CHANGES and not auth.has_session(user.id, deps.now()):
         await query.answer("This changes something: open a session first with /login CODE.", show_alert=True)
         return
+    net = await deps.service.net_liquidation() if button.action in ("preset", "compare") else None
     tokens.revoke_panel(button.panel)  # the message is redrawn: what it showed is dead from here on
     data = _user_data(context)
     waiting = data.get("awaiting")
@@ -424,15 +453,20 @@ async def settings_callback(update: Update, context: BotContext) -> None:
         data.pop("awaiting", None)
     if button.action == "type":
         data["awaiting"] = Awaiting(button.key, button.panel, deps.now() + TYPE_TTL)
-    screen = await _act(Panel(deps, user.id, button.panel), button, who(update))
+    screen = await _act(Panel(deps, user.id, button.panel, net), button, who(update))
     await query.answer()
-    await _show(update, screen)
-    if button.action == "compare":
-        request = compare_request(deps, button.key, button.value)
-        if isinstance(request, SettingError):
-            await context.bot.send_message(user.id, fmt.error_text(request), parse_mode=ParseMode.HTML)
-        else:
-            await run_and_reply(update, context, request)
+    if button.action != "compare":
+        await _show(update, screen)
+        return
+    # the comparison comes below this message: the confirm is sent again under it, where the thumb is
+    await _show(update, (screen[0] + "\n🧪 <i>Comparing; the confirm comes again below the comparison.</i>", None))
+    request = compare_request(deps, button.key, button.value)
+    if isinstance(request, SettingError):
+        await context.bot.send_message(user.id, fmt.error_text(request), parse_mode=ParseMode.HTML)
+    else:
+        await run_and_reply(update, context, request)
+    (text, markup), _ = confirm_screen(Panel(deps, user.id, tokens.new_panel(), net), button.key, button.value)
+    await context.bot.send_message(user.id, text, parse_mode=ParseMode.HTML, reply_markup=markup)
 
 
 @guarded("read")
@@ -447,7 +481,10 @@ async def typed_value(update: Update, context: BotContext) -> None:
     now = deps.now()
     if not isinstance(waiting, Awaiting) or not tokens.is_live(waiting.panel, now):
         data.pop("awaiting", None)
-        await message.reply_text("Send a command; /help lists them.")
+        enrolled = auth.enrollment_status(user.id) == "active"
+        names = deps.extra.get("command_names", ())  # the command table's, set where the handlers are registered
+        await message.reply_text(plain_text_hint(message.text or "", list(names), enrolled),
+                                 parse_mode=ParseMode.HTML)
         return
     if waiting.until < now:
         data.pop("awaiting", None)
@@ -455,8 +492,8 @@ async def typed_value(update: Update, context: BotContext) -> None:
         await message.reply_text("That came more than 5 minutes after ✏️ Type a value: nothing was changed. "
                                  "Send /settings to try again.")
         return
-    (text, markup), understood = confirm_screen(Panel(deps, user.id, tokens.new_panel()), waiting.key,
-                                                message.text or "")
+    panel = Panel(deps, user.id, tokens.new_panel(), await deps.service.net_liquidation())
+    (text, markup), understood = confirm_screen(panel, waiting.key, message.text or "")
     if understood:  # the next message is not a value any more, and the prompt's « Back is spent
         data.pop("awaiting", None)
         tokens.revoke_panel(waiting.panel)

@@ -141,6 +141,11 @@ def move_order(order_ref: str, status: OrderState, at: datetime, message: str | 
     return bool(n)
 
 
+def set_order_message(order_ref: str, message: str) -> None:
+    """What the user should know about where an order stands (shown beside its state)."""
+    Order.update(message=message).where(Order.order_ref == order_ref).execute()
+
+
 def orders_unknown_after_disconnect(at: datetime) -> int:
     """The connection to the broker was lost: every order working there is *unknown* until the
     broker's open orders and executions settle it. Returns how many."""
@@ -623,3 +628,19 @@ def roll_leg_qty(roll_id: int, side: str) -> int:
 
 def lot_row(lot_id: int) -> Lot | None:
     return prepared.first(Lot, "lot_row", lambda: Lot.select().where(Lot.id == lot_id), (lot_id,))
+
+
+def last_contract_cost() -> Decimal | None:
+    """One contract's premium in USD at the average price of the last lot bought (None before the
+    first): what a new lot's contracts cost, near enough to show the money a size puts at risk."""
+    row = Lot.select().order_by(Lot.opened_at.desc(), Lot.id.desc()).first()
+    return None if row is None else Decimal(row.avg_price) * int(row.multiplier)
+
+
+def lot_of_order(order_ref: str) -> int | None:
+    """The lot an order opened or closed (None for a QQQM or unknown order)."""
+    order = order_by_ref(order_ref)
+    if order is None:
+        return None
+    lot = _lot_for_buy(order) if order.side == "BUY" else _lot_for_sell(order)
+    return None if lot is None else int(lot.id)

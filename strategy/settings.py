@@ -211,7 +211,7 @@ _SPECS: tuple[SettingSpec, ...] = (
                 "lots held before entries stop and rolls start", ("max_pos", "positions", "max_lots"),
                 ("1", "2", "3", "4", "5")),
     SettingSpec("position_size", "size", "contracts", "entry", "Position size",
-                "a new lot's size: a number of contracts, or a share of net liquidation (10%) bought at the limit",
+                "a new lot's size: a number of contracts, or a share of net liquidation (10 %) bought at the limit",
                 ("size", "order_quantity", "qty", "quantity", "contracts"), ("1", "2", "5%", "10%", "20%")),
     SettingSpec("max_premium", "decimal", "USD", "entry", "Max premium per entry",
                 "an entry costing more than this is skipped", ("premium",), ("5000", "10000", "12000", "20000")),
@@ -333,6 +333,8 @@ def display_value(key: str, value: Any) -> str:
     text = format_value(key, value)
     if isinstance(value, PositionSize) and value.pct is not None:
         text = f"{_plain(value.pct)} %"
+    elif unit == "USD" and isinstance(value, Decimal):
+        text = f"{value.normalize():,f}"  # 12,000 USD, as every other amount is shown
     return f"{text} {unit}" if unit else text
 
 
@@ -363,7 +365,7 @@ def range_text(key: str) -> str:
         return ", ".join(spec.presets[:-1]) + " or " + spec.presets[-1]
     if spec.kind == "size":
         return (f"1–{SIZE_MAX_CONTRACTS} contracts, or {_plain(SIZE_MIN_PCT)}–{_plain(SIZE_MAX_PCT)} % of net "
-                "liquidation (e.g. 2, or 10%)")
+                "liquidation (e.g. 2, or 10 %)")
     if key == "check_interval_min":
         return f"{_divisors_text()} min (a divisor of 60, so ticks align to the clock)"
     if spec.kind == "tiers":
@@ -386,6 +388,8 @@ def valid_text(settings: StrategySettings, key: str) -> str:
 
 def _span(key: str, lo: Decimal, hi: Decimal) -> str:
     unit = unit_text(key)
+    if unit == "USD":  # amounts as every reply shows them: 1,000,000 USD
+        return f"{lo.normalize():,f}–{hi.normalize():,f} {unit}"
     return f"{_plain(lo)}–{_plain(hi)}" + (f" {unit}" if unit else "")
 
 
@@ -593,14 +597,28 @@ def parse_setting(settings: StrategySettings, key_text: str, value_text: str) ->
     return SettingChange(key=key, old=getattr(settings, key), new=getattr(new, key), settings=new)
 
 
+SHORT_KEYS: tuple[str, ...] = ("drop", "delta", "size", "premium", "positions", "tp", "force_exit", "roll",
+                               "recycle", "threshold")
+
+
+def _label_key(label: str) -> str:
+    return label.lower().replace("-", "_").replace(" ", "_").replace("/", "_")
+
+
 def unknown_key(key_text: str) -> SettingError:
-    """No such setting: the closest keys, and the list of them."""
+    """No such setting: the closest one (by key, alias or label) with its short name, and the short
+    names of the common ones (not every internal key)."""
     typed = key_text.strip()
-    close = difflib.get_close_matches(typed.lower().replace("-", "_"), list(_ALIASES), n=5, cutoff=0.6)
-    by_key = {_ALIASES[c]: c for c in reversed(close)}  # the best-matching spelling of each setting
-    hint = f" Did you mean {' or '.join(by_key.values())}?" if by_key else ""
-    return SettingError(f"Unknown setting '{typed}'.{hint} The keys are: {', '.join(SETTING_SPECS)} "
-                        "(/settings shows them with their values).")
+    spelled = typed.lower().replace("-", "_")
+    names = dict(_ALIASES) | {_label_key(spec.label): spec.key for spec in _SPECS}
+    close = difflib.get_close_matches(spelled, list(names), n=3, cutoff=0.6)
+    keys = list(dict.fromkeys(names[c] for c in close))  # each setting once, the best match first
+    hint = ""
+    if keys:
+        shown = [f"{min(SETTING_SPECS[k].aliases or (k,), key=len)} ({label_of(k)})" for k in keys]
+        hint = f" Did you mean {' or '.join(shown)}?"
+    return SettingError(f"Unknown setting '{typed}'.{hint} Short names: {', '.join(SHORT_KEYS)}; /settings shows "
+                        "every setting and its name.")
 
 
 def parse_assignment(settings: StrategySettings, text: str) -> SettingChange | SettingError:

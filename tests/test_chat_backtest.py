@@ -45,7 +45,7 @@ async def test_backtest_compares_the_current_settings_with_a_change(tg: Tg) -> N
     tg.api.clear()
     await tg.send(ADMIN, "/backtest 1 entry_drop=2")
     progress = tg.api.of("sendMessage", ADMIN)[0]
-    assert "Backtesting 1 year of QQQ" in progress.text and "side by side" in progress.text
+    assert "Backtesting up to 1 year of QQQ" in progress.text and "side by side" in progress.text
     table = tg.api.of("editMessageText", ADMIN)[-1].text
     assert "CAGR" in table and "Max drawdown" in table and "Sharpe" in table and "Entries" in table
     assert "Realized" in table and "QQQM bought" in table and "buy &amp; hold" in table
@@ -96,11 +96,18 @@ async def test_the_compare_button_of_a_pending_change(tg: Tg) -> None:
     tg.api.clear()
     await tg.tap(ADMIN, confirm.button("🧪 Compare"))
     redrawn = tg.api.of("editMessageText", ADMIN)[0]
-    assert "Change Entry drop" in redrawn.text  # the change is still pending
+    assert redrawn.text == ("Change Entry drop: <code>1</code> % → <code>2</code> %?\n"
+                            "🧪 <i>Comparing; the confirm comes again below the comparison.</i>")
+    assert redrawn.keyboard == []  # its buttons would scroll away above the comparison
     assert any("change = Entry drop 2 %" in c.text for c in tg.api.of("editMessageText", ADMIN))
     assert tg.api.of("sendPhoto", ADMIN)
     assert tg.parts.engine.settings.current.entry_drop_pct == 1
-    await tg.tap(ADMIN, redrawn.button("✅ Confirm"))  # and it can still be confirmed
+    # the change is still pending: its confirm comes again, below the photo, where the thumb is
+    methods = [c.method for c in tg.api.replies(ADMIN)]
+    assert methods[-2:] == ["sendPhoto", "sendMessage"]
+    again = tg.api.last(ADMIN)
+    assert again.text == "Change Entry drop: <code>1</code> % → <code>2</code> %?"
+    await tg.tap(ADMIN, again.button("✅ Confirm"))  # and it can still be confirmed
     assert tg.parts.engine.settings.current.entry_drop_pct == 2
 
 
@@ -130,7 +137,7 @@ async def test_the_brokers_history_is_cached_once_a_day(tmp_path: Path) -> None:
         await tg.enroll_and_login()
         await tg.send(ADMIN, "/backtest 1")
         text = tg.api.of("editMessageText", ADMIN)[-1].text
-        assert "the simulated market" in text and "only 0.2 years of QQQ history" in text
+        assert "2 months of the simulated market (you asked for 1 year: that is all the history there is)" in text
         asked = len(calls)
         assert asked >= 1
         await tg.send(ADMIN, "/backtest 1")

@@ -85,8 +85,8 @@ async def test_sell_now_button_under_positions(tg: Tg) -> None:
     await tg.send(ADMIN, "/positions")
     text = tg.api.last(ADMIN)
     await tg.tap(ADMIN, text.button(f"Sell #{lot.id}"))
-    preview = tg.api.of("editMessageText", ADMIN)[-1]
-    assert f"Sell lot #{lot.id} now?" in preview.text
+    preview = tg.api.last(ADMIN)  # a new message: the list stays as it was
+    assert preview.method == "sendMessage" and f"Sell lot #{lot.id} now?" in preview.text
     await tg.tap(ADMIN, preview.button("✖ Keep"))
     assert ledger.open_lots() == (lot,)
     assert "nothing was sent" in tg.api.of("editMessageText", ADMIN)[-1].text
@@ -189,10 +189,10 @@ async def test_stop_pauses_cancels_and_offers_to_sell_everything(tmp_path: Path)
         assert "Stopped" in stopped.text and "paused" in stopped.text
         assert tg.parts.engine.settings.current.paused.holds_exits
         assert Order.get_by_id(order.id).status == OrderState.CANCELLED
-        await tg.tap(ADMIN, stopped.button("Also sell all"))
+        await tg.tap(ADMIN, stopped.button("Also sell"))
         second = tg.api.of("editMessageText", ADMIN)[-1]
-        assert "Sell all 1 lots now?" in second.text
-        await tg.tap(ADMIN, second.button("✅ Sell all"))
+        assert "Sell the lot now?" in second.text
+        await tg.tap(ADMIN, second.button("✅ Sell"))
         assert ledger.open_lots() == ()
         assert AuditEntry.select().where(AuditEntry.action == "stop").count() == 1
 
@@ -252,6 +252,6 @@ async def test_ib_cancel_and_stop(ib_tg: Tg) -> None:
     await tg.tap(ADMIN, tg.api.last(ADMIN).button("⛔ Stop now"))
     stopped = tg.api.of("editMessageText", ADMIN)[-1]
     assert "no order was working" in stopped.text and tg.parts.engine.settings.current.paused.holds_exits
-    await tg.tap(ADMIN, stopped.button("Also sell all"))
-    await tg.tap(ADMIN, tg.api.of("editMessageText", ADMIN)[-1].button("✅ Sell all"))
+    await tg.tap(ADMIN, stopped.button("Also sell"))
+    await tg.tap(ADMIN, tg.api.of("editMessageText", ADMIN)[-1].button("✅ Sell"))
     assert ledger.open_lots() == ()

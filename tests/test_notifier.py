@@ -1,5 +1,6 @@
 """Alert grouping through the real Application and the fake Bot API: an order's alerts are one
-message per admin, edited as the order goes on; the admin whose own action raised an alert gets
+message per admin, edited as the order goes on, and its result (an entry, a sale, a recycle) rings:
+the story goes on in a new message and the old one is deleted; the admin whose own action raised an alert gets
 only the reply; silent kinds stay silent and "off" kinds are never shown, not even inside an
 order's message; nothing is lost when an edit is refused, fails, or the bot restarts."""
 
@@ -77,8 +78,11 @@ async def test_a_recycle_reaches_each_admin_as_one_message_edited_as_it_fills(tg
     for admin in (ADMIN, ADMIN2):
         sends = alert_calls(tg, admin, "sendMessage")
         edits = alert_calls(tg, admin, "editMessageText")
-        assert len(sends) == 1 and rings(sends[0])  # not three messages within 4 s: one, and it rang once
-        assert len(edits) == 2 and {int(c.params["message_id"]) for c in edits} == {sends[0].message_id}
+        # the order rang when sent; the fill was an edit; the result rang again, with the whole story
+        assert len(sends) == 2 and rings(sends[0]) and rings(sends[1])
+        assert len(edits) == 1 and {int(c.params["message_id"]) for c in edits} == {sends[0].message_id}
+        deleted = [int(c.params["message_id"]) for c in tg.api.of("deleteMessage", admin)]
+        assert deleted == [sends[0].message_id]  # the story is not shown twice
         assert all(c.params["parse_mode"] == "HTML" for c in edits)
         (shown,) = tg.api.screen(admin)
         assert in_order(shown, "Order sent", SENT, "Filled", FILLED, "Recycling", RECYCLED)
@@ -93,8 +97,8 @@ async def test_alerts_arriving_together_are_one_message_and_later_ones_one_edit(
     order_event(tg, EventKind.RECYCLE, RECYCLED)
     await tg.drain_alerts()
     for admin in (ADMIN, ADMIN2):
-        assert len(alert_calls(tg, admin, "sendMessage")) == 1
-        assert len(alert_calls(tg, admin, "editMessageText")) == 1  # the fill and the summary in one edit
+        assert len(alert_calls(tg, admin, "sendMessage")) == 2  # the order, then its result (it rings)
+        assert len(alert_calls(tg, admin, "editMessageText")) == 1  # the fill
         (shown,) = tg.api.screen(admin)
         assert in_order(shown, SENT, FILLED, RECYCLED)
 
@@ -119,7 +123,7 @@ async def test_unrelated_alerts_keep_their_order_and_never_break_an_orders_messa
         assert len(other) == 1 and "61.00" in other[0] and "plain" not in other[0]
         plain = "\n".join(m for m in screen if "plain" in m)
         assert in_order(plain, "plain one", "plain two", "plain three")
-        assert screen.index(ours[0]) < screen.index(other[0])  # each story where its order was sent
+        assert screen.index(ours[0]) > screen.index(other[0])  # its result rang last: its story is at the bottom
         assert all(len(m) <= 4096 for m in screen)
 
 
@@ -163,12 +167,12 @@ async def test_set_gives_the_acting_admin_only_the_reply_and_the_other_admin_the
     await tg.enroll_and_login(ADMIN)
     await tg.drain_alerts()
     tg.api.clear()
-    await tg.send(ADMIN, "/set delta 0.7")
-    assert "0.7" in tg.api.last(ADMIN).text
+    await tg.send(ADMIN, "/set delta 0.55")
+    assert "0.55" in tg.api.last(ADMIN).text
     replies = len(tg.api.replies(ADMIN))
     await tg.drain_alerts()
     assert len(tg.api.replies(ADMIN)) == replies  # the reply, and nothing more
-    assert any("0.7" in c.text for c in alert_calls(tg, ADMIN2, "sendMessage"))
+    assert any("0.55" in c.text for c in alert_calls(tg, ADMIN2, "sendMessage"))
 
 
 # --- sound levels ---------------------------------------------------------------------------------
@@ -189,7 +193,8 @@ async def test_silent_kinds_never_ring_and_off_kinds_are_never_shown_in_an_order
     for admin in (ADMIN, ADMIN2):
         sends = alert_calls(tg, admin, "sendMessage")
         assert [rings(c) for c in sends] == [False, True]  # the silent order never rang; the summary did
-        assert SENT in sends[0].text and RECYCLED in sends[1].text and SENT not in sends[1].text
+        assert SENT in sends[0].text and in_order(sends[1].text, SENT, RECYCLED)  # the story, once
+        assert len(tg.api.screen(admin)) == 1
         shown = "\n".join(tg.api.screen(admin))
         assert "3/7" not in shown and "5/7" not in shown and FILLED not in shown
 
@@ -212,7 +217,7 @@ async def test_a_deleted_message_falls_back_to_a_new_one_and_the_order_goes_on_t
     tg.api.delete_by_user(ADMIN, alert_calls(tg, ADMIN, "sendMessage")[0].message_id or 0)
     await live(tg, EventKind.ORDER_FILLED, FILLED)
     await live(tg, EventKind.RECYCLE, RECYCLED)
-    assert [c.ok for c in tg.api.of("editMessageText", ADMIN)] == [False, True]  # refused, then the new one
+    assert [c.ok for c in tg.api.of("editMessageText", ADMIN)] == [False]  # refused: a new one, then the result's
     (shown,) = tg.api.screen(ADMIN)
     assert in_order(shown, FILLED, RECYCLED) and SENT not in shown
     (theirs,) = tg.api.screen(ADMIN2)  # the other admin's message is untouched by it

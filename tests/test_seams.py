@@ -21,6 +21,7 @@ from broker.base import Execution, OrderLeg, OrderRequest, OrderStatus, OrderUpd
 from storage import ledger
 from storage.db import close_database, open_database
 from storage.models import Expiry, Lot, Order, OrderPurpose, OrderState, Roll, RollStatus
+from strategy import number_style as num
 from strategy.calendar import NY
 from strategy.model import OptionContract, StrategyState
 from tests.harness import make_world
@@ -141,11 +142,11 @@ async def test_the_daily_summary_counts_a_lot_that_expired_unsold(db: Database) 
     assert x.realized_pnl < 0
     day = x.recorded_at.astimezone(NY).date()
     text = daily_summary_text(w.engine, day)
-    assert f"realized {x.realized_pnl:+.2f} USD today" in text
+    assert f"Realized today: {num.usd(x.realized_pnl, sign=True)} (1 expiry)" in text.split("\n")
     # and the same figure is what /pnl's ledger query says for that day
     start = x.recorded_at.astimezone(NY).replace(hour=0, minute=0, second=0, microsecond=0)
     assert sum(e.pnl for e in ledger.realized_option_events(start, start + timedelta(days=1))) == x.realized_pnl
-    assert f"realized {Decimal(0):+.2f} USD today" in daily_summary_text(w.engine, day + timedelta(days=1))
+    assert "Realized today: 0.00 USD" in daily_summary_text(w.engine, day + timedelta(days=1)).split("\n")
 
 
 # --- deltas of roll trades -----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from strategy.settings import (
     GROUPS,
     SETTING_SPECS,
+    SHORT_KEYS,
     PositionSize,
     SettingChange,
     SettingError,
@@ -21,6 +22,7 @@ from strategy.settings import (
     group_keys,
     parse_assignment,
     parse_setting,
+    resolve_key,
     settings_from_storage,
     settings_to_storage,
     unit_text,
@@ -135,10 +137,10 @@ def test_a_point_followed_by_three_digits_stays_decimal_where_three_decimals_mak
     ("entry_drop", "0", "Entry drop = 0 % refused: it must be 0.1–20 %."),
     ("entry_drop", "50", "Entry drop = 50 % refused: it must be 0.1–20 %."),
     ("qty", "0", "Position size = 0 contracts refused: it must be 1–100 contracts, or 0.1–100 % of net liquidation "
-                 "(e.g. 2, or 10%)."),
+                 "(e.g. 2, or 10 %)."),
     ("size", "150%", "Position size = 150 % of net liquidation refused: it must be 1–100 contracts, or 0.1–100 % of "
-                     "net liquidation (e.g. 2, or 10%)."),
-    ("premium", "50", "Max premium per entry = 50 USD refused: it must be 100–1000000 USD."),
+                     "net liquidation (e.g. 2, or 10 %)."),
+    ("premium", "50", "Max premium per entry = 50 USD refused: it must be 100–1,000,000 USD."),
     ("reprice", "200", "Reprice after = 200 s refused: it must be below Order timeout (120 s), so 1–119 s. "
                        "To go higher, raise Order timeout first."),
     ("timeout", "10", "Order timeout = 10 s refused: it must be above Reprice after (15 s), so 16–3600 s. "
@@ -195,11 +197,12 @@ def test_bad_values_name_the_range_and_store_nothing(key: str, value: str, must_
     assert S == StrategySettings()  # the settings object is never changed in place
 
 
-def test_an_unknown_key_suggests_the_closest_and_lists_the_keys() -> None:
+def test_an_unknown_key_suggests_the_closest_and_the_short_names() -> None:
     result = parse_setting(S, "delt", "0.6")
     assert isinstance(result, SettingError)
-    assert result.message.startswith("Unknown setting 'delt'. Did you mean delta?")
-    assert all(key in result.message for key in SETTING_SPECS)
+    assert result.message.startswith("Unknown setting 'delt'. Did you mean delta (Delta of the call to buy)?")
+    assert len(result.message) < 250  # not every internal key (issue 20: that was 476 characters)
+    assert all(resolve_key(k) is not None for k in SHORT_KEYS)  # the short names it gives all work
 
 
 @pytest.mark.parametrize("key", NUMERIC)
@@ -228,7 +231,7 @@ def test_every_setting_has_a_human_label_and_a_group() -> None:
     ("position_size", PositionSize(2), "2 contracts"),
     ("position_size", PositionSize(contracts=None, pct=Decimal(10)), "10 % of net liquidation"),
     ("min_dte", 365, "365 days"), ("force_exit_days", 1, "1 day"),
-    ("max_premium", Decimal(12000), "12000 USD"), ("target_delta", Decimal("0.60"), "0.6"),
+    ("max_premium", Decimal(12000), "12,000 USD"), ("target_delta", Decimal("0.60"), "0.6"),
     ("reprice_step_pct", Decimal(20), "20 % of spread"), ("recycle_enabled", True, "on"),
     ("paused", "entries", "entries"),
 ])

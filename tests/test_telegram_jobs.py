@@ -80,7 +80,10 @@ async def test_daily_summary_once_per_session(tg: Tg) -> None:
     await summary_job(ctx)  # type: ignore[arg-type]
     rows = list(AlertRecord.select().where(AlertRecord.kind == "daily_summary"))
     assert len(rows) == 1
-    assert day.isoformat() in rows[0].text and "1/3 lots open" in rows[0].text and "fills" in rows[0].text
+    lines = rows[0].text.split("\n")
+    assert lines[1].startswith(f"{day:%a %Y-%m-%d} · QQQ closed at ")
+    assert lines[0] == "[SIM] <b>📊 Daily summary</b>"
+    assert lines[3] == "Fills today: 1 fill" and lines[4].startswith("Lots: 1 of 3 open, unrealized ")
 
 
 @given(st.lists(st.text(alphabet=st.sampled_from("ab &<>é\t"), max_size=300) | st.text(max_size=300),

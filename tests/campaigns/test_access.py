@@ -63,8 +63,11 @@ async def test_random_access_streams(tmp_path: Path) -> None:
                 for c in tg.api.replies(user):
                     for row in c.keyboard:
                         buttons.extend(b["callback_data"] for b in row if user == ADMIN)
-            assert settings_store.load_raw() == {}, f"{who} changed a setting with {text!r}"
-            assert SettingChange.select().count() == 0
+            # only a pause, which lowers the risk, goes through without a session (an enrolled admin's, audited)
+            raw = settings_store.load_raw()
+            assert set(raw) <= {"paused"}, f"{who} changed a setting with {text!r}"
+            changes = list(SettingChange.select())
+            assert all(c.key == "paused" and c.who.startswith(f"telegram:{ADMIN} ") for c in changes), changes
             if rng.random() < 0.05:
                 tg.clock.advance_to(tg.clock.now() + timedelta(minutes=rng.choice([1, 5, 16])))
         print(f"\naccess campaign: {N} actions {counts}; nothing leaked, nothing changed")
@@ -88,6 +91,6 @@ async def test_lockout_holds_across_a_restart(tmp_path: Path) -> None:
         tg2.clock.advance_to(locked_at + timedelta(minutes=1))
         await tg2.send(ADMIN, f"/login {tg2.code(secret)}")
         assert "locked" in tg2.api.last(ADMIN).text.lower()
-        await tg2.send(ADMIN, "/pause")
+        await tg2.send(ADMIN, "/set entry_drop 2")
         assert "open a session first" in tg2.api.last(ADMIN).text
-        assert not tg2.parts.engine.settings.current.paused
+        assert tg2.parts.engine.settings.current.entry_drop_pct == 1
