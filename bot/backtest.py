@@ -295,15 +295,18 @@ class FastForward:
         t_max = (close - ticks[0]).total_seconds() / YEAR_S
         t_min = (close - ticks[-1]).total_seconds() / YEAR_S
         trigger: float | None = None
-        if c.right == "C" and t_min > 0 and pricer.is_listed(c):
-            base_iv, strike, elapsed = self.iv.iv(day), float(c.strike), t_max - t_min
+        # The ticks are before the close: they all see the same market day (the previous close's
+        # index, the day's rate), and a contract's volatility depends on QQQ's price only.
+        if c.right == "C" and t_min > 0 and pricer.is_listed(c) and pricer.state(ticks[-1]) == pricer.state(ticks[0]):
+            state, strike, elapsed = pricer.state(ticks[0]), float(c.strike), t_max - t_min
             first = ticks[0]
 
             def bound(spot: float) -> float:  # nondecreasing in spot, ≥ the value at every tick
-                m = pricer.model(c, first, spot, base_iv)
+                m = pricer.model(c, first, spot, state)
                 assert m is not None  # listed, and quoted until after the last tick
                 v, _, sigma = m
-                return v + bs_time_bound(spot, strike, t_min, t_max, pricer.r, pricer.q, sigma) * elapsed
+                return v + bs_time_bound(spot, strike, t_min, t_max, state.rate, state.dividend_yield,
+                                         sigma) * elapsed
 
             target = value - TP_MARGIN_USD - TP_MARGIN_REL * value
             trigger = trigger_spot(target, bound, *span)
