@@ -18,6 +18,7 @@ from typing import Any, TextIO
 from bot.alerts import MemorySink
 from bot.backtest_report import CashFigures, build_result
 from bot.engine import Engine
+from bot.pricing import PricingError, describe, load_pricing, parse_option_rate
 from bot.rates import RateError, parse_cash_rate
 from bot.settings_service import SettingsService
 from broker.clock import SimClock
@@ -40,6 +41,7 @@ from storage.models import database_proxy
 from strategy.calendar import nyse
 from strategy.fastforward import Band, due_exit, quiet_band, take_profit_price, trigger_spot
 from strategy.model import Lot
+from strategy.option_market import MarketParams
 from strategy.pricing import bs_time_bound
 from strategy.rules import DailyLimits, has_expired
 from strategy.settings import SettingError, parse_assignment
@@ -63,6 +65,8 @@ class BacktestConfig:
     bars: list[DailyBar] | None = None  # fetched beforehand (``--source ib``)
     every_tick: bool = False  # evaluate every tick through the engine, not only those that can act
     cash_rate: str = "0"  # interest on idle cash: a constant (4%) or PATH:COLUMN (percent a year)
+    pricing: str = ""  # the option market's parameters file (`calibrate --save`); empty: the defaults
+    option_rate: str = ""  # the rate options are priced with: empty (the parameters'), a constant or PATH:COLUMN
 
 
 SYNTHETIC_END = date(2025, 12, 31)
@@ -131,6 +135,14 @@ def load_cash_rate(cfg: BacktestConfig) -> CashRate:
         return parse_cash_rate(cfg.cash_rate)
     except RateError as e:
         raise BacktestError(f"--cash-rate {cfg.cash_rate}: {e}") from e
+
+
+def load_pricing_inputs(cfg: BacktestConfig) -> tuple[MarketParams, CashRate | None]:
+    """``--pricing FILE`` and ``--rate``: the option market's parameters and the rate series."""
+    try:
+        return load_pricing(cfg.pricing), parse_option_rate(cfg.option_rate)
+    except PricingError as e:
+        raise BacktestError(str(e)) from e
 
 
 def load_iv(cfg: BacktestConfig) -> IvSource:
@@ -322,6 +334,7 @@ async def run_backtest(
     bars = load_bars(cfg)
     iv = load_iv(cfg)
     cash_rate = load_cash_rate(cfg)
+    pricing, option_rate = load_pricing_inputs(cfg)
     if cfg.capital <= 0:
         raise BacktestError("--capital must be positive")
     cal = nyse()
@@ -340,7 +353,7 @@ async def run_backtest(
                 raise BacktestError(f"--set {text}: {change.message}")
             settings.update(change.key, text.partition("=")[2], "backtest")
         broker = SimBroker(clock, path, iv, calendar=cal, starting_cash=cfg.capital, mixed_account=False,
-                           seed=cfg.seed, cash_rate=cash_rate)
+                           seed=cfg.seed, cash_rate=cash_rate, pricing=pricing, option_rate=option_rate)
         engine = Engine(broker, clock, cal, settings, alerts, cfg.limits, persist_last_tick=False, journal=False,
                         private_db=True)
         await engine.start()
@@ -379,6 +392,7 @@ async def run_backtest(
         money = CashFigures(broker.interest, cash, cash_rate.label, carried,
                             cash_rate.rate(carried) if carried is not None else None)
         result = build_result(equity, closes, cfg.capital, settings.current, money)
+        result["pricing"] = describe(pricing, cfg.pricing or None, option_rate)
         first = closes[equity[0][0]]
         bh = [float(cfg.capital) * closes[d] / first for d, _ in equity]
         return BacktestRun(result, positions, bh, db_path, ticks_total, ticks_evaluated)

@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--cash-rate", default="0", metavar="RATE",
                     help="interest on idle cash: a constant (0, 4%%) or PATH:COLUMN, a dated series in percent a year "
                          "(e.g. ../shared/data/tbill_3m.csv:TB3MS); default 0")
+    add_pricing_flags(bt)
     bt.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="change a setting (repeatable; same names and checks as /set)")
     bt.add_argument("--chart", type=Path, help="write an equity/positions PNG here")
@@ -80,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sweep_parser(sub, _date, _money)
     return p
+
+
+def add_pricing_flags(p: argparse.ArgumentParser) -> None:
+    """The option market's flags, shared by backtest, sweep and chain."""
+    p.add_argument("--pricing", default="", metavar="FILE",
+                   help="the option market's parameters (`qqq-bot calibrate --save FILE`); default: the built-in ones")
+    p.add_argument("--rate", dest="option_rate", default="", metavar="RATE",
+                   help="the rate options are priced with: a constant (3.5%%) or PATH:COLUMN in percent a year "
+                        "(e.g. ../shared/data/tbill_3m.csv:TB3MS); default: the parameters' (3.5 %%)")
 
 
 def _setup_logging(level: str, fmt: str = "text", secrets: list[str] | None = None) -> None:
@@ -95,7 +105,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     cfg = BacktestConfig(csv=args.csv, synthetic_years=args.synthetic_years, seed=args.seed, start=args.start,
                          cash_rate=args.cash_rate,
                          end=args.end, capital=args.capital, iv=args.iv, overrides=list(args.overrides),
-                         every_tick=args.every_tick)
+                         every_tick=args.every_tick, pricing=args.pricing, option_rate=args.option_rate)
     # Progress goes to stderr, so --json's stdout stays only the result.
     progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() else None
     try:

@@ -35,8 +35,11 @@ def make_sim_broker(cfg: AppConfig, clock: WallClock) -> Broker:
     cal = nyse()
     today = clock.now().date()
     path = PricePath.wall_clock(cal, cfg.sim_seed, today - timedelta(days=400), today + timedelta(days=60))
+    from bot.pricing import load_pricing
+
     return SimBroker(clock, path, IvSource.constant(0.24), calendar=cal, starting_cash=cfg.sim_capital,
-                     mixed_account=True, seed=cfg.sim_seed, cash_rate=parse_cash_rate(cfg.sim_cash_rate))
+                     mixed_account=True, seed=cfg.sim_seed, cash_rate=parse_cash_rate(cfg.sim_cash_rate),
+                     pricing=load_pricing(cfg.sim_pricing))
 
 
 def make_broker(cfg: AppConfig, clock: WallClock) -> Broker:
