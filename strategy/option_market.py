@@ -16,10 +16,9 @@ What a quote is made of, for a contract of strike ``K`` expiring in ``T`` years,
 3. **Price and delta**: Black–Scholes–Merton at σ with the rate ``r`` and dividend yield ``q``.
 4. **Spread**: ``(spread_floor · S + spread_pct · mid) · (1 + spread_wing · |ln(K/F)| / (σ_atm√T))
    · (1 + spread_stress · max(0, I/θ − 1))``, shrunk in proportion to ``T`` below
-   ``spread_tenor_years``, at least ``MIN_SPREAD`` (5 cents). Real 0.55–0.65-delta LEAPS on the
-   first LEAPS expiry: median $5.00, about 5.6 % of the mid, on a calm and a stressed day alike;
-   the dollar part dominates (on that expiry only the dearest 2–3 of the 17–18 strikes within
-   0.6 ± 0.1 delta quoted under 5 % of their mid).
+   ``spread_tenor_years``, at least ``MIN_SPREAD`` (5 cents). Real 0.55–0.65-delta LEAPS:
+   median $5.00, about 5.6 % of the mid, on a calm and a stressed day alike (on the first LEAPS
+   expiry only 2–3 of the 17–18 strikes within 0.6 ± 0.1 delta quoted under 5 % of their mid).
 
 The volatility and the moneyness use ``T`` counted in whole days from the quote's date, so within
 one session a contract's volatility depends on QQQ's price only, not on the time of day (the
@@ -50,9 +49,10 @@ _MIN_VAR = 0.02 ** 2
 class MarketParams:
     """The option market's parameters, each with its default and its reason.
 
-    - ``long_run_vol`` θ = 0.212: the median VXN close of 2001-02 → 2026-04 (21.23, the shared
-      ``vxn_daily.csv``); where long-dated QQQ volatility settles. Refit by `qqq-bot calibrate`
-      on the February 2026 fixture: 0.212 kept (its 23 % LEAPS at 0.6 delta include the skew).
+    - ``long_run_vol`` θ = 0.219: where long-dated at-the-money QQQ volatility settles; fitted
+      (`qqq-bot calibrate`, κ held at 6) to the February 2026 LEAPS fixture built from issue 19's
+      figures (``tests/chains/``). The median VXN close of 2001-02 → 2026-04 is 21.2 % (the
+      shared ``vxn_daily.csv``): the same order.
     - ``reversion`` κ = 6.0 a year (half-life of an index shock ln 2/κ ≈ 6 weeks): fitted so that
       VXN 23 → 27 moves ~16-month ATM volatility by well under a point, as on the real chain of
       2026-02-11/13; fast-factor estimates of VIX mean reversion are of this order.
@@ -60,11 +60,11 @@ class MarketParams:
     - ``skew_cap`` = 0.30, ``vol_floor_ratio`` = 0.5: bounds of the linear skew, which would
       otherwise run away on short expiries far from the money (not calibrated; nothing here
       trades them).
-    - ``spread_floor`` = 0.005 (of QQQ's price: 3.00 USD at 600) and ``spread_pct`` = 0.0225:
-      with them the first LEAPS expiry's 0.6-delta call (mid ≈ 89 USD, QQQ ≈ 600) is quoted about
-      5.00 USD wide (5.6 %), and the 0.5 → 0.7 delta strikes run from ~6.5 % down to ~5 % of
-      their mid, as on the real chain. The dollar part scales with QQQ's price, so QQQ at 40
-      (2005) is not quoted 3 USD wide.
+    - ``spread_floor`` = 0.0036 (of QQQ's price: 2.16 USD at 600) and ``spread_pct`` = 0.0215:
+      fitted to the same fixture (0.55–0.65-delta LEAPS quoted a median ~5.6 % of their mid on
+      the calm and the −2 % day; the model gives 5.0–5.1 %); deeper out of the money the dollar
+      part makes the spread a larger share of a smaller mid, as on the real chain. The dollar
+      part scales with QQQ's price, so QQQ at 40 (2005) is not quoted 2 USD wide.
     - ``spread_wing`` = 0.25: spreads widen away from the money (per standard deviation of
       moneyness); a modest guess, real deep in- and out-of-the-money LEAPS quote wider.
     - ``spread_stress`` = 0.25: spreads widen when the index is above θ (per 100 % above);
@@ -77,13 +77,13 @@ class MarketParams:
     - ``listing``: the expiries listed (``strategy.listing.ListingRules``).
     """
 
-    long_run_vol: float = 0.212
+    long_run_vol: float = 0.219
     reversion: float = 6.0
     skew: float = 0.27
     skew_cap: float = 0.30
     vol_floor_ratio: float = 0.5
-    spread_floor: float = 0.005
-    spread_pct: float = 0.0225
+    spread_floor: float = 0.0036
+    spread_pct: float = 0.0215
     spread_wing: float = 0.25
     spread_stress: float = 0.25
     spread_tenor_years: float = 1.0
