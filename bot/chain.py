@@ -14,7 +14,7 @@ from broker.clock import SimClock
 from broker.sim import SimBroker
 from broker.sim_market import PricePath
 from strategy.calendar import NY, nyse
-from strategy.model import OptionContract, OptionQuote
+from strategy.model import OptionContract, OptionQuote, Right
 
 DEFAULT_TIME = time(15, 45)
 
@@ -32,7 +32,8 @@ def _num(x: Decimal | None) -> float:
 
 async def _quotes(broker: SimBroker) -> tuple[float, list[OptionQuote]]:
     chain = await broker.option_chain("QQQ")
-    contracts = [OptionContract("QQQ", e, k, right) for e in chain.expiries for k in chain.strikes for right in "CP"]
+    rights: tuple[Right, ...] = ("C", "P")
+    contracts = [OptionContract("QQQ", e, k, right) for e in chain.expiries for k in chain.strikes for right in rights]
     quotes = await broker.option_quotes(contracts)
     spot = float((await broker.quote("QQQ")).last or 0)
     return spot, quotes
@@ -87,7 +88,7 @@ def format_chain(view: ChainView, width_pct: float = 5.0) -> str:
                           and abs(float(q.contract.strike) / spot - 1) * 100 <= width_pct})
         for k in strikes:
             cells = []
-            for right in "CP":
+            for right in ("C", "P"):
                 q = by_key.get((expiry, k, right))
                 if q is None:
                     cells.append(f"{'':>9} {'':>8} {'':>6} {'':>6}")

@@ -1,9 +1,10 @@
 """The `sim` broker: a simulated market and account that behave like IB from the engine's side.
 
 QQQ follows a `PricePath`, QQQM is QQQ × 0.4115, QQQ options are quoted by the calibrated option
-market (`strategy.option_market`, through `broker.sim_options`). DAY limit orders fill against those quotes on placement, on
-modification and on every clock step (marketable limits at once, limits inside the spread with a
-seeded probability, optional partial fills), with IBKR-like commissions. The object keeps every
+market (`strategy.option_market`, through `broker.sim_options`). DAY limit orders fill against
+those quotes on placement, on modification and on every clock step (marketable limits at once,
+limits inside the spread with a seeded probability, optional partial fills), with IBKR-like
+commissions. The object keeps every
 order and execution, so a restarted engine reconciles against it as it would against IB."""
 
 from __future__ import annotations

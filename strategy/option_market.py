@@ -14,8 +14,10 @@ What a quote is made of, for a contract of strike ``K`` expiring in ``T`` years,
    [``vol_floor_ratio`` · σ_atm, σ_atm + ``skew_cap``]. Real QQQ LEAPS calls: s ≈ 0.27 on every
    expiry and day of February 2026.
 3. **Price and delta**: Black–Scholes–Merton at σ with the rate ``r`` and dividend yield ``q``.
-4. **Spread**: ``(spread_floor · S + spread_pct · mid) · (1 + spread_wing · |ln(K/F)| / (σ_atm√T))
-   · (1 + spread_stress · max(0, I/θ − 1))``, shrunk in proportion to ``T`` below
+4. **Spread**: ``(spread_floor · S · e^(−z²/2) + spread_pct · mid) · (1 + spread_wing · |z|)
+   · (1 + spread_stress · max(0, I/θ − 1))`` with ``z = ln(K/F) / (σ_atm√T)`` (the dollar part
+   falls away from the money like vega, as market makers quote in volatility; so a far
+   out-of-the-money LEAPS worth a dollar or two still shows a bid), shrunk in proportion to ``T`` below
    ``spread_tenor_years``, at least ``MIN_SPREAD`` (5 cents). Real 0.55–0.65-delta LEAPS:
    median $5.00, about 5.6 % of the mid, on a calm and a stressed day alike (on the first LEAPS
    expiry only 2–3 of the 17–18 strikes within 0.6 ± 0.1 delta quoted under 5 % of their mid).
@@ -60,15 +62,16 @@ class MarketParams:
     - ``skew_cap`` = 0.30, ``vol_floor_ratio`` = 0.5: bounds of the linear skew, which would
       otherwise run away on short expiries far from the money (not calibrated; nothing here
       trades them).
-    - ``spread_floor`` = 0.0036 (of QQQ's price: 2.16 USD at 600) and ``spread_pct`` = 0.0215:
-      fitted to the same fixture (0.55–0.65-delta LEAPS quoted a median ~5.6 % of their mid on
-      the calm and the −2 % day; the model gives 5.0–5.1 %); deeper out of the money the dollar
-      part makes the spread a larger share of a smaller mid, as on the real chain. The dollar
-      part scales with QQQ's price, so QQQ at 40 (2005) is not quoted 2 USD wide.
+    - ``spread_floor`` = 0.0039 (of QQQ's price: 2.34 USD at 600, at the money) and
+      ``spread_pct`` = 0.0246: fitted to the same fixture (0.55–0.65-delta LEAPS quoted a median
+      ~5.6 % of their mid on the calm and the −2 % day; the model gives 5.5–5.6 %). Out of the
+      money the dollar part makes the spread a larger share of a smaller mid, as on the real
+      chain. It scales with QQQ's price, so QQQ at 40 (2005) is not quoted 2 USD wide.
     - ``spread_wing`` = 0.25: spreads widen away from the money (per standard deviation of
       moneyness); a modest guess, real deep in- and out-of-the-money LEAPS quote wider.
     - ``spread_stress`` = 0.25: spreads widen when the index is above θ (per 100 % above);
-      small because real LEAPS spreads were the same on the calm and the −2 % day.
+      small because real LEAPS spreads were the same on the calm and the −2 % day (the fit gives
+      0.21; the guess is kept, erring wide).
     - ``spread_tenor_years`` = 1.0: spreads of expiries shorter than a year shrink in proportion
       (the calibration is of LEAPS; near-dated spreads are not calibrated).
     - ``rate`` = 3.5 % and ``dividend_yield`` = 0.6 %: r − q = 2.9 %, what real February 2026 QQQ
@@ -82,14 +85,14 @@ class MarketParams:
     skew: float = 0.27
     skew_cap: float = 0.30
     vol_floor_ratio: float = 0.5
-    spread_floor: float = 0.0036
-    spread_pct: float = 0.0215
+    spread_floor: float = 0.0039
+    spread_pct: float = 0.0246
     spread_wing: float = 0.25
     spread_stress: float = 0.25
     spread_tenor_years: float = 1.0
     rate: float = 0.035
     dividend_yield: float = 0.006
-    listing: ListingRules = ListingRules()
+    listing: ListingRules = dataclasses.field(default_factory=ListingRules)
 
     def __post_init__(self) -> None:
         checks = {
@@ -126,8 +129,9 @@ class MarketParams:
                 lk = {f.name for f in dataclasses.fields(ListingRules)}
                 if set(v) - lk:
                     raise ValueError(f"unknown listing rule(s): {', '.join(sorted(set(v) - lk))}")
-                values[k] = ListingRules(**{n: (tuple(int(m) for m in x) if isinstance(x, list) else int(x))
-                                            for n, x in v.items()})
+                rules: dict[str, Any] = {n: (tuple(int(m) for m in x) if isinstance(x, list) else int(x))
+                                         for n, x in v.items()}
+                values[k] = ListingRules(**rules)
             else:
                 if isinstance(v, bool) or not isinstance(v, int | float):
                     raise ValueError(f"{k} must be a number")
@@ -172,11 +176,12 @@ def surface_vol(p: MarketParams, index: float, T: float, log_moneyness: float) -
 
 def spread(p: MarketParams, spot: float, mid: float, index: float, T: float, log_moneyness: float) -> float:
     """The bid/ask spread in dollars (before rounding to the cent)."""
-    atm = atm_vol(p, index, T)
-    wing = 1.0 + p.spread_wing * abs(log_moneyness) / (atm * math.sqrt(T))
+    z = log_moneyness / (atm_vol(p, index, T) * math.sqrt(T))  # standard deviations from the money
+    dollars = p.spread_floor * spot * math.exp(-0.5 * z * z)  # like vega: a far strike is quoted in fewer dollars
+    wing = 1.0 + p.spread_wing * abs(z)
     stress = 1.0 + p.spread_stress * max(0.0, index / p.long_run_vol - 1.0)
     tenor = min(1.0, T / p.spread_tenor_years)
-    return max(MIN_SPREAD, (p.spread_floor * spot + p.spread_pct * max(mid, 0.0)) * wing * stress * tenor)
+    return max(MIN_SPREAD, (dollars + p.spread_pct * max(mid, 0.0)) * wing * stress * tenor)
 
 
 def vol_years(day: date, expiry: date) -> float:
