@@ -42,7 +42,7 @@ from strategy.pricing import bs_price_delta
 __all__ = ["DEFAULT_PARAMS", "MIN_SPREAD", "MarketDay", "MarketParams", "atm_vol", "quote_cents", "spread",
            "surface_vol"]
 
-MIN_SPREAD = 0.05  # dollars: the sim never quotes tighter (its fast-forward relies on it)
+MIN_SPREAD = 0.05  # dollars: the sim never quotes tighter (6 cents once made even; its fast-forward relies on ≥ 5)
 INDEX_TENOR_DAYS = 30  # VXN is a 30-day volatility
 _MIN_VAR = 0.02 ** 2
 
@@ -201,10 +201,12 @@ def model_value(p: MarketParams, m: MarketDay, spot: float, strike: float, expir
 
 def quote_cents(p: MarketParams, m: MarketDay, spot: float, value: float, expiry: date,
                 x: float) -> tuple[int, int]:
-    """(bid, ask) in cents around a model value: the bid rounded to the cent, the ask bid + spread;
-    a value too small for a positive bid is quoted 0 / its value plus half the spread."""
+    """(bid, ask) in cents around a model value: the bid rounded to the cent, the ask bid + spread,
+    the spread an even number of cents (at least 6), so the mid is a whole cent and a limit at the mid
+    is exactly the mid; a value too small for a positive bid is quoted 0 / its value plus half the
+    spread."""
     cents = value * 100
-    width = max(5, round(spread(p, spot, value, m.index, vol_years(m.day, expiry), x) * 100))
+    width = max(6, 2 * round(spread(p, spot, value, m.index, vol_years(m.day, expiry), x) * 50))
     bid = round(cents - width / 2)
     if bid >= 1:
         return bid, bid + width
