@@ -18,6 +18,7 @@ from typing import Any, TextIO
 from bot.alerts import MemorySink
 from bot.backtest_report import CashFigures, build_result
 from bot.engine import Engine
+from bot.pricing import PricingError, describe, load_pricing, parse_option_rate
 from bot.rates import RateError, parse_cash_rate
 from bot.settings_service import SettingsService
 from broker.clock import SimClock
@@ -40,6 +41,7 @@ from storage.models import database_proxy
 from strategy.calendar import nyse
 from strategy.fastforward import Band, due_exit, quiet_band, take_profit_price, trigger_spot
 from strategy.model import Lot
+from strategy.option_market import MarketParams
 from strategy.pricing import bs_time_bound
 from strategy.rules import DailyLimits, has_expired
 from strategy.settings import SettingError, parse_assignment
@@ -63,6 +65,8 @@ class BacktestConfig:
     bars: list[DailyBar] | None = None  # fetched beforehand (``--source ib``)
     every_tick: bool = False  # evaluate every tick through the engine, not only those that can act
     cash_rate: str = "0"  # interest on idle cash: a constant (4%) or PATH:COLUMN (percent a year)
+    pricing: str = ""  # the option market's parameters file (`calibrate --save`); empty: the defaults
+    option_rate: str = ""  # the rate options are priced with: empty (the parameters'), a constant or PATH:COLUMN
 
 
 SYNTHETIC_END = date(2025, 12, 31)
@@ -131,6 +135,14 @@ def load_cash_rate(cfg: BacktestConfig) -> CashRate:
         return parse_cash_rate(cfg.cash_rate)
     except RateError as e:
         raise BacktestError(f"--cash-rate {cfg.cash_rate}: {e}") from e
+
+
+def load_pricing_inputs(cfg: BacktestConfig) -> tuple[MarketParams, CashRate | None]:
+    """``--pricing FILE`` and ``--rate``: the option market's parameters and the rate series."""
+    try:
+        return load_pricing(cfg.pricing), parse_option_rate(cfg.option_rate)
+    except PricingError as e:
+        raise BacktestError(str(e)) from e
 
 
 def load_iv(cfg: BacktestConfig) -> IvSource:
@@ -295,15 +307,18 @@ class FastForward:
         t_max = (close - ticks[0]).total_seconds() / YEAR_S
         t_min = (close - ticks[-1]).total_seconds() / YEAR_S
         trigger: float | None = None
-        if c.right == "C" and t_min > 0 and pricer.is_listed(c):
-            base_iv, strike, elapsed = self.iv.iv(day), float(c.strike), t_max - t_min
+        # The ticks are before the close: they all see the same market day (the previous close's
+        # index, the day's rate), and a contract's volatility depends on QQQ's price only.
+        if c.right == "C" and t_min > 0 and pricer.is_listed(c) and pricer.state(ticks[-1]) == pricer.state(ticks[0]):
+            state, strike, elapsed = pricer.state(ticks[0]), float(c.strike), t_max - t_min
             first = ticks[0]
 
             def bound(spot: float) -> float:  # nondecreasing in spot, ≥ the value at every tick
-                m = pricer.model(c, first, spot, base_iv)
+                m = pricer.model(c, first, spot, state)
                 assert m is not None  # listed, and quoted until after the last tick
                 v, _, sigma = m
-                return v + bs_time_bound(spot, strike, t_min, t_max, pricer.r, pricer.q, sigma) * elapsed
+                return v + bs_time_bound(spot, strike, t_min, t_max, state.rate, state.dividend_yield,
+                                         sigma) * elapsed
 
             target = value - TP_MARGIN_USD - TP_MARGIN_REL * value
             trigger = trigger_spot(target, bound, *span)
@@ -319,6 +334,7 @@ async def run_backtest(
     bars = load_bars(cfg)
     iv = load_iv(cfg)
     cash_rate = load_cash_rate(cfg)
+    pricing, option_rate = load_pricing_inputs(cfg)
     if cfg.capital <= 0:
         raise BacktestError("--capital must be positive")
     cal = nyse()
@@ -337,7 +353,7 @@ async def run_backtest(
                 raise BacktestError(f"--set {text}: {change.message}")
             settings.update(change.key, text.partition("=")[2], "backtest")
         broker = SimBroker(clock, path, iv, calendar=cal, starting_cash=cfg.capital, mixed_account=False,
-                           seed=cfg.seed, cash_rate=cash_rate)
+                           seed=cfg.seed, cash_rate=cash_rate, pricing=pricing, option_rate=option_rate)
         engine = Engine(broker, clock, cal, settings, alerts, cfg.limits, persist_last_tick=False, journal=False,
                         private_db=True, reconcile_every=None)
         await engine.start()
@@ -376,6 +392,7 @@ async def run_backtest(
         money = CashFigures(broker.interest, cash, cash_rate.label, carried,
                             cash_rate.rate(carried) if carried is not None else None)
         result = build_result(equity, closes, cfg.capital, settings.current, money)
+        result["pricing"] = describe(pricing, cfg.pricing or None, option_rate)
         first = closes[equity[0][0]]
         bh = [float(cfg.capital) * closes[d] / first for d, _ in equity]
         return BacktestRun(result, positions, bh, db_path, ticks_total, ticks_evaluated)

@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--cash-rate", default="0", metavar="RATE",
                     help="interest on idle cash: a constant (0, 4%%) or PATH:COLUMN, a dated series in percent a year "
                          "(e.g. ../shared/data/tbill_3m.csv:TB3MS); default 0")
+    add_pricing_flags(bt)
     bt.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="change a setting (repeatable; same names and checks as /set)")
     bt.add_argument("--chart", type=Path, help="write an equity/positions PNG here")
@@ -76,10 +77,104 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--every-tick", action="store_true",
                     help="evaluate every 5-minute tick through the engine (slow; the default skips only the ticks "
                          "at which nothing can happen, with identical trades)")
+    ch = sub.add_parser("chain", help="print the option chain the simulator quotes at one moment")
+    ch.add_argument("--date", type=_date, required=True, help="the session (YYYY-MM-DD)")
+    ch.add_argument("--time", type=_hhmm, default=None, metavar="HH:MM", help="New York time (default 15:45)")
+    ch.add_argument("--json", action="store_true", help="every listed expiry and strike as JSON on stdout")
+    _add_data_flags(ch)
+    add_pricing_flags(ch)
+    cal = sub.add_parser("calibrate", help="fit the option market's parameters to real quotes (a CSV)")
+    cal.add_argument("quotes", type=Path, metavar="QUOTES.csv",
+                     help="columns date,expiry,strike,right,bid,ask[,underlying][,time]")
+    cal.add_argument("--save", type=Path, metavar="FILE", help="write the fitted parameters here (for --pricing)")
+    cal.add_argument("--min-days", type=int, default=365, help="the table's quotes: at least this many days out")
+    _add_data_flags(cal)
+    add_pricing_flags(cal)
     from bot.sweep_cli import add_sweep_parser
 
     add_sweep_parser(sub, _date, _money)
     return p
+
+
+def _hhmm(text: str) -> Any:
+    from datetime import time
+
+    try:
+        return time.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a time (HH:MM)") from None
+
+
+def _add_data_flags(p: argparse.ArgumentParser) -> None:
+    """The price-data flags of `backtest`, for `chain` and `calibrate`."""
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--csv", type=Path, help="daily bars (Date,Open,High,Low,Close), as for backtest")
+    src.add_argument("--synthetic-years", type=int, default=10, help="years of a seeded synthetic path (default)")
+    src.add_argument("--source", choices=["ib"], help="ib: QQQ daily bars from IB Gateway, as for backtest")
+    p.add_argument("--seed", type=int, default=1, help="seed of the synthetic and intraday paths")
+    p.add_argument("--start", type=_date)
+    p.add_argument("--end", type=_date)
+    p.add_argument("--iv", default="0.25",
+                   help="the 30-day volatility index: a constant (0.25 or 25%%), a column of --csv, or PATH:COLUMN")
+
+
+def _data_config(args: argparse.Namespace) -> Any:
+    from bot.backtest import BacktestConfig
+
+    cfg = BacktestConfig(csv=args.csv, synthetic_years=args.synthetic_years, seed=args.seed, start=args.start,
+                         end=args.end, iv=args.iv, pricing=args.pricing, option_rate=args.option_rate)
+    if args.source == "ib":
+        cfg.bars = _ib_bars(args)
+    return cfg
+
+
+def cmd_chain(args: argparse.Namespace) -> int:
+    from bot.backtest import BacktestError
+    from bot.chain import DEFAULT_TIME, build_chain, chain_json, format_chain
+
+    try:
+        view = build_chain(_data_config(args), args.date, args.time or DEFAULT_TIME)
+    except BacktestError as e:
+        print(f"qqq-bot chain: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        json.dump(chain_json(view), sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        print(format_chain(view))
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from bot.backtest import BacktestError, load_pricing_inputs
+    from bot.calibrate import CalibrateError, calibrate, format_calibration, read_quotes, source_of
+    from bot.pricing import save_pricing
+
+    try:
+        cfg = _data_config(args)
+        start, _ = load_pricing_inputs(cfg)
+        quotes = read_quotes(args.quotes, cfg)
+        result = calibrate(quotes, start, args.min_days)
+    except (BacktestError, CalibrateError) as e:
+        print(f"qqq-bot calibrate: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # no usable quote
+        print(f"qqq-bot calibrate: {args.quotes}: {e}", file=sys.stderr)
+        return 2
+    print(format_calibration(result))
+    if args.save:
+        save_pricing(result.fit.params, args.save, source_of(args.quotes, result.fit.quotes))
+        print(f"\nparameters written to {args.save} (use them with --pricing {args.save} or SIM_PRICING)")
+    return 0
+
+
+def add_pricing_flags(p: argparse.ArgumentParser) -> None:
+    """The option market's flags, shared by backtest, sweep and chain."""
+    p.add_argument("--pricing", default="", metavar="FILE",
+                   help="the option market's parameters (`qqq-bot calibrate --save FILE`); default: the built-in ones")
+    p.add_argument("--rate", dest="option_rate", default="", metavar="RATE",
+                   help="the rate options are priced with: a constant (3.5%%) or PATH:COLUMN in percent a year "
+                        "(e.g. ../shared/data/tbill_3m.csv:TB3MS); default: the parameters' (3.5 %%)")
 
 
 def _setup_logging(level: str, fmt: str = "text", secrets: list[str] | None = None) -> None:
@@ -95,7 +190,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     cfg = BacktestConfig(csv=args.csv, synthetic_years=args.synthetic_years, seed=args.seed, start=args.start,
                          cash_rate=args.cash_rate,
                          end=args.end, capital=args.capital, iv=args.iv, overrides=list(args.overrides),
-                         every_tick=args.every_tick)
+                         every_tick=args.every_tick, pricing=args.pricing, option_rate=args.option_rate)
     # Progress goes to stderr, so --json's stdout stays only the result.
     progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() else None
     try:
@@ -247,6 +342,9 @@ def main(argv: list[str] | None = None, run_bot: RunBot | None = None) -> int:
 
         _setup_logging("WARNING")
         return cmd_sweep(args)
+    if args.command in ("chain", "calibrate"):
+        _setup_logging("WARNING")
+        return cmd_chain(args) if args.command == "chain" else cmd_calibrate(args)
     if args.command == "health":
         return cmd_health(args)
     if args.command == "db":

@@ -27,6 +27,7 @@ class AppConfig(BaseSettings):
     sim_seed: int = Field(7, alias="SIM_SEED")
     sim_capital: Decimal = Field(Decimal(100_000), gt=0, alias="SIM_CAPITAL")
     sim_cash_rate: str = Field("0", alias="SIM_CASH_RATE")
+    sim_pricing: str = Field("", alias="SIM_PRICING")
     backtest_csv: str | None = Field(None, alias="BACKTEST_CSV")
     backtest_iv: str | None = Field(None, alias="BACKTEST_IV")
     backtest_cash_rate: str = Field("0", alias="BACKTEST_CASH_RATE")
@@ -51,6 +52,17 @@ class AppConfig(BaseSettings):
         try:
             parse_cash_rate(v)
         except RateError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+    @field_validator("sim_pricing")
+    @classmethod
+    def _pricing(cls, v: str) -> str:
+        from bot.pricing import PricingError, load_pricing
+
+        try:
+            load_pricing(v)
+        except PricingError as e:
             raise ValueError(str(e)) from None
         return v
 

@@ -88,8 +88,11 @@ def make_sim_broker(cfg: AppConfig, clock: Clock) -> Broker:
     market = sim_market_definition(cfg, today, now)
     end = max(today, market.start) + timedelta(days=SIM_AHEAD_DAYS)
     path = PricePath.wall_clock(cal, market.seed, market.start, end, s0=market.s0)
+    from bot.pricing import load_pricing
+
     return SimBroker(clock, path, IvSource.constant(0.24), calendar=cal, starting_cash=cfg.sim_capital,
-                     mixed_account=True, seed=market.seed, cash_rate=parse_cash_rate(cfg.sim_cash_rate))
+                     mixed_account=True, seed=market.seed, cash_rate=parse_cash_rate(cfg.sim_cash_rate),
+                     pricing=load_pricing(cfg.sim_pricing))
 
 
 def make_broker(cfg: AppConfig, clock: Clock) -> Broker:

@@ -63,6 +63,8 @@ class Data:
     capital: Decimal
     iv: str
     cash_rate: str = "0"
+    pricing: str = ""  # the option market's parameters file, as backtest --pricing
+    option_rate: str = ""  # as backtest --rate
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,7 @@ def make_config(data: Data, start: date | None, end: date | None, overrides: Ite
 
     return BacktestConfig(csv=data.csv, synthetic_years=data.synthetic_years, seed=data.seed, start=start,
                           end=end, capital=data.capital, iv=data.iv, overrides=list(overrides), bars=bars,
-                          cash_rate=data.cash_rate)
+                          cash_rate=data.cash_rate, pricing=data.pricing, option_rate=data.option_rate)
 
 
 def parse_grid(texts: list[str]) -> list[Axis]:
@@ -239,12 +241,18 @@ def _context(data: Data, fixed: tuple[str, ...], split: date | None, first: date
         rate = data.cash_rate
         path, sep, column = rate.rpartition(":")
         context["cash_rate"] = f"{Path(path).name}:{column} sha256:{_digest(Path(path))}" if sep and path else rate
+    if data.pricing.strip():  # likewise for the option market's parameters and rate
+        context["pricing"] = f"{Path(data.pricing).name} sha256:{_digest(Path(data.pricing))}"
+    if data.option_rate.strip():
+        path, sep, column = data.option_rate.rpartition(":")
+        context["option_rate"] = (f"{Path(path).name}:{column} sha256:{_digest(Path(path))}" if sep and path
+                                  else data.option_rate)
     return context
 
 
 def build_plan(args: argparse.Namespace) -> Plan:
     """Check everything the sweep needs before anything runs or is written (SweepError if not)."""
-    from bot.backtest import BacktestError, load_bars, load_cash_rate, load_iv
+    from bot.backtest import BacktestError, load_bars, load_cash_rate, load_iv, load_pricing_inputs
     from strategy.calendar import nyse
 
     axes = parse_grid(args.grid)
@@ -268,12 +276,15 @@ def build_plan(args: argparse.Namespace) -> Plan:
     check_configs(fixed, axes, configs)
     data = Data(csv=args.csv.resolve() if args.csv else None, synthetic_years=args.synthetic_years or 0,
                 seed=args.seed, start=args.start, end=args.end, capital=args.capital, iv=_absolute_iv(args.iv),
-                cash_rate=_absolute_iv(args.cash_rate))
+                cash_rate=_absolute_iv(args.cash_rate),
+                pricing=str(Path(args.pricing).resolve()) if getattr(args, "pricing", "") else "",
+                option_rate=_absolute_iv(getattr(args, "option_rate", "")))
     try:
         base = make_config(data, data.start, data.end, (), None)
         bars = load_bars(base)
         load_iv(base)
         load_cash_rate(base)
+        load_pricing_inputs(base)
     except BacktestError as e:
         raise SweepError(str(e)) from None
     cal = nyse()

@@ -38,6 +38,9 @@ def add_sweep_parser(sub: Any, date_type: Callable[[str], date], money_type: Cal
     sw.add_argument("--capital", type=money_type, default=Decimal(100_000), help="starting cash in USD")
     sw.add_argument("--iv", default="0.25", help="implied volatility, as for backtest")
     sw.add_argument("--cash-rate", default="0", metavar="RATE", help="interest on idle cash, as for backtest")
+    sw.add_argument("--pricing", default="", metavar="FILE", help="the option market's parameters, as for backtest")
+    sw.add_argument("--rate", dest="option_rate", default="", metavar="RATE",
+                    help="the rate options are priced with, as for backtest")
     sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                     help="values to sweep (repeatable; ';' separates values containing commas, e.g. tp_tiers)")
     sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -1,9 +1,10 @@
 """The `sim` broker: a simulated market and account that behave like IB from the engine's side.
 
-QQQ follows a `PricePath`, QQQM is QQQ × 0.4115, QQQ options are priced with Black–Scholes–Merton
-plus a spread (`broker.sim_options`). DAY limit orders fill against those quotes on placement, on
-modification and on every clock step (marketable limits at once, limits inside the spread with a
-seeded probability, optional partial fills), with IBKR-like commissions. The object keeps every
+QQQ follows a `PricePath`, QQQM is QQQ × 0.4115, QQQ options are quoted by the calibrated option
+market (`strategy.option_market`, through `broker.sim_options`). DAY limit orders fill against
+those quotes on placement, on modification and on every clock step (marketable limits at once,
+limits inside the spread with a seeded probability, optional partial fills), with IBKR-like
+commissions. The object keeps every
 order and execution, so a restarted engine reconciles against it as it would against IB."""
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from broker.sim_market import QQQM_RATIO, CashRate, IvSource, PricePath
 from broker.sim_options import CENT, OptionPricer, chain_strikes, expiry_close
 from strategy.calendar import NY, Session, SessionCalendar
 from strategy.model import OptionContract, OptionQuote, Quote, Side
+from strategy.option_market import MarketParams
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +80,9 @@ class SimBroker:
     def __init__(
         self, clock: Clock, path: PricePath, iv: IvSource, *, calendar: SessionCalendar,
         starting_cash: Decimal = Decimal(100_000), mixed_account: bool = True, seed: int = 0,
-        fill: SimFillModel | None = None, rate: float = 0.04, dividend_yield: float = 0.006,
-        cash_rate: CashRate | None = None, short_options: bool = False,
+        fill: SimFillModel | None = None, rate: float | None = None, dividend_yield: float | None = None,
+        cash_rate: CashRate | None = None, pricing: MarketParams | None = None,
+        option_rate: CashRate | None = None, short_options: bool = False,
     ) -> None:
         self.clock = clock
         # Like an IB account allowed to write uncovered calls: a sale of an option beyond the holding
@@ -90,7 +93,7 @@ class SimBroker:
         self.iv = iv
         self.calendar = calendar
         self.fill = fill or SimFillModel()
-        self.pricer = OptionPricer(calendar, iv, rate, dividend_yield)
+        self.pricer = OptionPricer(calendar, iv, rate, dividend_yield, params=pricing, rate_series=option_rate)
         self._rng = random.Random(seed)
         cash = {"USD": Decimal(starting_cash)}
         if mixed_account:
@@ -212,13 +215,13 @@ class SimBroker:
     async def option_quotes(self, contracts: Sequence[OptionContract]) -> list[OptionQuote]:
         now = self.clock.now()
         spot = self.path.price_at(now)
-        base_iv = self.iv.iv(now.astimezone(NY).date())
+        state = self.pricer.state(now)
         quote = self.pricer.quote
-        return [q for c in contracts if (q := quote(c, now, spot, base_iv)) is not None]
+        return [q for c in contracts if (q := quote(c, now, spot, state)) is not None]
 
     def _bid_ask(self, ins: Instrument, now: datetime) -> tuple[Decimal, Decimal] | None:
         if isinstance(ins, OptionContract):
-            q = self.pricer.quote(ins, now, self.path.price_at(now), self.iv.iv(now.astimezone(NY).date()))
+            q = self.pricer.quote(ins, now, self.path.price_at(now), self.pricer.state(now))
             return None if q is None or q.bid is None or q.ask is None else (q.bid, q.ask)
         bid, ask, _ = self._stock_bid_ask_last(ins.symbol, now)
         return bid, ask
@@ -227,17 +230,17 @@ class SimBroker:
         """An expired option's value: intrinsic at the underlying's price at its expiry close."""
         assert isinstance(ins, OptionContract)
         at = expiry_close(ins.expiry)
-        return self.pricer.mark(ins, at, self.path.price_at(at), self.iv.iv(ins.expiry))
+        return self.pricer.mark(ins, at, self.path.price_at(at), self.pricer.state(at))
 
     def _marker(self) -> Callable[[Instrument], Decimal | None]:
         """Marks at this instant (the clock, the price and the day's volatility read once)."""
         now = self.clock.now()
         spot = self.path.price_at(now)
-        base_iv = self.iv.iv(now.astimezone(NY).date())
+        state = self.pricer.state(now)
 
         def mark(ins: Instrument) -> Decimal | None:
             if isinstance(ins, OptionContract):
-                return self.pricer.mark(ins, now, spot, base_iv)
+                return self.pricer.mark(ins, now, spot, state)
             return _cents(spot * STOCKS.get(ins.symbol, 0.0)) if ins.symbol in STOCKS else None
 
         return mark

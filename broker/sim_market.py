@@ -184,6 +184,14 @@ class IvSource:
         i = bisect.bisect_right(self._days, day) - 1
         return self._values[max(i, 0)]
 
+    def before(self, day: date) -> float:
+        """The latest value strictly before ``day`` (what is known during ``day``'s session, before
+        its close); before the second value, the first."""
+        if self._constant is not None:
+            return self._constant
+        i = bisect.bisect_left(self._days, day) - 1
+        return self._values[max(i, 0)]
+
 
 class CashRate:
     """The interest rate on idle cash by day, a fraction a year: a constant, or a dated series (the

@@ -1,5 +1,11 @@
-"""The `sim` broker's QQQ option chain: listed expiries (monthly third Fridays and LEAPS) and
-strikes, and Black–Scholes–Merton quotes with a mild skew and a realistic spread."""
+"""The `sim` broker's QQQ option chain: the expiries QQQ lists at each date (`strategy.listing`),
+strikes, and quotes from the calibrated option market (`strategy.option_market`).
+
+No look-ahead: a quote sees the 30-day index (VXN) of the last close before it. During a session
+that is the previous session's close (today's close is not known before 16:00); at or after the
+close, and on days without a session, the latest close on or before the day. The rate from a dated
+series is read ``RATE_LAG_DAYS`` before the day, so a monthly average (FRED's TB3MS is dated the
+first of its month) is used only once its month is over."""
 
 from __future__ import annotations
 
@@ -7,30 +13,24 @@ import functools
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
-from broker.sim_market import IvSource
+from broker.sim_market import CashRate, IvSource
 from strategy.calendar import NY, SessionCalendar
+from strategy.listing import is_expiry_date, listed_expiries, monthly_expiry, third_friday
 from strategy.model import OPTION_MULTIPLIER, OptionContract, OptionQuote
-from strategy.pricing import bs_price_delta
+from strategy.option_market import DEFAULT_PARAMS, MarketDay, MarketParams, model_value, quote_cents
+
+__all__ = ["CENT", "RATE_LAG_DAYS", "YEAR_S", "OptionPricer", "chain_strikes", "expiry_close", "listed_expiry",
+           "third_friday"]
 
 CENT = Decimal("0.01")
 YEAR_S = 365.0 * 86400
-LEAPS_MONTHS = (1, 6, 12)
-
-
-def third_friday(year: int, month: int) -> date:
-    d = date(year, month, 15)
-    return d + timedelta(days=(4 - d.weekday()) % 7)
+RATE_LAG_DAYS = 32
 
 
 def listed_expiry(calendar: SessionCalendar, year: int, month: int) -> date:
     """The month's standard expiry: its third Friday, or the session before when that Friday is
-    a holiday (within the calendar's range)."""
-    d = third_friday(year, month)
-    if calendar.first <= d <= calendar.last and not calendar.is_session(d):
-        prev = calendar.previous_session(d)
-        if prev is not None:
-            return prev.day
-    return d
+    a holiday."""
+    return monthly_expiry(calendar, year, month)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -40,7 +40,8 @@ def expiry_close(expiry: date) -> datetime:
 
 
 def chain_strikes(spot: float) -> tuple[Decimal, ...]:
-    """Whole-dollar strikes (step 1 below a 150 spot, else 5) over ~0.5×–1.5× spot."""
+    """Whole-dollar strikes (step 1 below a 150 spot, else 5) over ~0.5×–1.5× spot (real QQQ
+    LEAPS are listed every 5 dollars: 17–18 strikes within 0.6 ± 0.1 delta in February 2026)."""
     step = 1 if spot < 150 else 5
     lo = max(int(spot * 0.5 // step * step), step)
     hi = int(spot * 1.5 // step * step) + step
@@ -48,26 +49,60 @@ def chain_strikes(spot: float) -> tuple[Decimal, ...]:
 
 
 class OptionPricer:
-    """Prices any listed QQQ option (listed once means quotable until it expires)."""
+    """Prices any listed QQQ option (listed once means quotable until it expires) with the
+    option market's parameters. ``rate``/``dividend_yield``, when given, replace the parameters'
+    constants; ``rate_series`` (a dated series) replaces the rate."""
 
-    def __init__(self, calendar: SessionCalendar, iv: IvSource, rate: float, dividend_yield: float) -> None:
+    def __init__(self, calendar: SessionCalendar, iv: IvSource, rate: float | None = None,
+                 dividend_yield: float | None = None, *, params: MarketParams | None = None,
+                 rate_series: CashRate | None = None) -> None:
+        params = params or DEFAULT_PARAMS
+        if rate is not None:
+            params = params.replace(rate=rate)
+        if dividend_yield is not None:
+            params = params.replace(dividend_yield=dividend_yield)
+        self.params = params
         self.calendar = calendar
         self.iv = iv
-        self.r = rate
-        self.q = dividend_yield
+        self.rate_series = rate_series
+        self.q = params.dividend_yield
         self._contracts: dict[OptionContract, tuple[float, datetime] | None] = {}
+        self._days: dict[tuple[date, bool], MarketDay] = {}
+
+    def rate(self, day: date) -> float:
+        """The rate in force on ``day`` (a series is read ``RATE_LAG_DAYS`` earlier)."""
+        if self.rate_series is None:
+            return self.params.rate
+        return self.rate_series.rate(day - timedelta(days=RATE_LAG_DAYS))
+
+    def index_at(self, now: datetime) -> float:
+        """The 30-day index level known at ``now``: the last close strictly before it."""
+        day = now.astimezone(NY).date()
+        s = self.calendar.session(day)
+        return self.iv.before(day) if s is not None and now < s.close else self.iv.iv(day)
+
+    def state(self, now: datetime) -> MarketDay:
+        """What a quote at ``now`` knows (cached per day and side of the close)."""
+        day = now.astimezone(NY).date()
+        s = self.calendar.session(day)
+        before_close = s is not None and now < s.close
+        key = (day, before_close)
+        m = self._days.get(key)
+        if m is None:
+            index = self.iv.before(day) if before_close else self.iv.iv(day)
+            m = self._days[key] = MarketDay(day, index, self.rate(day), self.q)
+        return m
+
+    def _day(self, now: datetime, base: float | MarketDay) -> MarketDay:
+        if isinstance(base, MarketDay):
+            return base
+        day = now.astimezone(NY).date()  # a bare index level: the pricer's own rate and yield
+        return MarketDay(day, float(base), self.rate(day), self.q)
 
     def expiries(self, now: datetime) -> tuple[date, ...]:
-        """Listed as of ``now``: the next 13 monthly expiries and Jan/Jun/Dec of the next 3 years."""
+        """Listed as of ``now`` and not yet expired (``strategy.listing``)."""
         today = now.astimezone(NY).date()
-        out: set[date] = set()
-        y, m = today.year, today.month
-        for k in range(13):
-            out.add(listed_expiry(self.calendar, y + (m - 1 + k) // 12, (m - 1 + k) % 12 + 1))
-        for yy in range(y + 1, y + 4):
-            for mm in LEAPS_MONTHS:
-                out.add(listed_expiry(self.calendar, yy, mm))
-        return tuple(sorted(e for e in out if expiry_close(e) > now))
+        return tuple(e for e in listed_expiries(self.calendar, today, self.params.listing) if expiry_close(e) > now)
 
     def _terms(self, c: OptionContract) -> tuple[float, datetime] | None:
         """(strike, expiry instant) of a contract this market lists, else None (cached)."""
@@ -78,7 +113,7 @@ class OptionPricer:
         ok = (
             c.symbol == "QQQ" and c.right in ("C", "P") and c.multiplier == OPTION_MULTIPLIER
             and c.strike > 0 and c.strike == c.strike.to_integral_value()
-            and listed_expiry(self.calendar, c.expiry.year, c.expiry.month) == c.expiry
+            and is_expiry_date(self.calendar, c.expiry)
         )
         terms = (float(c.strike), expiry_close(c.expiry)) if ok else None
         self._contracts[c] = terms
@@ -87,13 +122,8 @@ class OptionPricer:
     def is_listed(self, c: OptionContract) -> bool:
         return self._terms(c) is not None
 
-    def model(
-        self, c: OptionContract, now: datetime, spot: float, base_iv: float
-    ) -> tuple[float, float, float] | None:
-        """(model value, delta, volatility) the quote is made of, before any rounding; None when not
-        listed or expired. A quote with a positive bid has its mid within half a cent of the value
-        (the bid is rounded to the cent, the ask is bid + spread), and its bid is positive only
-        when the value exceeds 3 cents (bid = round(value − spread / 2), spread ≥ 5 cents)."""
+    def _model(self, c: OptionContract, now: datetime, spot: float,
+               m: MarketDay) -> tuple[float, float, float, float] | None:
         terms = self._terms(c)
         if terms is None:
             return None
@@ -101,29 +131,31 @@ class OptionPricer:
         T = (close - now).total_seconds() / YEAR_S
         if T <= 0:
             return None
-        skew = min(max(-0.06 * (K / spot - 1.0), -0.05), 0.08)  # low strikes richer, like QQQ's smile
-        sigma = max(base_iv + skew, 0.05)
-        mid, delta = bs_price_delta(spot, K, T, self.r, self.q, sigma, c.right)
-        return mid, delta, sigma
+        return model_value(self.params, m, spot, K, c.expiry, T, c.right)
 
-    def quote(self, c: OptionContract, now: datetime, spot: float, base_iv: float) -> OptionQuote | None:
+    def model(self, c: OptionContract, now: datetime, spot: float,
+              base: float | MarketDay) -> tuple[float, float, float] | None:
+        """(model value, delta, volatility) the quote is made of, before any rounding; None when not
+        listed or expired. A quote with a positive bid has its mid within half a cent of the value
+        (the bid is rounded to the cent, the ask is bid + spread), and its bid is positive only
+        when the value exceeds 3 cents (bid = round(value − spread / 2), spread ≥ 5 cents).
+        ``base`` is what the quote knows (``state(now)``), or a bare 30-day index level."""
+        r = self._model(c, now, spot, self._day(now, base))
+        return None if r is None else r[:3]
+
+    def quote(self, c: OptionContract, now: datetime, spot: float, base: float | MarketDay) -> OptionQuote | None:
         """A quote, or None when the contract is not listed or has expired."""
-        m = self.model(c, now, spot, base_iv)
-        if m is None:
+        m = self._day(now, base)
+        r = self._model(c, now, spot, m)
+        if r is None:
             return None
-        mid, delta, sigma = m
-        cents = mid * 100
-        spread = max(5, round(cents * 0.015))  # 1.5 % of the mid, at least 0.05
-        bid = round(cents - spread / 2)
-        if bid >= 1:
-            ask = bid + spread
-        else:
-            bid, ask = 0, max(1, round(cents + spread / 2))
+        value, delta, sigma, x = r
+        bid, ask = quote_cents(self.params, m, spot, value, c.expiry, x)
         return OptionQuote(c, Decimal(bid) / 100, Decimal(ask) / 100, now, delta=delta, iv=sigma, min_tick=CENT)
 
-    def mark(self, c: OptionContract, now: datetime, spot: float, base_iv: float) -> Decimal | None:
+    def mark(self, c: OptionContract, now: datetime, spot: float, base: float | MarketDay) -> Decimal | None:
         """The mid of the quote; an expired contract is worth its intrinsic value."""
-        q = self.quote(c, now, spot, base_iv)
+        q = self.quote(c, now, spot, base)
         if q is not None:
             return q.mid
         if self._terms(c) is None:

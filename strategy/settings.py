@@ -94,7 +94,12 @@ class StrategySettings(BaseModel):
     min_dte: int = Field(365, ge=30, le=1200)
     position_size: PositionSize = PositionSize()
     max_premium: Decimal = Field(Decimal(12000), ge=Decimal(100), le=Decimal(1_000_000))
-    max_spread_pct: Decimal = Field(Decimal("5.0"), ge=Decimal("0.1"), le=Decimal("50"))
+    # 8 %: real 0.55–0.65-delta QQQ LEAPS are quoted about 5.6 % of the mid wide (median 5.00 USD,
+    # February 2026, calm and −2 % days alike), 0.5–0.7 delta from ~5 % to ~6.5 %; at 5 % only 2–3
+    # of the first LEAPS expiry's 17–18 strikes near 0.6 delta passed, so a normal dip day could
+    # skip or pick whichever strike happened to quote tight. 8 % takes every normal quote and still
+    # refuses a market far wider than usual (a stressed open); orders still start at the mid.
+    max_spread_pct: Decimal = Field(Decimal("8.0"), ge=Decimal("0.1"), le=Decimal("50"))
     tp_tiers: tuple[Tier, ...] = DEFAULT_TIERS
     force_exit_days: int = Field(270, ge=1, le=1000)
     min_exit_dte: int = Field(30, ge=0, le=365)
@@ -216,7 +221,7 @@ _SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("max_premium", "decimal", "USD", "entry", "Max premium per entry",
                 "an entry costing more than this is skipped", ("premium",), ("5000", "10000", "12000", "20000")),
     SettingSpec("max_spread_pct", "decimal", "%", "entry", "Max bid/ask spread",
-                "the widest spread accepted, in % of the mid", ("spread", "max_spread"), ("2", "5", "10")),
+                "the widest spread accepted, in % of the mid", ("spread", "max_spread"), ("5", "8", "12")),
     SettingSpec("tp_tiers", "tiers", "day:%", "exits", "Take-profit tiers",
                 "from day N of holding, sell at +X %: day:percent pairs", ("tiers", "tp"),
                 ("0:50,121:30,181:10", "0:40,121:25,181:10", "0:60,121:40,181:15")),

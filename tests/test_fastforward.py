@@ -386,12 +386,12 @@ def test_identical_when_a_due_lot_gets_a_bid_in_mid_session(tmp_path: Path) -> N
     rows, prev = [], 500
     for i, (s, c) in enumerate(zip(sessions, closes, strict=True)):
         o = prev
-        hi = 430 if i == 9 else max(o, c) * 1.002
+        hi = 455 if i == 9 else max(o, c) * 1.002  # a rally high enough for the skewed OTM call to show a bid
         rows.append(f"{s.day},{o},{hi},{min(o, c) * 0.998},{c}")
         prev = c
     csv = tmp_path / "crash.csv"
     csv.write_text("Date,Open,High,Low,Close\n" + "\n".join(rows) + "\n")
-    cfg = BacktestConfig(csv=csv, overrides=["min_dte=30", "force_exit=5", "tp_tiers=0:900", "max_positions=1",
+    cfg = BacktestConfig(csv=csv, overrides=["min_dte=45", "force_exit=5", "tp_tiers=0:900", "max_positions=1",
                                              "roll_drop=50"])
     fast, slow = both(cfg, tmp_path)
     assert_identical(fast, slow)

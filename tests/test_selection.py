@@ -61,7 +61,7 @@ def test_bsm_delta_from_the_mid_when_broker_sends_no_greeks() -> None:
 
 
 def test_wide_spreads_and_no_bids_are_rejected() -> None:
-    r = select_strike(chain(500, spread_pct=0.08), D(500), TODAY, S)
+    r = select_strike(chain(500, spread_pct=0.10), D(500), TODAY, S)  # above the default 8 %
     assert isinstance(r, Rejection) and "spread" in r.reason
     no_bid = [OptionQuote(q.contract, D(0), q.ask, q.time, q.delta) for q in chain(500)]
     r = select_strike(no_bid, D(500), TODAY, S)

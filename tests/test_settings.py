@@ -38,7 +38,7 @@ def test_defaults_match_the_spec() -> None:
     assert S.target_delta == Decimal("0.60") and S.delta_tolerance == Decimal("0.10")
     assert S.entry_drop_pct == 1 and S.roll_drop_pct == 5 and S.max_positions == 3
     assert S.min_dte == 365 and S.position_size == PositionSize(contracts=1) and S.max_premium == 12000
-    assert S.max_spread_pct == 5 and S.force_exit_days == 270 and S.min_exit_dte == 30
+    assert S.max_spread_pct == 8 and S.force_exit_days == 270 and S.min_exit_dte == 30
     assert S.recycle_threshold == 500 and S.check_interval_min == 5 and S.delay_after_open_min == 5
     assert S.reprice_s == 15 and S.reprice_step_pct == 20 and S.max_slippage_pct == 50
     assert S.order_timeout_s == 120

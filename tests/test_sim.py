@@ -54,14 +54,15 @@ def test_synthetic_path_has_calm_and_deep_days() -> None:
 
 
 async def test_chain_lists_third_fridays_holidays_and_leaps() -> None:
-    broker, clock, _ = make(start=date(2024, 4, 22))
+    broker, clock, _ = make(start=date(2024, 5, 6))  # April 2025 is within the 12 monthlies
     await broker.connect()
     chain = await broker.option_chain("QQQ")
     today = clock.now().astimezone(NY).date()
     assert date(2025, 4, 17) in chain.expiries  # Good Friday 2025-04-18: listed on Thursday
     assert date(2025, 4, 18) not in chain.expiries
     assert any((e - today).days >= 365 for e in chain.expiries)
-    assert all(e.weekday() in (3, 4) for e in chain.expiries)
+    far = [e for e in chain.expiries if (e - today).days > 60 and 15 <= e.day <= 21]  # monthlies and LEAPS
+    assert far and all(e.weekday() in (3, 4) for e in far)
     assert Decimal(500) in chain.strikes and all(k % 5 == 0 for k in chain.strikes)
 
 

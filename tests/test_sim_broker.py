@@ -163,9 +163,12 @@ async def test_chain_lists_third_fridays_moved_for_holidays_and_leaps() -> None:
     assert date(2026, 6, 18) in chain.expiries
     assert {date(2025, 1, 17), date(2026, 1, 16), date(2025, 12, 19)} <= set(chain.expiries)
     assert sum(1 for e in chain.expiries if (e - today).days >= 365) >= 4
-    for e in chain.expiries:
-        third_friday = e.weekday() == 4 and 15 <= e.day <= 21
-        assert third_friday or (e.weekday() == 3 and not CAL.is_session(e + timedelta(1)))
+    for e in chain.expiries:  # Fridays (weeklies, third-Friday monthlies), moved for holidays, or quarter-ends
+        friday = e.weekday() == 4 or (e.weekday() == 3 and not CAL.is_session(e + timedelta(1)))
+        quarter_end = e.month % 3 == 0 and CAL.next_session(e) is not None and CAL.next_session(e).day.month != e.month  # type: ignore[union-attr]
+        assert CAL.is_session(e) and (friday or quarter_end), e
+    monthlies_and_leaps = [e for e in chain.expiries if (e - today).days > 60 and 15 <= e.day <= 21]
+    assert all(e.weekday() == 4 or not CAL.is_session(e + timedelta(1)) for e in monthlies_and_leaps)
     with pytest.raises(BrokerError):
         await w.broker.option_chain("SPY")
 
