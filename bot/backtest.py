@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 from bot.alerts import MemorySink
 from bot.backtest_report import CashFigures, build_result
+from bot.calendar_cache import cached_nyse
 from bot.engine import Engine
 from bot.rates import RateError, parse_cash_rate
 from bot.settings_service import SettingsService
@@ -81,7 +82,7 @@ class BacktestRun:
 
 
 def load_bars(cfg: BacktestConfig) -> list[DailyBar]:
-    cal = nyse()
+    cal = cached_nyse()
     if cfg.bars is not None:
         bars = sorted(cfg.bars, key=lambda b: b.day)
     elif cfg.csv is not None:
@@ -335,7 +336,7 @@ async def run_backtest(
     cash_rate = load_cash_rate(cfg)
     if cfg.capital <= 0:
         raise BacktestError("--capital must be positive")
-    cal = nyse()
+    cal = cached_nyse()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="qqq-backtest-"))
     db_path = workdir / "backtest.db"
     db = open_database(f"sqlite:///{db_path}", scratch=True)
