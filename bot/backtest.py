@@ -365,7 +365,8 @@ async def run_backtest(
         for i, session in enumerate(sessions):
             s = settings.current
             # The first session only provides the previous close: trading starts on the second.
-            ticks: Sequence[datetime] = cal.tick_schedule(session, s.check_interval_min, s.delay_after_open_min) if i else ()
+            ticks: Sequence[datetime] = (cal.tick_schedule(session, s.check_interval_min, s.delay_after_open_min)
+                                         if i else ())
             ticks_total += len(ticks)
             if ff is not None:
                 ticks_evaluated += await ff.run_session(i, ticks)
