@@ -64,6 +64,8 @@ class BacktestConfig:
     bars: list[DailyBar] | None = None  # fetched beforehand (``--source ib``)
     every_tick: bool = False  # evaluate every tick through the engine, not only those that can act
     cash_rate: str = "0"  # interest on idle cash: a constant (4%) or PATH:COLUMN (percent a year)
+    iv_source: IvSource | None = None  # given beforehand (a bootstrapped history's), instead of ``iv``
+    rate_source: CashRate | None = None  # likewise, instead of ``cash_rate``
 
 
 SYNTHETIC_END = date(2025, 12, 31)
@@ -332,8 +334,8 @@ async def run_backtest(
     ``cfg.every_tick``, else only those at which something can happen (``FastForward``), with the
     same trades, summary and equity curve. ``progress(done, total)`` is called after each session."""
     bars = load_bars(cfg)
-    iv = load_iv(cfg)
-    cash_rate = load_cash_rate(cfg)
+    iv = cfg.iv_source or load_iv(cfg)
+    cash_rate = cfg.rate_source or load_cash_rate(cfg)
     if cfg.capital <= 0:
         raise BacktestError("--capital must be positive")
     cal = cached_nyse()
