@@ -25,12 +25,9 @@ PREFIX = "xnys-"
 
 
 def cache_dir() -> Path:
-    """``QQQ_BOT_CACHE_DIR``, else ``$XDG_CACHE_HOME/qqq-bot``, else ``~/.cache/qqq-bot``."""
+    """``QQQ_BOT_CACHE_DIR``, else ``~/.cache/qqq-bot``."""
     explicit = os.environ.get("QQQ_BOT_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "qqq-bot"
+    return Path(explicit) if explicit else Path.home() / ".cache" / "qqq-bot"
 
 
 def cache_file(folder: Path, today: date) -> Path:
