@@ -8,7 +8,7 @@ import math
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 from bot.alerts import MemorySink
 from bot.backtest_report import CashFigures, build_result
+from bot.calendar_cache import cached_nyse
 from bot.engine import Engine
 from bot.pricing import PricingError, describe, load_pricing, parse_option_rate
 from bot.rates import RateError, parse_cash_rate
@@ -67,6 +68,8 @@ class BacktestConfig:
     cash_rate: str = "0"  # interest on idle cash: a constant (4%) or PATH:COLUMN (percent a year)
     pricing: str = ""  # the option market's parameters file (`calibrate --save`); empty: the defaults
     option_rate: str = ""  # the rate options are priced with: empty (the parameters'), a constant or PATH:COLUMN
+    iv_source: IvSource | None = None  # given beforehand (a bootstrapped history's), instead of ``iv``
+    rate_source: CashRate | None = None  # likewise, instead of ``cash_rate``
 
 
 SYNTHETIC_END = date(2025, 12, 31)
@@ -85,7 +88,7 @@ class BacktestRun:
 
 
 def load_bars(cfg: BacktestConfig) -> list[DailyBar]:
-    cal = nyse()
+    cal = cached_nyse()
     if cfg.bars is not None:
         bars = sorted(cfg.bars, key=lambda b: b.day)
     elif cfg.csv is not None:
@@ -212,15 +215,19 @@ class FastForward:
         self.path = path
         self.iv = iv
         self._lots: dict[tuple[int, Decimal], tuple[bool, float | None]] = {}  # this session's: due?, trigger
+        self._rolls_pending: tuple[int, bool] | None = None  # (rows written when read, any pending)
 
-    async def run_session(self, index: int, ticks: list[datetime]) -> int:
+    async def run_session(self, index: int, ticks: Sequence[datetime]) -> int:
         """Drive session ``index`` over ``ticks``; returns how many ticks the engine evaluated."""
         if not ticks:
             return 0
         engine, clock = self.engine, self.clock
         day = self.path.sessions[index].day
-        prices = self.path.session_prices(index, ticks)
-        span = (min(prices), max(prices))
+        # Every tick's price lies within the day's bar (the intraday path is clipped to it), so the
+        # bar's low and high bound the prices: a session whose whole bar lies inside the quiet band
+        # is skipped without drawing its intraday path.
+        bar = self.path.bars[index]
+        span = (bar.low, bar.high)
         self._lots.clear()
         evaluated = 0
         low, high = math.inf, -math.inf
@@ -232,8 +239,11 @@ class FastForward:
         must = self._day_work_pending(day)
         if not must:
             band = await self.band(day, ticks, span)
+            if not band.always and band.low < span[0] and span[1] < band.high:
+                return 0  # provably quiet all session long
             must = bool(band.always)
             low, high = band.low, band.high
+        prices = self.path.session_prices(index, ticks)
         j, n = 0, len(ticks)
         while j < n:
             if not must:
@@ -256,6 +266,13 @@ class FastForward:
                 low, high = band.low, band.high
         return evaluated
 
+    def _pending_roll_buys(self) -> bool:
+        """Whether any roll's buy leg is pending, read again only after a write."""
+        changes = self._changes()
+        if self._rolls_pending is None or self._rolls_pending[0] != changes:
+            self._rolls_pending = (changes, bool(ledger.rolls_with_pending_buy()))
+        return self._rolls_pending[1]
+
     def _day_work_pending(self, day: date) -> bool:
         """Whether the engine has day-boundary work at its first tick of session ``day``, so that tick
         must be evaluated whatever the price: a reconciliation due, an order unresolved, a roll's buy
@@ -267,7 +284,7 @@ class FastForward:
         if not engine.ready:
             return True
         state = engine.state(day)
-        if state.unresolved_order or ledger.rolls_with_pending_buy():
+        if state.unresolved_order or self._pending_roll_buys():
             return True
         return any(has_expired(lot, day) for lot in state.open_lots)
 
@@ -278,7 +295,7 @@ class FastForward:
         changes: int = database_proxy.connection().total_changes
         return changes
 
-    async def band(self, day: date, ticks: list[datetime], span: tuple[float, float]) -> Band:
+    async def band(self, day: date, ticks: Sequence[datetime], span: tuple[float, float]) -> Band:
         """The quiet band for the next ticks of session ``day``, from the engine's own state."""
         engine = self.engine
         state = engine.state(day)
@@ -296,7 +313,7 @@ class FastForward:
         prev_close = await engine.prev_close(day)
         return quiet_band(state, settings, day, prev_close, tp, recycle_spot_max(state.pool), bid)
 
-    def trigger(self, lot: Lot, day: date, ticks: list[datetime], span: tuple[float, float],
+    def trigger(self, lot: Lot, day: date, ticks: Sequence[datetime], span: tuple[float, float],
                 value: float) -> float | None:
         """The lowest QQQ price from which the lot's quote could reach a model ``value`` (less the
         margins) at any of the session's ticks (``math.inf``: at none of them), by the sim's own
@@ -332,15 +349,15 @@ async def run_backtest(
     ``cfg.every_tick``, else only those at which something can happen (``FastForward``), with the
     same trades, summary and equity curve. ``progress(done, total)`` is called after each session."""
     bars = load_bars(cfg)
-    iv = load_iv(cfg)
-    cash_rate = load_cash_rate(cfg)
+    iv = cfg.iv_source or load_iv(cfg)
+    cash_rate = cfg.rate_source or load_cash_rate(cfg)
     pricing, option_rate = load_pricing_inputs(cfg)
     if cfg.capital <= 0:
         raise BacktestError("--capital must be positive")
-    cal = nyse()
+    cal = cached_nyse()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="qqq-backtest-"))
     db_path = workdir / "backtest.db"
-    db = open_database(f"sqlite:///{db_path}")
+    db = open_database(f"sqlite:///{db_path}", scratch=True)
     try:
         path = PricePath.from_bars(bars, cal, seed=cfg.seed)
         sessions = path.sessions
@@ -366,7 +383,8 @@ async def run_backtest(
         for i, session in enumerate(sessions):
             s = settings.current
             # The first session only provides the previous close: trading starts on the second.
-            ticks = cal.tick_times(session, s.check_interval_min, s.delay_after_open_min) if i else []
+            ticks: Sequence[datetime] = (cal.tick_schedule(session, s.check_interval_min, s.delay_after_open_min)
+                                         if i else ())
             ticks_total += len(ticks)
             if ff is not None:
                 ticks_evaluated += await ff.run_session(i, ticks)

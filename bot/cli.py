@@ -77,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--every-tick", action="store_true",
                     help="evaluate every 5-minute tick through the engine (slow; the default skips only the ticks "
                          "at which nothing can happen, with identical trades)")
+    rb = bt.add_argument_group("robustness (many histories)")
+    rb.add_argument("--paths", type=int, metavar="N",
+                    help="replay the strategy over N block-bootstrap histories of the data and report the spread")
+    rb.add_argument("--block-days", type=int, default=None, metavar="D",
+                    help="sessions per bootstrap block (default 21, about a month)")
+    rb.add_argument("--workers", type=int, default=None, metavar="N",
+                    help="with --paths: parallel backtests (default: CPU count)")
+    rb.add_argument("--ray", metavar="ADDRESS", help="with --paths: run on Ray (auto, local or HOST:PORT)")
+    rb.add_argument("--out", type=Path, metavar="CSV",
+                    help="with --paths: one line per finished path, appended; a rerun resumes it")
     ch = sub.add_parser("chain", help="print the option chain the simulator quotes at one moment")
     ch.add_argument("--date", type=_date, required=True, help="the session (YYYY-MM-DD)")
     ch.add_argument("--time", type=_hhmm, default=None, metavar="HH:MM", help="New York time (default 15:45)")
@@ -183,8 +193,62 @@ def _setup_logging(level: str, fmt: str = "text", secrets: list[str] | None = No
     setup_logging(level, fmt, secrets)
 
 
+def cmd_paths(args: argparse.Namespace) -> int:
+    """`qqq-bot backtest --paths N`: the strategy over N bootstrap histories (``bot.paths``)."""
+    from bot import paths, paths_report
+
+    def fail(message: str) -> int:
+        print(f"qqq-bot backtest: {message}", file=sys.stderr)
+        return 2
+
+    if args.source == "ib":
+        return fail("--paths needs --csv or --synthetic-years (not --source ib)")
+    spec = paths.Spec(args.csv, args.synthetic_years, args.seed, args.start, args.end, args.capital, args.iv,
+                      args.cash_rate, tuple(args.overrides),
+                      paths.DEFAULT_BLOCK_DAYS if args.block_days is None else args.block_days,
+                      args.every_tick)
+    try:
+        plan = paths.build_plan(spec, args.paths, args.out, args.chart)
+        out = paths.PathsFile(args.out, plan) if args.out else None
+        todo = args.paths - len([i for i in (out.read() if out else {}) if i < args.paths])
+        backend = paths.make_backend(args.workers, args.ray)
+    except paths.PathsError as e:
+        return fail(str(e))
+    if out is not None and todo < args.paths:
+        print(f"qqq-bot backtest: {args.paths - todo} of {args.paths} paths already in {args.out}: "
+              f"running the other {todo}", file=sys.stderr)
+    outcome = paths.run_paths(plan, backend, out, paths.Progress(todo, sys.stderr))
+    if outcome.interrupted:
+        where = f"; they are in {args.out}: rerun the same command to go on" if out else " (none kept: no --out)"
+        print(f"qqq-bot backtest: interrupted; {len(outcome.summaries)} of {args.paths} paths finished{where}",
+              file=sys.stderr)
+        return 130
+    if args.chart and outcome.summaries:
+        paths_report.write_fan_chart(plan, outcome, args.chart)
+    if args.json:
+        json.dump(paths_report.result_json(plan, outcome), sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        print(paths_report.text(plan, outcome))
+        if args.chart and outcome.summaries:
+            print(f"\nfan chart written to {args.chart}")
+        if out is not None:
+            print(f"paths in {args.out}")
+    for p, error in sorted(outcome.failed.items()):
+        print(f"qqq-bot backtest: path {p} failed: {error}", file=sys.stderr)
+    return 1 if outcome.failed else 0
+
+
 def cmd_backtest(args: argparse.Namespace) -> int:
     from bot.backtest import BacktestConfig, BacktestError, TerminalProgress, run_backtest
+
+    if args.paths is not None:
+        return cmd_paths(args)
+    for flag, value in (("--block-days", args.block_days), ("--workers", args.workers), ("--ray", args.ray),
+                        ("--out", args.out)):
+        if value is not None:
+            print(f"qqq-bot backtest: {flag} needs --paths N", file=sys.stderr)
+            return 2
     from bot.backtest_report import format_report, write_chart
 
     cfg = BacktestConfig(csv=args.csv, synthetic_years=args.synthetic_years, seed=args.seed, start=args.start,

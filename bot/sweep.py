@@ -253,7 +253,7 @@ def _context(data: Data, fixed: tuple[str, ...], split: date | None, first: date
 def build_plan(args: argparse.Namespace) -> Plan:
     """Check everything the sweep needs before anything runs or is written (SweepError if not)."""
     from bot.backtest import BacktestError, load_bars, load_cash_rate, load_iv, load_pricing_inputs
-    from strategy.calendar import nyse
+    from bot.calendar_cache import cached_nyse
 
     axes = parse_grid(args.grid)
     fixed = parse_fixed(args.overrides, axes)
@@ -287,7 +287,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
         load_pricing_inputs(base)
     except BacktestError as e:
         raise SweepError(str(e)) from None
-    cal = nyse()
+    cal = cached_nyse()
     bars = [b for b in bars if cal.session(b.day) is not None]
     if len(bars) < 2:
         raise SweepError("fewer than two sessions in the chosen period")

@@ -15,7 +15,7 @@ from itertools import pairwise
 from pathlib import Path
 
 from broker.base import DailyBar as DailyBar  # re-exported: its home was here
-from strategy.calendar import Session, SessionCalendar
+from strategy.calendar import Session, SessionCalendar, TickSchedule
 
 log = logging.getLogger(__name__)
 
@@ -278,13 +278,20 @@ class PricePath:
     ``step_min`` resolution, interpolated linearly; outside hours, the last close. ``bars`` are the
     daily bars it was built from, one per session."""
 
-    def __init__(self, bars: list[DailyBar], sessions: list[Session], points: list[list[float]], step_s: float,
-                 skipped: int = 0) -> None:
-        if not sessions or not len(bars) == len(sessions) == len(points):
+    def __init__(self, bars: list[DailyBar], sessions: list[Session], points: list[list[float]] | None,
+                 step_s: float, skipped: int = 0, draws: IntradayDraws | None = None) -> None:
+        if points is None and draws is None:
+            raise ValueError("a price path needs its points or the draws that make them")
+        if not sessions or not len(bars) == len(sessions) or (points is not None and len(points) != len(sessions)):
             raise ValueError("a price path needs one bar and one point list per session")
         self.bars = bars
         self.sessions = sessions
-        self._points = points
+        self._points: list[list[float] | None] = list(points) if points is not None else [None] * len(sessions)
+        self._draws = draws
+        # A path's first point is its bar's open and its last its close, both clipped to the bar's
+        # range as the points are; kept apart so that closes never need a session's points drawn.
+        self._first = [p[0] for p in points] if points is not None else [_clip(b.open, b) for b in bars]
+        self._last = [p[-1] for p in points] if points is not None else [_clip(b.close, b) for b in bars]
         self._step_s = step_s
         self._opens = [s.open for s in sessions]
         self._days = [s.day for s in sessions]
@@ -294,28 +301,36 @@ class PricePath:
 
     @classmethod
     def from_bars(cls, bars: list[DailyBar], calendar: SessionCalendar, seed: int, step_min: int = 5) -> PricePath:
-        """One intraday path per bar whose day is a session of ``calendar`` (others are skipped)."""
+        """One intraday path per bar whose day is a session of ``calendar`` (others are skipped).
+        Each session's points are drawn when first asked for, the same as if all were drawn in order
+        (``IntradayDraws``)."""
         if step_min <= 0:
             raise ValueError("step_min must be positive")
-        rng = random.Random(seed * 7919 + 17)
         sessions: list[Session] = []
-        points: list[list[float]] = []
         kept: list[DailyBar] = []
+        steps: list[int] = []
         skipped = 0
         for b in bars:
             s = calendar.session(b.day)
             if s is None:
                 skipped += 1
                 continue
-            n = max(3, int((s.close - s.open).total_seconds() // (step_min * 60)))
             sessions.append(s)
-            points.append(_intraday(b, n, rng))
+            steps.append(max(3, int((s.close - s.open).total_seconds() // (step_min * 60))))
             kept.append(b)
         if not sessions:
             raise ValueError("no bar falls on a session of the calendar")
         if skipped:
             log.info("price path: skipped %d bar(s) on days that are not sessions", skipped)
-        return cls(kept, sessions, points, step_min * 60.0, skipped)
+        return cls(kept, sessions, None, step_min * 60.0, skipped, draws=IntradayDraws(kept, steps, seed))
+
+    def points(self, index: int) -> list[float]:
+        """Session ``index``'s intraday points (drawn now if they were not yet)."""
+        pts = self._points[index]
+        if pts is None:
+            assert self._draws is not None  # only a path built from draws has sessions not drawn
+            pts = self._points[index] = self._draws.points(index)
+        return pts
 
     @classmethod
     def wall_clock(cls, calendar: SessionCalendar, seed: int, start: date, end: date, s0: float = 480.0) -> PricePath:
@@ -346,11 +361,11 @@ class PricePath:
         """The price at ``t``; outside hours the last close, before the first session its open."""
         i = self._session_index(t)
         if i < 0:
-            return self._points[0][0]
+            return self._first[0]
         s = self.sessions[i]
-        pts = self._points[i]
         if t >= s.close:
-            return pts[-1]
+            return self._last[i]
+        pts = self.points(i)
         x = (t - s.open).total_seconds() / self._step_s
         k = int(x)
         if k >= len(pts) - 1:
@@ -362,27 +377,27 @@ class PricePath:
         When the times fall exactly on the path's points at one stride (the 5-minute ticks on the
         5-minute path) they are read off the points; otherwise each goes through ``price_at``."""
         s = self.sessions[index]
-        pts = self._points[index]
         n = len(times)
         if n > 1 and s.open <= times[0] and times[-1] < s.close:
+            pts = self.points(index)
             step = timedelta(seconds=self._step_s)
             k0, rem = divmod(times[0] - s.open, step)
             stride = times[1] - times[0]
             m, rem2 = divmod(stride, step)
             last_k = k0 + (n - 1) * m
-            if (not rem and not rem2 and m > 0 and last_k < len(pts) - 1
-                    and not any(b - a != stride for a, b in pairwise(times))):
+            uniform = isinstance(times, TickSchedule) or not any(b - a != stride for a, b in pairwise(times))
+            if not rem and not rem2 and m > 0 and last_k < len(pts) - 1 and uniform:
                 return pts[k0:last_k + 1:m]
         return [self.price_at(t) for t in times]
 
     def close_of(self, day: date) -> float | None:
         i = self._index.get(day)
-        return None if i is None else self._points[i][-1]
+        return None if i is None else self._last[i]
 
     def prev_close(self, day: date) -> float | None:
         """The close of the last session strictly before ``day``."""
         i = bisect.bisect_left(self._days, day) - 1
-        return self._points[i][-1] if i >= 0 else None
+        return self._last[i] if i >= 0 else None
 
     def last_session_day(self, day: date) -> date | None:
         """The last session on or before ``day``."""
@@ -396,6 +411,66 @@ class PricePath:
             return None
         s = self.sessions[i]
         return s if t < s.close else None
+
+
+def _clip(v: float, b: DailyBar) -> float:
+    """``v`` clipped to the bar's range, exactly as ``_intraday`` clips its points."""
+    lo, hi = b.low, b.high
+    return lo if v < lo else hi if v > hi else v
+
+
+class IntradayDraws:
+    """The seeded intraday points of every session, drawn on demand and the same as drawing them all
+    in order from one ``random.Random(seed * 7919 + 17)``: a session not asked for is passed over by
+    advancing the generator by exactly the random numbers its points would have used (its two
+    ``randint`` calls, then its Gaussians: two ``random()`` calls, four 32-bit words, per pair, the
+    last pair drawn for real when it leaves its second value for the next session). The generator's
+    state is kept every ``CHECKPOINT`` sessions, so going back costs at most that many skips."""
+
+    CHECKPOINT = 64
+
+    def __init__(self, bars: list[DailyBar], steps: list[int], seed: int) -> None:
+        self._bars = bars
+        self._steps = steps
+        self._rng = random.Random(seed * 7919 + 17)
+        self._next = 0  # the session the generator's state is at the start of
+        self._states: dict[int, tuple[object, ...]] = {0: self._rng.getstate()}
+
+    def points(self, index: int) -> list[float]:
+        """Session ``index``'s points, as ``_intraday`` draws them in the full sequence."""
+        rng = self._rng
+        if index < self._next:
+            start = index - index % self.CHECKPOINT
+            rng.setstate(self._states[start])
+            self._next = start
+        while self._next < index:
+            self._skip(self._steps[self._next], rng)
+            self._advanced()
+        pts = _intraday(self._bars[index], self._steps[index], rng)
+        self._advanced()
+        return pts
+
+    def _advanced(self) -> None:
+        self._next += 1
+        if self._next % self.CHECKPOINT == 0 and self._next not in self._states:
+            self._states[self._next] = self._rng.getstate()
+
+    @staticmethod
+    def _skip(n: int, rng: random.Random) -> None:
+        """Advance ``rng`` exactly as ``_intraday`` with ``n`` steps would, without its points."""
+        rng.randint(1, n - 1)
+        rng.randint(1, n - 1)
+        draws = n  # _intraday takes exactly n Gaussians (its segments' steps add up to n)
+        if rng.gauss_next is not None:  # type: ignore[attr-defined]
+            draws -= 1  # the first is the value the last pair left
+        rng.gauss_next = None  # type: ignore[attr-defined]
+        pairs = (draws + 1) // 2
+        if draws % 2:  # the last pair leaves its second value for the next session: draw it for real
+            if pairs > 1:
+                rng.getrandbits(128 * (pairs - 1))
+            rng.gauss()
+        elif pairs:
+            rng.getrandbits(128 * pairs)
 
 
 def _intraday(b: DailyBar, n: int, rng: random.Random) -> list[float]:

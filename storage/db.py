@@ -25,11 +25,22 @@ def database_url_for(data_dir: Path | str) -> str:
     return f"sqlite:///{Path(data_dir) / 'bot.db'}"
 
 
-def open_database(url: str) -> Database:
+# A backtest's private ledger: a scratch file that only its one connection ever touches and that
+# is worthless after a crash, so it keeps its rollback journal in memory and never waits for the
+# disk. The live bot's database keeps WAL and ``synchronous=normal``.
+SCRATCH_PRAGMAS = {
+    "journal_mode": "memory",
+    "synchronous": "off",
+    "foreign_keys": 1,
+}
+
+
+def open_database(url: str, *, scratch: bool = False) -> Database:
     """Open (creating if needed) the database at ``url``, bind the models and apply migrations.
 
     Only ``sqlite:///path`` (WAL, foreign keys on) and ``sqlite:///:memory:`` are accepted; any
-    other URL raises ValueError."""
+    other URL raises ValueError. ``scratch``: a private, disposable file (a backtest's ledger)
+    opened with ``SCRATCH_PRAGMAS``: no WAL, no waiting for the disk; a crash may corrupt it."""
     from storage.migrations import migrate
 
     if not url.startswith("sqlite:///") or url == "sqlite:///":
@@ -37,7 +48,7 @@ def open_database(url: str) -> Database:
     path = url.removeprefix("sqlite:///")
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    pragmas = dict(SQLITE_PRAGMAS)
+    pragmas = dict(SCRATCH_PRAGMAS if scratch else SQLITE_PRAGMAS)
     if path == ":memory:":
         pragmas.pop("journal_mode")
     db = SqliteDatabase(path, pragmas=pragmas, check_same_thread=False)

@@ -7,13 +7,15 @@ Pure: the caller passes ``now``; nothing here reads the clock.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import lru_cache
+from typing import overload
 
 from strategy.model import NY
 
-__all__ = ["NY", "Session", "SessionCalendar", "nyse"]
+__all__ = ["NY", "Session", "SessionCalendar", "TickSchedule", "nyse"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +27,39 @@ class Session:
     close: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class TickSchedule(Sequence[datetime]):
+    """A session's ticks as arithmetic: ``first``, ``first + step``, … (``size`` of them). Each
+    tick is made when it is asked for, so a backtest that looks at a few ticks of a session does
+    not build the others."""
+
+    first: datetime
+    step: timedelta
+    size: int
+
+    def __len__(self) -> int:
+        return self.size
+
+    @overload
+    def __getitem__(self, i: int) -> datetime: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[datetime]: ...
+    def __getitem__(self, i: int | slice) -> datetime | list[datetime]:
+        if isinstance(i, slice):
+            return [self.first + k * self.step for k in range(*i.indices(self.size))]
+        if i < 0:
+            i += self.size
+        if not 0 <= i < self.size:
+            raise IndexError("tick index out of range")
+        return self.first + i * self.step
+
+    def __iter__(self) -> Iterator[datetime]:
+        t, step = self.first, self.step
+        for _ in range(self.size):
+            yield t
+            t += step
+
+
 class SessionCalendar:
     """The sessions of one exchange between two dates."""
 
@@ -34,7 +69,7 @@ class SessionCalendar:
         self._sessions = sessions
         self._days = [s.day for s in sessions]
         self._by_day = {s.day: s for s in sessions}
-        self._ticks: dict[tuple[date, int, int], tuple[datetime, ...]] = {}
+        self._ticks: dict[tuple[date, int, int], TickSchedule] = {}
 
     @property
     def first(self) -> date:
@@ -76,17 +111,23 @@ class SessionCalendar:
 
     def tick_times(self, session: Session, interval_min: int, delay_min: int) -> list[datetime]:
         """The session's ticks: wall-clock aligned to ``interval_min`` (09:35, 09:40, …), the
-        first no earlier than ``delay_min`` after the open, the last strictly before the close
-        (computed once per session and settings)."""
-        key = (session.day, interval_min, delay_min)
-        cached = self._ticks.get(key)
-        if cached is None or self._by_day.get(session.day) is not session:
-            cached = tuple(self._tick_times(session, interval_min, delay_min))
-            if self._by_day.get(session.day) is session:
-                self._ticks[key] = cached
-        return list(cached)
+        first no earlier than ``delay_min`` after the open, the last strictly before the close."""
+        return list(self.tick_schedule(session, interval_min, delay_min))
 
-    def _tick_times(self, session: Session, interval_min: int, delay_min: int) -> list[datetime]:
+    def tick_schedule(self, session: Session, interval_min: int, delay_min: int) -> TickSchedule:
+        """``tick_times`` as a ``TickSchedule`` (first tick, step, count), computed once per
+        session and settings without building the ticks themselves."""
+        key = (session.day, interval_min, delay_min)
+        known = self._by_day.get(session.day) is session
+        cached = self._ticks.get(key) if known else None
+        if cached is None:
+            cached = self._schedule(session, interval_min, delay_min)
+            if known:
+                self._ticks[key] = cached
+        return cached
+
+    @staticmethod
+    def _schedule(session: Session, interval_min: int, delay_min: int) -> TickSchedule:
         first = session.open + timedelta(minutes=delay_min)
         local = first.astimezone(NY)
         minute = local.hour * 60 + local.minute
@@ -96,11 +137,8 @@ class SessionCalendar:
         start_local = local.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(minutes=aligned)
         t = start_local.astimezone(session.open.tzinfo)
         step = timedelta(minutes=interval_min)
-        out: list[datetime] = []
-        while t < session.close:
-            out.append(t)
-            t += step
-        return out
+        size = -(-(session.close - t) // step) if t < session.close else 0
+        return TickSchedule(t, step, size)
 
     def next_tick(self, now: datetime, interval_min: int, delay_min: int) -> datetime | None:
         """The first tick strictly after ``now`` (in this or a later session)."""

@@ -83,3 +83,43 @@ def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     if sxx == 0 or syy == 0:
         return None
     return sxy / math.sqrt(sxx * syy)
+
+
+def _years_later(day: date, years: int) -> date:
+    try:
+        return day.replace(year=day.year + years)
+    except ValueError:  # 29 February
+        return day.replace(year=day.year + years, day=28)
+
+
+def worst_window_cagr(days: Sequence[date], values: Sequence[float], years: int = 5) -> float | None:
+    """The worst CAGR over any stretch of ``years`` calendar years of the curve: from each day to the
+    first day at least ``years`` later (None when the curve is shorter than that)."""
+    if len(days) != len(values):
+        raise ValueError("worst_window_cagr needs one value per day")
+    worst: float | None = None
+    j = 0
+    for i, start in enumerate(days):
+        target = _years_later(start, years)
+        j = max(j, i + 1)
+        while j < len(days) and days[j] < target:
+            j += 1
+        if j == len(days):
+            break
+        c = cagr(values[i], values[j], start, days[j])
+        worst = c if worst is None else min(worst, c)
+    return worst
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0–100) by linear interpolation between the closest ranks (the
+    common definition, numpy's default)."""
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ValueError("q must be 0–100")
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)

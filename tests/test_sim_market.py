@@ -224,3 +224,29 @@ def test_wall_clock_path_covers_today() -> None:
     assert path.first_day >= today - timedelta(days=30)
     assert 400 < path.price_at(datetime.combine(path.first_day, datetime.min.time(), NY) + timedelta(hours=12)) < 560
     assert QQQM_RATIO == 0.4115
+
+
+def test_intraday_paths_drawn_on_demand_are_those_drawn_in_order() -> None:
+    """A backtest draws a session's intraday path only when it looks at its ticks; whatever the order
+    the sessions are asked for, each path is the one drawing every session in order gives."""
+    import random as _random
+
+    from broker.sim_market import _intraday
+
+    cal = nyse()
+    bars = synthetic_bars(cal.sessions_between(date(2010, 1, 1), date(2012, 12, 31)), seed=3)
+    for seed in (1, 5):
+        rng = _random.Random(seed * 7919 + 17)
+        path = PricePath.from_bars(bars, cal, seed=seed)
+        eager = []
+        for b in bars:
+            s = cal.session(b.day)
+            assert s is not None
+            eager.append(_intraday(b, max(3, int((s.close - s.open).total_seconds() // 300)), rng))
+        order = list(range(len(bars)))
+        _random.Random(seed).shuffle(order)
+        assert all(path.points(i) == eager[i] for i in order[:200])  # random access, back and forth
+        fresh = PricePath.from_bars(bars, cal, seed=seed)
+        picked = sorted(order[200:260])
+        assert all(fresh.points(i) == eager[i] for i in picked)  # forward, skipping the sessions between
+        assert all(fresh.close_of(b.day) == eager[i][-1] for i, b in enumerate(bars))  # closes without drawing
