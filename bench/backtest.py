@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bot.backtest import BacktestConfig, BacktestRun, load_bars, run_backtest
+from bot.lab.backtest import BacktestConfig, BacktestRun, load_bars, run_backtest
 from broker.sim_market import PricePath
 from strategy.calendar import NY, nyse
 from strategy.model import Lot, MarketSnapshot, OptionContract, OptionQuote, Quote, StrategyState

@@ -47,7 +47,7 @@ async def measure(tg: Tg, command: str, n: int, gap_ms: float) -> list[float]:
 async def backtest_running(tg: Tg, commands: tuple[str, ...], n: int, gap_ms: float,
                            rows: list[tuple[str, str, list[float]]]) -> None:
     """Commands while a chat backtest (10 years, current vs a change) runs in its own process."""
-    from bot.chat_backtest import parse_request
+    from bot.lab.chat_backtest import parse_request
 
     request = parse_request(tg.parts.deps.service.current_settings(), ["10", "entry_drop=2"])
     assert not isinstance(request, SettingError)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bot.actions import select_contract
+from bot.engine.actions import select_contract
 from broker.clock import SimClock
 from broker.ib import IBBroker
 from strategy.model import MarketSnapshot, OptionContract

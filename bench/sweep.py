@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bot.cli import build_parser
-from bot.sweep import build_plan, run_job, run_sweep
-from bot.sweep_backends import ProcessBackend
+from bot.app.cli import build_parser
+from bot.lab.sweep import build_plan, run_job, run_sweep
+from bot.lab.sweep_backends import ProcessBackend
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

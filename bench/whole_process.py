@@ -62,7 +62,7 @@ def main() -> None:
         raise SystemExit(f"{qqq} is not present")
     py = sys.executable
     entry = "handlers.entry" if (repo / "handlers" / "entry.py").exists() else "handlers.app"
-    cli = [py, "-m", "bot.cli"]
+    cli = [py, "-m", "bot.app.cli"]
     print(f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, load average "
           f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}, checkout {repo}")
     measure(f"qqq-bot --help ({entry})", [py, "-m", entry, "--help"], repo, args.repeat)

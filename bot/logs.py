@@ -77,7 +77,7 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """``2026-12-01T19:30:00.123+00:00 INFO bot.engine: ...``: the time carries its zone (UTC)."""
+    """``2026-12-01T19:30:00.123+00:00 INFO bot.engine.engine: ...``: the time carries its zone (UTC)."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -4,7 +4,7 @@ nothing in `bot/` imports `handlers/`.
 
 python-telegram-bot's Application owns the asyncio loop; the strategy tick, the heartbeat with the
 daily backup and the after-close summary are APScheduler jobs in that loop (their logic is
-`bot/jobs.py`), and the alert sender is a task beside them. Nothing here blocks the loop: the tick
+`bot/app/jobs.py`), and the alert sender is a task beside them. Nothing here blocks the loop: the tick
 runs as its own job (one at a time), handlers run concurrently, and every broker call a command
 makes is bounded."""
 
@@ -31,19 +31,20 @@ from telegram.ext import (
     filters,
 )
 
-from bot import alert_view, cli, jobs
-from bot.alerts import EventKind, FanoutSink, LogSink, mode_label
-from bot.config import AppConfig
-from bot.engine import Engine
-from bot.notifier import TelegramNotifier, parse_window
-from bot.runner import make_broker
-from bot.service import BacktestSources, BotService
-from bot.settings_service import SettingsService
+from bot.app import cli, jobs
+from bot.app.config import AppConfig, parse_window
+from bot.app.runner import make_broker
+from bot.control import alert_view
+from bot.control.service import BacktestSources, BotService
+from bot.engine.alerts import EventKind, FanoutSink, LogSink, mode_label
+from bot.engine.engine import Engine
+from bot.engine.settings_service import SettingsService
 from broker.base import Broker, LiveAccountRefused
 from broker.clock import Clock, WallClock
 from handlers import commands, manual
 from handlers import format as fmt
 from handlers.context import CONTEXT_TYPES, BotApp, BotContext, BotParts, Deps
+from handlers.notifier import TelegramNotifier
 from handlers.settings_kb import settings_callback, typed_value
 from storage import auth
 from storage.db import close_database, open_database
@@ -271,7 +272,7 @@ def run_bot(cfg: AppConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`qqq-bot`: the command line of `bot/cli.py`, with this Telegram bot as `qqq-bot run`."""
+    """`qqq-bot`: the command line of `bot/app/cli.py`, with this Telegram bot as `qqq-bot run`."""
     return cli.main(argv, run_bot=run_bot)
 
 

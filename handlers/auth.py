@@ -15,7 +15,7 @@ from typing import Any, Literal
 from telegram import Update
 from telegram.constants import ParseMode
 
-from bot.alerts import EventKind
+from bot.engine.alerts import EventKind
 from handlers.context import BotContext, Deps
 from storage import auth, kv
 

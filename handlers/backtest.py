@@ -11,8 +11,8 @@ from telegram import InputFile, Message, Update
 from telegram.constants import ParseMode
 from telegram.error import BadRequest
 
-from bot.chat_backtest import Request, parse_request
-from bot.manual import Refusal
+from bot.control.manual import Refusal
+from bot.lab.chat_backtest import Request, parse_request
 from handlers import format as fmt
 from handlers.auth import guarded, who
 from handlers.context import BotContext, Deps

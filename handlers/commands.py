@@ -14,12 +14,12 @@ from telegram import InputFile, Update
 from telegram.constants import ParseMode
 from telegram.error import TelegramError
 
-from bot.alerts import EventKind
-from bot.charts import pnl_chart_png
+from bot.control.manual import Refusal
+from bot.control.period_reports import Period
+from bot.engine.alerts import EventKind
+from bot.engine.settings_service import pause_text
+from bot.lab.charts import pnl_chart_png
 from bot.logs import redactor
-from bot.manual import Refusal
-from bot.reports import Period
-from bot.settings_service import pause_text
 from handlers import format as fmt
 from handlers import guess, manual
 from handlers.auth import Handler, guarded, pending_after_login, who

@@ -14,12 +14,12 @@ from cryptography.fernet import Fernet
 from peewee import Database
 from telegram.ext import Application, CallbackContext, ContextTypes, ExtBot, JobQueue
 
-from bot.alerts import Event, EventKind
-from bot.config import AppConfig
-from bot.engine import Engine
-from bot.notifier import TelegramNotifier
-from bot.service import BotService
+from bot.app.config import AppConfig
+from bot.control.service import BotService
+from bot.engine.alerts import Event, EventKind
+from bot.engine.engine import Engine
 from broker.clock import Clock
+from handlers.notifier import TelegramNotifier
 
 
 @dataclass

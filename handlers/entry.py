@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bot.config import AppConfig
+    from bot.app.config import AppConfig
 
 
 def _run_bot(cfg: AppConfig) -> int:
@@ -17,8 +17,8 @@ def _run_bot(cfg: AppConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`qqq-bot`: the command line of `bot/cli.py`, with the Telegram bot as `qqq-bot run`."""
-    from bot import cli
+    """`qqq-bot`: the command line of `bot/app/cli.py`, with the Telegram bot as `qqq-bot run`."""
+    from bot.app import cli
 
     return cli.main(argv, run_bot=_run_bot)
 

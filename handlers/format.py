@@ -10,12 +10,12 @@ from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from bot.alerts import Event, EventKind
-from bot.manual import EntryPreview, SellPreview, WorkingOrder
-from bot.report import TickReport
-from bot.reports import DayJournal, LotStory, PeriodRow
-from bot.settings_service import pause_text
-from bot.views import AccountView, ComparisonView, OrdersView, PnlView, PositionsView, StatusView, TradeRow
+from bot.control.manual import EntryPreview, SellPreview, WorkingOrder
+from bot.control.period_reports import DayJournal, LotStory, PeriodRow
+from bot.control.views import AccountView, ComparisonView, OrdersView, PnlView, PositionsView, StatusView, TradeRow
+from bot.engine.alerts import Event, EventKind
+from bot.engine.settings_service import pause_text
+from bot.engine.tick_report import TickReport
 from strategy import number_style as num
 from strategy.calendar import NY
 from strategy.exposure import Exposure

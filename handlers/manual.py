@@ -12,7 +12,7 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.constants import ParseMode
 from telegram.error import BadRequest
 
-from bot.manual import Done, EntryPreview, Refusal, SellPreview
+from bot.control.manual import Done, EntryPreview, Refusal, SellPreview
 from handlers import format as fmt
 from handlers.auth import guarded, who
 from handlers.buttons import Buttons, Token

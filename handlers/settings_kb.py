@@ -31,7 +31,7 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.constants import ParseMode
 from telegram.error import BadRequest
 
-from bot.alerts import EventKind
+from bot.engine.alerts import EventKind
 from handlers import format as fmt
 from handlers.auth import guarded, who
 from handlers.backtest import compare_request, run_and_reply

@@ -14,7 +14,7 @@ from storage.db import close_database, open_database
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-# The calendar cache (bot/calendar_cache.py) of the tests and of the worker processes they start:
+# The calendar cache (bot/lab/calendar_cache.py) of the tests and of the worker processes they start:
 # a folder of this test run's own, not the user's ~/.cache.
 os.environ.setdefault("QQQ_BOT_CACHE_DIR", tempfile.mkdtemp(prefix="qqq-bot-test-cache-"))
 

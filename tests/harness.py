@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
 
-from bot.alerts import EventKind, MemorySink
-from bot.engine import Engine
-from bot.report import TickReport
-from bot.settings_service import SettingsService
+from bot.engine.alerts import EventKind, MemorySink
+from bot.engine.engine import Engine
+from bot.engine.settings_service import SettingsService
+from bot.engine.tick_report import TickReport
 from broker.base import CommissionReport, ConnectionState, Execution, OrderUpdate
 from broker.clock import SimClock
 from broker.sim import SimBroker, SimFillModel

@@ -80,3 +80,65 @@ def test_no_import_cycle_in_bot_or_between_bot_and_handlers() -> None:
 def test_the_cycle_finder_finds_a_cycle() -> None:
     graph = {"bot.a": {"bot.b"}, "bot.b": {"handlers.c"}, "handlers.c": {"bot.a"}}
     assert _cycle(graph, set(graph)) == ["bot.a", "bot.b", "handlers.c", "bot.a"]
+
+
+# --- the shell's rooms (issue 18): app → control → lab → engine → strategy/storage/broker --------------
+
+SHELL_LAYERS = ("bot.app", "bot.control", "bot.lab", "bot.engine")  # each imports only the ones after it
+# Known exceptions, each a debt written down rather than hidden: the ledger reads the broker's own
+# execution and order types; the handlers' context types its clock with the broker's Clock.
+ALLOWED = {("storage.ledger", "broker.base"), ("handlers.context", "broker.clock")}
+
+
+def _room(module: str) -> int | None:
+    for i, layer in enumerate(SHELL_LAYERS):
+        if module == layer or module.startswith(layer + "."):
+            return i
+    return None
+
+
+def test_the_shell_rooms_depend_one_way() -> None:
+    graph = _imports()
+    wrong = []
+    for module, deps in graph.items():
+        here = _room(module)
+        if here is None:
+            continue
+        for d in deps:
+            there = _room(d)
+            if there is not None and there < here:
+                wrong.append((module, d))
+    assert not wrong, wrong
+
+
+def test_every_bot_module_lives_in_a_room() -> None:
+    graph = _imports()
+    loose = [m for m in graph if m.startswith("bot.") and _room(m) is None and m not in ("bot.logs",)]
+    assert not loose, loose
+
+
+def test_the_engine_and_the_lab_know_nothing_of_the_chat_or_the_app() -> None:
+    graph = _imports()
+    for module, deps in graph.items():
+        if _room(module) in (2, 3):
+            assert not {d for d in deps if d.startswith(("handlers", "bot.app", "bot.control"))}, (module, deps)
+
+
+def test_storage_and_broker_import_no_shell_and_each_other_only_as_allowed() -> None:
+    graph = _imports()
+    for module, deps in graph.items():
+        if module.startswith(("storage", "broker")):
+            assert not {d for d in deps if d.startswith(("bot", "handlers"))}, (module, deps)
+        if module.startswith("storage"):
+            bad = {d for d in deps if d.startswith("broker") and (module, d) not in ALLOWED}
+            assert not bad, (module, bad)
+        if module.startswith("broker"):
+            assert not {d for d in deps if d.startswith("storage")}, (module, deps)
+
+
+def test_handlers_reach_the_broker_only_through_the_composition_root() -> None:
+    graph = _imports()
+    for module, deps in graph.items():
+        if module.startswith("handlers") and module != "handlers.app":
+            bad = {d for d in deps if d.startswith("broker") and (module, d) not in ALLOWED}
+            assert not bad, (module, bad)

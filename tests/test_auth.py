@@ -14,7 +14,7 @@ import pytest
 from cryptography.fernet import Fernet
 from peewee import Database
 
-from bot.totp import enroll_in_terminal, keygen
+from bot.app.totp import enroll_in_terminal, keygen
 from storage import auth
 from storage.auth import (
     LOCKOUT_FAILURES,

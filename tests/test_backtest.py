@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import main
+from bot.app.cli import main
 from tests.conftest import shared_file
 
 SUMMARY_KEYS = {"start", "end", "sessions", "entries", "exits", "rolls", "realized_pnl", "win_rate",

@@ -14,7 +14,7 @@ from pathlib import Path
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from bot.backtest import BacktestConfig, run_backtest
+from bot.lab.backtest import BacktestConfig, run_backtest
 from tests.test_backtest import assert_only_earned_money_recycled
 
 N = int(os.environ.get("QQQ_PROPERTY_RUNS", "8"))

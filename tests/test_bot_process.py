@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from bot.totp import keygen
+from bot.app.totp import keygen
 
 TOKEN = "424242:AAProcessTestTokenDoNotLeak_0123456789"
 ADMIN = 4001
@@ -267,7 +267,7 @@ def test_backtest_source_ib_reads_bars_from_the_gateway(tmp_path: Path) -> None:
     end = date.today() - timedelta(days=1)
     start = end - timedelta(days=200)
     try:
-        r = subprocess.run([sys.executable, "-m", "bot.cli", "backtest", "--source", "ib", "--start", str(start),
+        r = subprocess.run([sys.executable, "-m", "bot.app.cli", "backtest", "--source", "ib", "--start", str(start),
                             "--end", str(end), "--json"], cwd=ROOT, env=env, capture_output=True, text=True,
                            timeout=300)
     finally:
@@ -278,6 +278,6 @@ def test_backtest_source_ib_reads_bars_from_the_gateway(tmp_path: Path) -> None:
     assert result["summary"]["sessions"] > 100
     assert result["summary"]["start"] >= str(start) and result["summary"]["end"] <= str(end)
     # the gateway is gone: one clear line, no traceback
-    r = subprocess.run([sys.executable, "-m", "bot.cli", "backtest", "--source", "ib", "--json"], cwd=ROOT, env=env,
+    r = subprocess.run([sys.executable, "-m", "bot.app.cli", "backtest", "--source", "ib", "--json"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "cannot connect to IB Gateway" in r.stderr and "Traceback" not in r.stderr

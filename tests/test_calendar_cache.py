@@ -1,4 +1,4 @@
-"""The NYSE calendar kept in a file for the day (bot/calendar_cache.py): the same sessions as the
+"""The NYSE calendar kept in a file for the day (bot/lab/calendar_cache.py): the same sessions as the
 `exchange_calendars` library's, and a damaged file is rebuilt rather than trusted."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
-from bot.calendar_cache import cache_file, cached_nyse
+from bot.lab.calendar_cache import cache_file, cached_nyse
 from strategy.calendar import nyse
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bot import chat_backtest
+from bot.lab import chat_backtest
 from broker.sim_market import synthetic_bars
 from storage import kv
 from strategy.calendar import nyse

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from bot.config import AppConfig
+from bot.app.config import AppConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 from peewee import Database
 
-from bot.alerts import EventKind
+from bot.engine.alerts import EventKind
 from broker.base import Execution
 from broker.sim import SimFillModel
 from broker.sim_market import DailyBar

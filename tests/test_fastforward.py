@@ -22,10 +22,10 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-import bot.backtest as backtest
-from bot.backtest import BID_MIN_VALUE, BacktestConfig, BacktestRun, FastForward, TerminalProgress, run_backtest
-from bot.cli import main
-from bot.engine import Engine
+import bot.lab.backtest as backtest
+from bot.app.cli import main
+from bot.engine.engine import Engine
+from bot.lab.backtest import BID_MIN_VALUE, BacktestConfig, BacktestRun, FastForward, TerminalProgress, run_backtest
 from broker.clock import SimClock
 from broker.sim import SimBroker
 from broker.sim_market import DailyBar, IvSource, PricePath, synthetic_bars

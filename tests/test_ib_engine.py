@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from peewee import Database
 
-from bot.alerts import EventKind, MemorySink
-from bot.engine import Engine
-from bot.report import TickReport
-from bot.settings_service import SettingsService
+from bot.engine.alerts import EventKind, MemorySink
+from bot.engine.engine import Engine
+from bot.engine.settings_service import SettingsService
+from bot.engine.tick_report import TickReport
 from broker.base import BrokerError, ConnectionState
 from broker.clock import SimClock
 from broker.ib import IBBroker
@@ -411,7 +411,7 @@ async def test_the_rate_setting_moves_the_fallback_delta_on_ib(ib_world: WorldFa
     assert min(low, high) < recorded < max(low, high)
     w.settings.update("risk_free_rate", "10", "test")
     w.settings.update("dividend_yield", "0", "test")
-    from bot.actions import select_contract
+    from bot.engine.actions import select_contract
     from strategy.selection import Candidate
 
     snap, _ = await w.engine.snapshot(bars[1].day)

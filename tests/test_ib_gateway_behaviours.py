@@ -17,9 +17,9 @@ from decimal import Decimal
 
 import pytest
 
+from bot.control.views import StatusView
+from bot.engine.orders import ORDER_REF_PREFIX
 from bot.logs import RecentLines, RedactFilter
-from bot.orders import ORDER_REF_PREFIX
-from bot.views import StatusView
 from broker.base import BrokerError, ConnectionState, NotSent, OrderLeg, OrderRequest, OrderStatus
 from broker.ib.orders import BOT_ORDER_REF_PREFIX
 from handlers.format import status_text

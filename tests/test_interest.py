@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import main
-from bot.rates import RateError, parse_cash_rate
+from bot.app.cli import main
+from bot.lab.rates import RateError, parse_cash_rate
 from broker.clock import SimClock
 from broker.sim import SimBroker
 from broker.sim_market import CashRate, IvSource, PricePath

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bot.alerts import Event, EventKind
-from bot.notifier import JOIN_LIMIT, TelegramNotifier
+from bot.engine.alerts import Event, EventKind
+from handlers.notifier import JOIN_LIMIT, TelegramNotifier
 from storage import outbox
 from storage.models import AlertRecord
 from tests.tg_harness import ADMIN, ADMIN2, Call, Tg, Unanswered, bad_request, bars_oc, open_tg

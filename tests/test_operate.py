@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from peewee import Database
 
-from bot.alerts import EventKind
-from bot.runner import adopt_ledger
+from bot.app.runner import adopt_ledger
+from bot.engine.alerts import EventKind
 from broker.sim import SimBroker
 from broker.sim_market import IvSource
 from storage import journal, ledger
@@ -110,7 +110,7 @@ async def test_status_shows_the_pause_and_the_session(tg: Tg) -> None:
 
 
 async def test_a_sim_restart_keeps_the_interest_earned(db: Database) -> None:
-    from bot.runner import SIM_INTEREST_KEY
+    from bot.app.runner import SIM_INTEREST_KEY
     from broker.sim_market import CashRate
     from storage import kv
 

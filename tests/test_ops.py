@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from peewee import Database
 
-from bot.cli import main
-from bot.health import check_heartbeat, write_heartbeat
+from bot.app.cli import main
+from bot.app.health import check_heartbeat, write_heartbeat
 from bot.logs import JsonFormatter, RedactFilter
 from storage.backup import daily_backup
 from storage.db import close_database, open_database

@@ -13,9 +13,9 @@ from statistics import median
 
 import pytest
 
-from bot.backtest import BacktestConfig
-from bot.calibrate import calibrate, read_quotes
-from bot.cli import main
+from bot.app.cli import main
+from bot.lab.backtest import BacktestConfig
+from bot.lab.calibrate import calibrate, read_quotes
 from broker.clock import SimClock
 from broker.sim import SimBroker
 from broker.sim_market import IvSource, PricePath, load_ohlc_csv
@@ -184,7 +184,7 @@ def test_calibration_round_trip_recovers_the_parameters() -> None:
 
 
 def test_parameters_survive_a_save_and_a_load(tmp_path: Path) -> None:
-    from bot.pricing import PricingError, load_pricing, save_pricing
+    from bot.lab.pricing import PricingError, load_pricing, save_pricing
 
     save_pricing(TRUE, tmp_path / "p.json", {"quotes": "x.csv"})
     assert load_pricing(tmp_path / "p.json") == TRUE

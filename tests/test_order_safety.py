@@ -11,9 +11,9 @@ from typing import Any
 
 from peewee import Database
 
-from bot import manual
-from bot.alerts import EventKind
-from bot.views import OrdersView
+from bot.control import manual
+from bot.control.views import OrdersView
+from bot.engine.alerts import EventKind
 from broker.base import ConnectionState, OptionChain
 from handlers import format as fmt
 from storage import ledger

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from peewee import Database
 
-from bot.orders import OrderRunner, new_order_ref
+from bot.engine.orders import OrderRunner, new_order_ref
 from broker.base import BrokerError, OrderLeg, OrderRequest, StockContract
 from broker.clock import SimClock
 from storage import ledger

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from bot import paths
-from bot.cli import main
+from bot.app.cli import main
+from bot.lab import paths
 from broker.sim_market import load_rate_series_csv, load_series_csv, synthetic_bars
 from strategy.calendar import nyse
 from strategy.metrics import percentile, worst_window_cagr

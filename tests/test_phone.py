@@ -342,12 +342,12 @@ async def test_logs_are_short_lines_in_new_york_time_and_a_file(tg: Tg) -> None:
 
     await tg.send(ADMIN, "/start")
     setup_logging("INFO")
-    logging.getLogger("bot.engine").warning("a warning " + "x" * 300)
+    logging.getLogger("bot.engine.engine").warning("a warning " + "x" * 300)
     await tg.send(ADMIN, "/logs 1")
     text, document = tg.api.replies(ADMIN)[-2:]
     written = document.files["document"].decode().strip().split("\n")
     full = written[-1]
-    assert full.endswith("WARNING bot.engine: a warning " + "x" * 300)  # as written, in UTC
+    assert full.endswith("WARNING bot.engine.engine: a warning " + "x" * 300)  # as written, in UTC
     at = datetime.fromisoformat(full.split(" ")[0]).astimezone(NY).strftime("%H:%M:%S")
     assert text.text.split("\n") == ["<b>Last 1 log line</b> (ET, redacted; in full in the file)",
                                      f"{at} ⚠️ engine: a warning " + "x" * 99 + "…"]

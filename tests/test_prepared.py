@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from peewee import Database
 
-from bot.backtest import BacktestConfig, run_backtest
+from bot.lab.backtest import BacktestConfig, run_backtest
 from storage import kv, ledger, prepared
 from storage.db import close_database, open_database
 from storage.models import Expiry, Fill, Lot, Order, Roll

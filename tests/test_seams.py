@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from peewee import Database
 
-from bot.alerts import EventKind
-from bot.backtest_report import trade_rows
-from bot.jobs import daily_summary_text
+from bot.app.jobs import daily_summary_text
+from bot.engine.alerts import EventKind
+from bot.lab.backtest_report import trade_rows
 from broker.base import Execution, OrderLeg, OrderRequest, OrderStatus, OrderUpdate
 from storage import ledger
 from storage.db import close_database, open_database

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from bot.alerts import EventKind
+from bot.engine.alerts import EventKind
 from storage import outbox, settings_store
 from storage.models import SettingChange
 from strategy.settings import (

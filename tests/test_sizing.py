@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 from peewee import Database
 
-from bot.alerts import EventKind
+from bot.engine.alerts import EventKind
 from storage import ledger
 from storage.models import Lot, Order, OrderPurpose, Roll, RollStatus
 from strategy.rules import DailyLimits, capped_quantity, option_commission, sized_quantity

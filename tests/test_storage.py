@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from peewee import Database, IntegrityError
 
-from bot.alerts import EventKind, MemorySink
-from bot.settings_service import SettingsService
+from bot.engine.alerts import EventKind, MemorySink
+from bot.engine.settings_service import SettingsService
 from broker.base import Execution, OrderLeg, OrderRequest
 from storage import ledger
 from storage.db import close_database, open_database

@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from bot import sweep_backends
-from bot.cli import build_parser, main
-from bot.sweep import Job, ResultsFile, build_plan, calmar, run_job, run_sweep
-from bot.sweep_backends import ProcessBackend, RayBackend
-from bot.sweep_report import rho_sentence
+from bot.app.cli import build_parser, main
+from bot.lab import sweep_backends
+from bot.lab.sweep import Job, ResultsFile, build_plan, calmar, run_job, run_sweep
+from bot.lab.sweep_backends import ProcessBackend, RayBackend
+from bot.lab.sweep_report import rho_sentence
 from broker.sim_market import synthetic_bars
 from strategy.calendar import nyse
 from strategy.metrics import spearman
@@ -136,7 +136,7 @@ def test_walk_forward_sides_report_resume_and_heatmap(tmp_path: Path, capsys: py
 def test_interrupted_sweep_resumes_from_whole_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "results.csv"
     args = ["sweep", *SHORT, "--grid", "delta=0.5,0.55,0.6,0.65,0.7,0.75", "--workers", "1", "--out", str(out)]
-    proc = subprocess.Popen([sys.executable, "-m", "bot.cli", *args], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "bot.app.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 2):

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bot.alerts import EventKind
+from bot.engine.alerts import EventKind
 from storage import outbox, settings_store
 from storage.models import Admin, AlertRecord, Order, Setting, SettingChange
 from tests.tg_harness import ADMIN, ADMIN2, STRANGER, Tg, bars_oc, open_tg
@@ -451,7 +451,7 @@ async def test_commands_are_registered_and_settings_keyboard_json(tg: Tg) -> Non
 async def test_connection_alerts_are_quiet_in_the_gateways_restart_window(tg: Tg) -> None:
     from datetime import datetime
 
-    from bot.alerts import Event
+    from bot.engine.alerts import Event
     from strategy.calendar import NY
 
     n = tg.parts.notifier

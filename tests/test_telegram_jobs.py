@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.jobs import due_tick
+from bot.app.jobs import due_tick
 from handlers.app import summary_job, tick_job
 from handlers.format import e, split_message
 from storage.models import AlertRecord

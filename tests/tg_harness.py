@@ -22,8 +22,8 @@ import pyotp
 import respx
 from telegram import Update
 
-from bot.config import AppConfig
-from bot.totp import keygen
+from bot.app.config import AppConfig
+from bot.app.totp import keygen
 from broker.clock import SimClock
 from broker.sim import SimBroker, SimFillModel
 from broker.sim_market import DailyBar, IvSource, PricePath

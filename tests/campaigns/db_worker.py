@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bot.backtest import BacktestConfig, run_backtest
+from bot.lab.backtest import BacktestConfig, run_backtest
 from strategy.rules import DailyLimits
 
 

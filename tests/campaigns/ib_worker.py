@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bot.alerts import MemorySink
-from bot.engine import Engine
-from bot.settings_service import SettingsService
+from bot.engine.alerts import MemorySink
+from bot.engine.engine import Engine
+from bot.engine.settings_service import SettingsService
 from storage import settings_store
 from storage.db import close_database, open_database
 from strategy.calendar import nyse

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from peewee import Database
 
-from bot.alerts import MemorySink
-from bot.settings_service import SettingsService
+from bot.engine.alerts import MemorySink
+from bot.engine.settings_service import SettingsService
 from broker.sim_market import CsvError, load_ohlc_csv, load_series_csv
 from storage import settings_store
 from storage.models import AlertRecord, AuditEntry, Order, Setting, SettingChange

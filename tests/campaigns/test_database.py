@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from peewee import Database, OperationalError
 
-from bot.alerts import EventKind
+from bot.engine.alerts import EventKind
 from storage.models import Fill, Order
 from tests.harness import make_world
 from tests.test_engine import bars_oc

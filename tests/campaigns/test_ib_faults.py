@@ -11,7 +11,7 @@ import os
 import random
 from datetime import datetime
 
-from bot.alerts import EventKind
+from bot.engine.alerts import EventKind
 from broker.base import ConnectionState
 from storage import ledger
 from storage.models import Fill

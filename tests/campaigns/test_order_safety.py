@@ -27,11 +27,11 @@ from pathlib import Path
 
 import pytest
 
-from bot import manual
-from bot.alerts import MemorySink
-from bot.engine import Engine
-from bot.orders import ORDER_REF_PREFIX
-from bot.settings_service import SettingsService
+from bot.control import manual
+from bot.engine.alerts import MemorySink
+from bot.engine.engine import Engine
+from bot.engine.orders import ORDER_REF_PREFIX
+from bot.engine.settings_service import SettingsService
 from broker.base import BrokerError
 from broker.clock import SimClock
 from broker.sim import SimBroker, SimFillModel
@@ -191,7 +191,7 @@ class Campaign:
         lots = ledger.open_lots()
         if not lots or not self.broker.up:
             return
-        from bot.orders import new_order_ref
+        from bot.engine.orders import new_order_ref
         from broker.base import OrderLeg, OrderRequest
         lot = lots[0]
         held = self.inner.account.held(lot.contract)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from bot.alerts import EventKind
+from bot.engine.alerts import EventKind
 from storage.models import AlertRecord
 from tests.tg_harness import ADMIN, ADMIN2, Tg, Unanswered, open_tg
 

@@ -12,7 +12,7 @@ out-of-sample backtest, each starting flat with the starting capital:
 
 Results are appended to `--out` one whole line per finished configuration; a rerun with the same
 `--out` skips the configurations already there. Where the jobs run (processes or Ray) is
-`bot.sweep_backends`.
+`bot.lab.sweep_backends`.
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from bot.sweep_backends import Backend, Outcome, ProcessBackend, RayBackend, SweepError, execute
+from bot.lab.sweep_backends import Backend, Outcome, ProcessBackend, RayBackend, SweepError, execute
 
 if TYPE_CHECKING:  # the heavy modules load only when a sweep runs, not for every `qqq-bot` command
-    from bot.backtest import BacktestConfig
+    from bot.lab.backtest import BacktestConfig
     from broker.sim_market import DailyBar
 
 MAX_CONFIGS = 10_000
@@ -127,7 +127,7 @@ def make_config(data: Data, start: date | None, end: date | None, overrides: Ite
                 bars: list[DailyBar] | None) -> BacktestConfig:
     """The one place a sweep builds a `BacktestConfig`: `qqq-bot backtest` with these values.
     Fields it does not name keep the backtest command's defaults."""
-    from bot.backtest import BacktestConfig
+    from bot.lab.backtest import BacktestConfig
 
     return BacktestConfig(csv=data.csv, synthetic_years=data.synthetic_years, seed=data.seed, start=start,
                           end=end, capital=data.capital, iv=data.iv, overrides=list(overrides), bars=bars,
@@ -252,8 +252,8 @@ def _context(data: Data, fixed: tuple[str, ...], split: date | None, first: date
 
 def build_plan(args: argparse.Namespace) -> Plan:
     """Check everything the sweep needs before anything runs or is written (SweepError if not)."""
-    from bot.backtest import BacktestError, load_bars, load_cash_rate, load_iv, load_pricing_inputs
-    from bot.calendar_cache import cached_nyse
+    from bot.lab.backtest import BacktestError, load_bars, load_cash_rate, load_iv, load_pricing_inputs
+    from bot.lab.calendar_cache import cached_nyse
 
     axes = parse_grid(args.grid)
     fixed = parse_fixed(args.overrides, axes)
@@ -313,7 +313,7 @@ _BARS: dict[Data, list[DailyBar]] = {}
 
 def _data_bars(data: Data) -> list[DailyBar]:
     """The whole period's bars, read once per worker process (not once per backtest)."""
-    from bot.backtest import load_bars
+    from bot.lab.backtest import load_bars
 
     bars = _BARS.get(data)
     if bars is None:
@@ -324,7 +324,7 @@ def _data_bars(data: Data) -> list[DailyBar]:
 
 def run_job(job: Job) -> dict[str, Any]:
     """One backtest in a worker: the summary of `qqq-bot backtest` with the job's values."""
-    from bot.backtest import run_backtest
+    from bot.lab.backtest import run_backtest
 
     cfg = make_config(job.data, job.start, job.end, job.overrides, _data_bars(job.data))
     with tempfile.TemporaryDirectory(prefix="qqq-sweep-") as tmp:

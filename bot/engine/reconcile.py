@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from bot.alerts import Emit, EventKind
-from bot.orders import ORDER_REF_PREFIX, OrderRunner
+from bot.engine.alerts import Emit, EventKind
+from bot.engine.orders import ORDER_REF_PREFIX, OrderRunner
 from broker.base import Broker, BrokerOrder, Execution
 from broker.clock import Clock
 from storage import kv, ledger

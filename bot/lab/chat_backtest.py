@@ -142,7 +142,7 @@ async def broker_history(broker: Broker, today: date, now: datetime) -> tuple[li
 
 def _csv_data(csv_path: str, iv_text: str | None, start: date, end: date) -> Data:
     """BACKTEST_CSV / BACKTEST_IV, read and checked (blocking file reads: run in a thread)."""
-    from bot.backtest import BacktestConfig, BacktestError, load_bars, load_iv
+    from bot.lab.backtest import BacktestConfig, BacktestError, load_bars, load_iv
 
     iv = iv_text or FALLBACK_IV
     if iv_text and ":" not in iv_text and not _is_number(iv_text):
@@ -243,8 +243,8 @@ def run_job(job: Job) -> Outcome:
     """Every run of the job, then the chart: what the worker process does."""
     import time
 
-    from bot.backtest import BacktestConfig, run_backtest
-    from bot.charts import equity_curves_png
+    from bot.lab.backtest import BacktestConfig, run_backtest
+    from bot.lab.charts import equity_curves_png
 
     t0 = time.perf_counter()
     curves: list[Curve] = []
@@ -262,11 +262,11 @@ def run_job(job: Job) -> Outcome:
 
 
 async def run_in_process(job: Job, timeout_s: float = JOB_TIMEOUT_S) -> Outcome:
-    """The job in a fresh Python process (`bot.chat_backtest_worker`): nothing of the bot's loop,
+    """The job in a fresh Python process (`bot.lab.chat_backtest_worker`): nothing of the bot's loop,
     database or memory is shared; the job goes in and the outcome comes out pickled over its pipes,
     and a job that runs past ``timeout_s`` is killed."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot.chat_backtest_worker", stdin=asyncio.subprocess.PIPE,
+        sys.executable, "-m", "bot.lab.chat_backtest_worker", stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         out, err = await asyncio.wait_for(proc.communicate(pickle.dumps(job)), timeout_s)

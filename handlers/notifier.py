@@ -36,7 +36,7 @@ from datetime import datetime, time, timedelta
 
 from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
 
-from bot.alerts import Event, EventKind
+from bot.engine.alerts import Event, EventKind
 from storage import outbox
 from storage.models import AlertRecord
 from strategy.calendar import NY
@@ -68,17 +68,6 @@ CONNECTION_KINDS = frozenset({EventKind.DISCONNECT, EventKind.RECONNECT, EventKi
 def in_window(t: time, start: time, end: time) -> bool:
     """Whether ``t`` is in [start, end), a window that may run past midnight."""
     return start <= t < end if start <= end else (t >= start or t < end)
-
-
-def parse_window(text: str) -> tuple[time, time] | None:
-    """'HH:MM-HH:MM' → (start, end); '' → None. Raises ValueError with a clear message."""
-    if not text.strip():
-        return None
-    try:
-        a, b = (time.fromisoformat(part.strip()) for part in text.split("-"))
-    except ValueError:
-        raise ValueError(f"'{text}' is not a window like 23:45-00:15") from None
-    return a, b
 
 
 def _not_modified(error: BadRequest) -> bool:

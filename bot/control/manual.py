@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 
-from bot.actions import BuyPlan, BuyRefusal, buy_now, plan_buy, sell_now
-from bot.alerts import EventKind, actor_id
-from bot.engine import Engine
-from bot.orders import CancelResult, OrderOutcome
+from bot.engine.actions import BuyPlan, BuyRefusal, buy_now, plan_buy, sell_now
+from bot.engine.alerts import EventKind, actor_id
+from bot.engine.engine import Engine
+from bot.engine.orders import CancelResult, OrderOutcome
 from broker.base import BrokerError, NotSent
 from storage import journal, ledger
 from storage.models import LotExit, Order, OrderPurpose, OrderState, Roll, RollStatus

@@ -13,13 +13,11 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import TypeVar
 
-from bot import chat_backtest, manual, reports
-from bot.broker_cache import BROKER_TIMEOUT_S, BrokerCache
-from bot.engine import Engine
-from bot.manual import Done, EntryPreview, Refusal, SellPreview
-from bot.report import TickReport
-from bot.settings_service import SettingsService
-from bot.views import (
+from bot.control import manual
+from bot.control import period_reports as reports
+from bot.control.broker_cache import BROKER_TIMEOUT_S, BrokerCache
+from bot.control.manual import Done, EntryPreview, Refusal, SellPreview
+from bot.control.views import (
     AccountView,
     ComparisonView,
     LotRow,
@@ -29,6 +27,10 @@ from bot.views import (
     StatusView,
     TradeRow,
 )
+from bot.engine.engine import Engine
+from bot.engine.settings_service import SettingsService
+from bot.engine.tick_report import TickReport
+from bot.lab import chat_backtest
 from broker.base import Position
 from storage import auth, ledger
 from strategy.accounting import unrealized_pnl

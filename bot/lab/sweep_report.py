@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from bot.sweep import Plan, Result, SweepOutcome, calmar
+from bot.lab.sweep import Plan, Result, SweepOutcome, calmar
 from strategy import metrics
 from strategy.settings import SETTING_SPECS
 

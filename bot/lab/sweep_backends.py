@@ -1,6 +1,6 @@
 """Where a sweep's backtests run: a pool of worker processes, or a Ray cluster. Both take picklable
 jobs and a job function, run at most ``workers`` at a time, and report each job exactly once, a
-crash included (`execute`). What a job is and how results are kept is `bot.sweep`'s business."""
+crash included (`execute`). What a job is and how results are kept is `bot.lab.sweep`'s business."""
 
 from __future__ import annotations
 

@@ -14,14 +14,14 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from bot.actions import Desk, execute_plan
-from bot.alerts import AlertSink, Event, EventKind, actor_id
-from bot.journal import Journal
+from bot.engine.actions import Desk, execute_plan
+from bot.engine.alerts import AlertSink, Event, EventKind, actor_id
+from bot.engine.decision_journal import Journal
+from bot.engine.orders import ORDER_REF_PREFIX, OrderRunner
+from bot.engine.reconcile import reconcile
+from bot.engine.settings_service import SettingsService
+from bot.engine.tick_report import TickReport
 from bot.logs import redactor
-from bot.orders import ORDER_REF_PREFIX, OrderRunner
-from bot.reconcile import reconcile
-from bot.report import TickReport
-from bot.settings_service import SettingsService
 from broker.base import (
     Broker,
     CommissionReport,

@@ -1,5 +1,5 @@
 """`qqq-bot sweep` on the command line: its flags, the JSON it prints and the command itself.
-The sweep runs in `bot.sweep` (on `bot.sweep_backends`); its report is `bot.sweep_report`."""
+The sweep runs in `bot.lab.sweep` (on `bot.lab.sweep_backends`); its report is `bot.lab.sweep_report`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from bot.sweep import (
+from bot.lab.sweep import (
     MAX_CONFIGS,
     RANK_METRICS,
     Plan,
@@ -23,7 +23,7 @@ from bot.sweep import (
     make_backend,
     run_sweep,
 )
-from bot.sweep_backends import SweepError
+from bot.lab.sweep_backends import SweepError
 
 
 def add_sweep_parser(sub: Any, date_type: Callable[[str], date], money_type: Callable[[str], Decimal]) -> None:
@@ -70,7 +70,7 @@ def result_json(outcome: SweepOutcome, plan: Plan, rho: float | None) -> dict[st
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from bot import sweep_report
+    from bot.lab import sweep_report
 
     def fail(message: str) -> int:
         print(f"qqq-bot sweep: {message}", file=sys.stderr)

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-from bot.alerts import AlertSink, Event, EventKind, actor_id
+from bot.engine.alerts import AlertSink, Event, EventKind, actor_id
 from storage import settings_store
 from strategy.settings import (
     PauseMode,

@@ -7,7 +7,7 @@ session keeps its own day's moves (open, high, low and close relative to the pre
 its implied volatility and its cash rate, so a crash keeps its VXN spike and its rates. The first
 session, which only gives the previous close, is the real one. Every path is then `qqq-bot
 backtest` on those bars (same engine, same settings; path ``i``'s intraday paths use seed
-``seed + i``). Paths run on the sweep's process pool or on Ray (`bot.sweep_backends`), and a
+``seed + i``). Paths run on the sweep's process pool or on Ray (`bot.lab.sweep_backends`), and a
 results file (``--out``) makes a rerun resume, as the sweep's does.
 """
 
@@ -28,7 +28,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from bot.sweep_backends import Backend, Outcome, ProcessBackend, RayBackend, SweepError, execute
+from bot.lab.sweep_backends import Backend, Outcome, ProcessBackend, RayBackend, SweepError, execute
 
 if TYPE_CHECKING:
     from broker.sim_market import DailyBar
@@ -127,7 +127,7 @@ class Plan:
 
 
 def _base_config(spec: Spec, bars: list[DailyBar] | None = None) -> Any:
-    from bot.backtest import BacktestConfig
+    from bot.lab.backtest import BacktestConfig
 
     return BacktestConfig(csv=spec.csv, synthetic_years=spec.synthetic_years, seed=spec.seed,
                           start=None if bars else spec.start, end=None if bars else spec.end, capital=spec.capital,
@@ -137,8 +137,8 @@ def _base_config(spec: Spec, bars: list[DailyBar] | None = None) -> Any:
 
 def session_bars(spec: Spec) -> list[DailyBar]:
     """The real history's bars on the calendar's sessions (what every path is rebuilt from)."""
-    from bot.backtest import load_bars
-    from bot.calendar_cache import cached_nyse
+    from bot.lab.backtest import load_bars
+    from bot.lab.calendar_cache import cached_nyse
 
     cal = cached_nyse()
     return [b for b in load_bars(_base_config(spec)) if cal.session(b.day) is not None]
@@ -146,8 +146,8 @@ def session_bars(spec: Spec) -> list[DailyBar]:
 
 def build_plan(spec: Spec, paths: int, out: Path | None = None, chart: Path | None = None) -> Plan:
     """Check everything before anything runs or is written (PathsError if not)."""
-    from bot.backtest import BacktestError, load_cash_rate, load_iv
-    from bot.sweep import Data, _absolute_iv, _context, parse_fixed
+    from bot.lab.backtest import BacktestError, load_cash_rate, load_iv
+    from bot.lab.sweep import Data, _absolute_iv, _context, parse_fixed
 
     if not 1 <= paths <= MAX_PATHS:
         raise PathsError(f"--paths must be 1–{MAX_PATHS:,}, not {paths}")
@@ -190,7 +190,7 @@ _CACHE: dict[Spec, tuple[list[DailyBar], Any, Any]] = {}
 
 def _sources(spec: Spec) -> tuple[list[DailyBar], Any, Any]:
     """The real bars, IV and cash rate, read once per worker process (not once per path)."""
-    from bot.backtest import load_cash_rate, load_iv
+    from bot.lab.backtest import load_cash_rate, load_iv
 
     found = _CACHE.get(spec)
     if found is None:
@@ -222,7 +222,7 @@ def path_config(spec: Spec, path: int) -> Any:
 
 def run_path(job: PathJob) -> dict[str, Any]:
     """One path in a worker: its backtest's figures and its equity every ``EQUITY_EVERY`` sessions."""
-    from bot.backtest import run_backtest
+    from bot.lab.backtest import run_backtest
 
     cfg = path_config(job.spec, job.path)
     with tempfile.TemporaryDirectory(prefix="qqq-paths-") as tmp:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from bot.config import AppConfig
+    from bot.app.config import AppConfig
 
 RunBot = Callable[["AppConfig"], int]
 
@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--min-days", type=int, default=365, help="the table's quotes: at least this many days out")
     _add_data_flags(cal)
     add_pricing_flags(cal)
-    from bot.sweep_cli import add_sweep_parser
+    from bot.lab.sweep_cli import add_sweep_parser
 
     add_sweep_parser(sub, _date, _money)
     return p
@@ -129,7 +129,7 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _data_config(args: argparse.Namespace) -> Any:
-    from bot.backtest import BacktestConfig
+    from bot.lab.backtest import BacktestConfig
 
     cfg = BacktestConfig(csv=args.csv, synthetic_years=args.synthetic_years, seed=args.seed, start=args.start,
                          end=args.end, iv=args.iv, pricing=args.pricing, option_rate=args.option_rate)
@@ -139,8 +139,8 @@ def _data_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_chain(args: argparse.Namespace) -> int:
-    from bot.backtest import BacktestError
-    from bot.chain import DEFAULT_TIME, build_chain, chain_json, format_chain
+    from bot.lab.backtest import BacktestError
+    from bot.lab.chain import DEFAULT_TIME, build_chain, chain_json, format_chain
 
     try:
         view = build_chain(_data_config(args), args.date, args.time or DEFAULT_TIME)
@@ -156,9 +156,9 @@ def cmd_chain(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from bot.backtest import BacktestError, load_pricing_inputs
-    from bot.calibrate import CalibrateError, calibrate, format_calibration, read_quotes, source_of
-    from bot.pricing import save_pricing
+    from bot.lab.backtest import BacktestError, load_pricing_inputs
+    from bot.lab.calibrate import CalibrateError, calibrate, format_calibration, read_quotes, source_of
+    from bot.lab.pricing import save_pricing
 
     try:
         cfg = _data_config(args)
@@ -194,8 +194,8 @@ def _setup_logging(level: str, fmt: str = "text", secrets: list[str] | None = No
 
 
 def cmd_paths(args: argparse.Namespace) -> int:
-    """`qqq-bot backtest --paths N`: the strategy over N bootstrap histories (``bot.paths``)."""
-    from bot import paths, paths_report
+    """`qqq-bot backtest --paths N`: the strategy over N bootstrap histories (``bot.lab.paths``)."""
+    from bot.lab import paths, paths_report
 
     def fail(message: str) -> int:
         print(f"qqq-bot backtest: {message}", file=sys.stderr)
@@ -240,7 +240,7 @@ def cmd_paths(args: argparse.Namespace) -> int:
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
-    from bot.backtest import BacktestConfig, BacktestError, TerminalProgress, run_backtest
+    from bot.lab.backtest import BacktestConfig, BacktestError, TerminalProgress, run_backtest
 
     if args.paths is not None:
         return cmd_paths(args)
@@ -249,7 +249,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         if value is not None:
             print(f"qqq-bot backtest: {flag} needs --paths N", file=sys.stderr)
             return 2
-    from bot.backtest_report import format_report, write_chart
+    from bot.lab.backtest_report import format_report, write_chart
 
     cfg = BacktestConfig(csv=args.csv, synthetic_years=args.synthetic_years, seed=args.seed, start=args.start,
                          cash_rate=args.cash_rate,
@@ -279,8 +279,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 def _ib_bars(args: argparse.Namespace) -> list[Any]:
     from datetime import timedelta
 
-    from bot.backtest import BacktestError, fetch_ib_bars
-    from bot.config import ConfigError, load_config
+    from bot.app.config import ConfigError, load_config
+    from bot.lab.backtest import BacktestError, fetch_ib_bars
 
     try:
         app = load_config()
@@ -292,8 +292,8 @@ def _ib_bars(args: argparse.Namespace) -> list[Any]:
 
 
 def cmd_run(args: argparse.Namespace, run_bot: RunBot | None) -> int:
-    from bot.config import ConfigError, load_config
-    from bot.runner import run_headless
+    from bot.app.config import ConfigError, load_config
+    from bot.app.runner import run_headless
 
     try:
         cfg = load_config()
@@ -311,15 +311,15 @@ def cmd_run(args: argparse.Namespace, run_bot: RunBot | None) -> int:
     if problem is not None:
         print(f"qqq-bot: configuration error: {problem}", file=sys.stderr)
         return 2
-    if run_bot is None:  # `python -m bot.cli run`: the Telegram layer is wired by the qqq-bot entry point
+    if run_bot is None:  # `python -m bot.app.cli run`: the Telegram layer is wired by the qqq-bot entry point
         print("qqq-bot: start the Telegram bot with `qqq-bot run` (or `python -m handlers.app run`)", file=sys.stderr)
         return 2
     return run_bot(cfg)
 
 
 def cmd_totp(args: argparse.Namespace) -> int:
-    from bot.config import ConfigError, load_config
-    from bot.totp import enroll_in_terminal, keygen
+    from bot.app.config import ConfigError, load_config
+    from bot.app.totp import enroll_in_terminal, keygen
 
     if args.totp_command == "keygen":
         print(keygen())
@@ -355,8 +355,8 @@ def cmd_health(args: argparse.Namespace) -> int:
     connection is up."""
     from datetime import UTC, datetime
 
-    from bot.config import ConfigError, load_config
-    from bot.health import check_heartbeat
+    from bot.app.config import ConfigError, load_config
+    from bot.app.health import check_heartbeat
     from storage.db import close_database, open_database
 
     try:
@@ -378,7 +378,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from bot.config import ConfigError, load_config
+    from bot.app.config import ConfigError, load_config
     from storage.backup import BackupError, backup_sqlite, sqlite_path
 
     try:
@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None, run_bot: RunBot | None = None) -> int:
         _setup_logging("WARNING")
         return cmd_backtest(args)
     if args.command == "sweep":
-        from bot.sweep_cli import cmd_sweep
+        from bot.lab.sweep_cli import cmd_sweep
 
         _setup_logging("WARNING")
         return cmd_sweep(args)

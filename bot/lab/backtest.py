@@ -15,13 +15,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
 
-from bot.alerts import MemorySink
-from bot.backtest_report import CashFigures, build_result
-from bot.calendar_cache import cached_nyse
-from bot.engine import Engine
-from bot.pricing import PricingError, describe, load_pricing, parse_option_rate
-from bot.rates import RateError, parse_cash_rate
-from bot.settings_service import SettingsService
+from bot.engine.alerts import MemorySink
+from bot.engine.engine import Engine
+from bot.engine.settings_service import SettingsService
+from bot.lab.backtest_report import CashFigures, build_result
+from bot.lab.calendar_cache import cached_nyse
+from bot.lab.pricing import PricingError, describe, load_pricing, parse_option_rate
+from bot.lab.rates import RateError, parse_cash_rate
 from broker.clock import SimClock
 from broker.sim import SimBroker
 from broker.sim_market import (

@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
-log = logging.getLogger("bot.alerts")
+log = logging.getLogger("bot.engine.alerts")
 
 
 class EventKind(StrEnum):

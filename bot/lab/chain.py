@@ -9,7 +9,7 @@ from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any
 
-from bot.backtest import BacktestConfig, BacktestError, load_bars, load_iv, load_pricing_inputs
+from bot.lab.backtest import BacktestConfig, BacktestError, load_bars, load_iv, load_pricing_inputs
 from broker.clock import SimClock
 from broker.sim import SimBroker
 from broker.sim_market import PricePath

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-from bot.alerts import Event, EventKind
+from bot.engine.alerts import Event, EventKind
 from storage import ledger
 from strategy import number_style
 

@@ -1,6 +1,6 @@
 """What the scheduled jobs do, without the scheduler: which aligned tick is due, the heartbeat with
 the daily backup, and the after-close summary. `handlers/app.py` runs them as APScheduler jobs in
-python-telegram-bot's loop; `bot/runner.py` (headless) calls the same functions."""
+python-telegram-bot's loop; `bot/app/runner.py` (headless) calls the same functions."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from bot import reports
-from bot.alerts import EventKind
-from bot.config import AppConfig
-from bot.engine import Engine
-from bot.health import write_heartbeat
-from bot.settings_service import pause_text
+from bot.app.config import AppConfig
+from bot.app.health import write_heartbeat
+from bot.control import period_reports as reports
+from bot.engine.alerts import EventKind
+from bot.engine.engine import Engine
+from bot.engine.settings_service import pause_text
 from broker.clock import Clock
 from storage import kv, ledger
 from strategy import number_style as num

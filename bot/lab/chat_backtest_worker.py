@@ -7,7 +7,7 @@ import logging
 import pickle
 import sys
 
-from bot.chat_backtest import Job, run_job
+from bot.lab.chat_backtest import Job, run_job
 
 
 def main() -> int:

@@ -14,10 +14,10 @@ from decimal import Decimal
 from functools import partial
 from typing import Any, TypeVar
 
-from bot.alerts import Emit, EventKind, actor_id
-from bot.orders import OrderOutcome, OrderRunner, QuoteFn, new_order_ref
-from bot.reconcile import sellable
-from bot.report import TickReport
+from bot.engine.alerts import Emit, EventKind, actor_id
+from bot.engine.orders import OrderOutcome, OrderRunner, QuoteFn, new_order_ref
+from bot.engine.reconcile import sellable
+from bot.engine.tick_report import TickReport
 from broker.base import Broker, BrokerError, NotSent, OrderLeg, OrderRequest, StockContract
 from broker.clock import Clock
 from storage import kv, ledger

@@ -8,7 +8,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from bot.paths import PERCENTILES, WINDOW_YEARS, PathsOutcome, Plan
+from bot.lab.paths import PERCENTILES, WINDOW_YEARS, PathsOutcome, Plan
 from strategy.metrics import percentile
 
 # (label, key in a path's summary, as percent?, buy-and-hold key or None)

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bot.rates import RateError, parse_cash_rate
+from bot.lab.rates import RateError, parse_cash_rate
 from broker.sim_market import CashRate
 from strategy.option_market import DEFAULT_PARAMS, MarketParams
 

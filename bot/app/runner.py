@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from bot.alerts import LogSink, mode_label
-from bot.config import AppConfig
-from bot.engine import Engine
-from bot.jobs import announce_start, heartbeat
-from bot.rates import parse_cash_rate
-from bot.settings_service import SettingsService
+from bot.app.config import AppConfig
+from bot.app.jobs import announce_start, heartbeat
+from bot.engine.alerts import LogSink, mode_label
+from bot.engine.engine import Engine
+from bot.engine.settings_service import SettingsService
+from bot.lab.rates import parse_cash_rate
 from broker.base import Broker, BrokerError, LiveAccountRefused
 from broker.clock import Clock, WallClock
 from storage.db import close_database, open_database
@@ -88,7 +88,7 @@ def make_sim_broker(cfg: AppConfig, clock: Clock) -> Broker:
     market = sim_market_definition(cfg, today, now)
     end = max(today, market.start) + timedelta(days=SIM_AHEAD_DAYS)
     path = PricePath.wall_clock(cal, market.seed, market.start, end, s0=market.s0)
-    from bot.pricing import load_pricing
+    from bot.lab.pricing import load_pricing
 
     return SimBroker(clock, path, IvSource.constant(0.24), calendar=cal, starting_cash=cfg.sim_capital,
                      mixed_account=True, seed=market.seed, cash_rate=parse_cash_rate(cfg.sim_cash_rate),

@@ -150,7 +150,7 @@ def format_report(result: dict[str, Any]) -> str:
     lines.append("buy & hold and the QQQM core are price returns: neither includes QQQ's dividends (the CSV's "
                  "Adj Close has them; about 0.5–1 % a year)")
     if result.get("pricing"):
-        from bot.pricing import one_line
+        from bot.lab.pricing import one_line
 
         lines.append(one_line(result["pricing"]))
     exits = [t for t in option_trades if t["side"] == "SELL"][-10:]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
 
-from bot.backtest import BacktestConfig, BacktestError, load_iv, load_pricing_inputs
+from bot.lab.backtest import BacktestConfig, BacktestError, load_iv, load_pricing_inputs
 from broker.sim_market import load_ohlc_csv
 from broker.sim_options import YEAR_S, OptionPricer, expiry_close
 from strategy.calendar import NY, nyse

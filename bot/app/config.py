@@ -3,6 +3,7 @@ reach of chat commands. A missing or malformed variable stops start-up with one 
 
 from __future__ import annotations
 
+from datetime import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
@@ -11,6 +12,17 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from strategy.rules import DailyLimits
+
+
+def parse_window(text: str) -> tuple[time, time] | None:
+    """'HH:MM-HH:MM' → (start, end); '' → None. Raises ValueError with a clear message."""
+    if not text.strip():
+        return None
+    try:
+        a, b = (time.fromisoformat(part.strip()) for part in text.split("-"))
+    except ValueError:
+        raise ValueError(f"'{text}' is not a window like 23:45-00:15") from None
+    return a, b
 
 
 class AppConfig(BaseSettings):
@@ -47,7 +59,7 @@ class AppConfig(BaseSettings):
     @field_validator("sim_cash_rate", "backtest_cash_rate")
     @classmethod
     def _cash_rate(cls, v: str) -> str:
-        from bot.rates import RateError, parse_cash_rate
+        from bot.lab.rates import RateError, parse_cash_rate
 
         try:
             parse_cash_rate(v)
@@ -58,7 +70,7 @@ class AppConfig(BaseSettings):
     @field_validator("sim_pricing")
     @classmethod
     def _pricing(cls, v: str) -> str:
-        from bot.pricing import PricingError, load_pricing
+        from bot.lab.pricing import PricingError, load_pricing
 
         try:
             load_pricing(v)
@@ -78,8 +90,6 @@ class AppConfig(BaseSettings):
     @field_validator("ib_quiet_window")
     @classmethod
     def _quiet(cls, v: str) -> str:
-        from bot.notifier import parse_window
-
         parse_window(v)
         return v
 

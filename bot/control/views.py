@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from bot import chat_backtest
-from bot.manual import WorkingOrder
+from bot.control.manual import WorkingOrder
+from bot.lab import chat_backtest
 from broker.base import AccountSummary, Position
 from strategy.settings import PauseMode
 

@@ -1,0 +1,1 @@
+"""The engine: ticks, the order lifecycle, reconciliation, the decision journal, settings, alerts."""

@@ -1,0 +1,1 @@
+"""Backtests, their reports and charts, chat backtests, sweeps and their backends."""
