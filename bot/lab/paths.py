@@ -14,12 +14,9 @@ results file (``--out``) makes a rerun resume, as the sweep's does.
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 import json
 import os
 import random
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -28,6 +25,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from bot.lab.results_csv import ResultsCsv
 from bot.lab.sweep_backends import Backend, Outcome, ProcessBackend, RayBackend, SweepError, execute
 
 if TYPE_CHECKING:
@@ -269,70 +267,28 @@ COLUMNS = ("path", "cagr", "max_drawdown_pct", "worst_5y_cagr", "entries", "fina
            "behind_buy_hold", "summary")
 
 
-class PathsFile:
+class PathsFile(ResultsCsv):
     """``--out``: a header, then one whole CSV line per finished path. A rerun with the same file
     (and the same data, settings, seed and block length) reuses its paths and runs the others."""
 
     def __init__(self, path: Path, plan: Plan) -> None:
-        self.path = path
+        super().__init__(path, [*plan.context, *COLUMNS], dict(plan.context), PathsError, "backtest")
         self.plan = plan
-        self.columns = [*plan.context, *COLUMNS]
-        self._fd: int | None = None
 
     def read(self) -> dict[int, dict[str, Any]]:
-        if not self.path.exists():
-            return {}
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise PathsError(f"--out {self.path}: cannot read it ({e})") from None
-        whole = text.split("\n")[:-1]  # the last piece lacks its newline: empty, or a torn line
-        if not whole:
-            return {}
-        if next(csv.reader([whole[0]])) != self.columns:
-            raise PathsError(f"--out {self.path} holds another run's results; use another --out")
         done: dict[int, dict[str, Any]] = {}
-        for n, row in enumerate(csv.DictReader(whole), start=2):
-            for k, v in self.plan.context.items():
-                if row.get(k) != v:
-                    raise PathsError(f"--out {self.path} line {n} is from another run ({k}: {row.get(k)!r}, "
-                                     f"this run: {v!r}); use another --out")
+        for n, row in self.rows():
             try:
                 done[int(row["path"])] = json.loads(row["summary"])
             except (KeyError, TypeError, ValueError):
-                raise PathsError(f"--out {self.path} line {n} is not a result line; use another --out") from None
+                raise self.bad_line(n) from None
         return done
-
-    def open(self) -> None:
-        if self.path.exists():
-            data = self.path.read_bytes()
-            if data and not data.endswith(b"\n"):
-                with self.path.open("r+b") as f:
-                    f.truncate(data.rfind(b"\n") + 1)
-                print(f"qqq-bot backtest: dropped an incomplete last line of {self.path}", file=sys.stderr)
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        if new:
-            self._write(self.columns)
 
     def append(self, s: dict[str, Any]) -> None:
         row = [*self.plan.context.values(), s["path"], s["cagr"], s["max_drawdown_pct"], s["worst_5y_cagr"],
                s["entries"], s["final_equity"], s["buy_hold"]["cagr"], s["behind_buy_hold"],
                json.dumps(s, separators=(",", ":"))]
-        self._write(row)
-
-    def _write(self, values: list[Any]) -> None:
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerow(values)
-        data = buf.getvalue().encode("utf-8")
-        assert self._fd is not None
-        while data:  # one write for a whole line; the loop only guards a short write
-            data = data[os.write(self._fd, data):]
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self.write(row)
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import hashlib
-import io
 import itertools
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Iterable
@@ -36,6 +33,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from bot.lab.results_csv import ResultsCsv
 from bot.lab.sweep_backends import Backend, Outcome, ProcessBackend, RayBackend, SweepError, execute
 
 if TYPE_CHECKING:  # the heavy modules load only when a sweep runs, not for every `qqq-bot` command
@@ -367,60 +365,27 @@ def calmar(summary: dict[str, Any]) -> float:
     return math.inf if cagr > 0 else (-math.inf if cagr < 0 else 0.0)
 
 
-class ResultsFile:
+class ResultsFile(ResultsCsv):
     """``--out``: a header, then one whole CSV line per finished configuration."""
 
     def __init__(self, path: Path, plan: Plan) -> None:
-        self.path = path
+        columns = [*plan.context, *(a.key for a in plan.axes), *METRIC_COLUMNS, *SIDE_COLUMNS, *PARTS]
+        super().__init__(path, columns, dict(plan.context), SweepError, "sweep", "sweep")
         self.plan = plan
-        self.columns = [*plan.context, *(a.key for a in plan.axes), *METRIC_COLUMNS, *SIDE_COLUMNS, *PARTS]
-        self._fd: int | None = None
 
     def read(self) -> dict[tuple[tuple[str, str], ...], Result]:
         """The finished configurations already in the file (SweepError if it holds another sweep)."""
-        if not self.path.exists():
-            return {}
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise SweepError(f"--out {self.path}: cannot read it ({e})") from None
-        lines = text.split("\n")
-        whole = lines[:-1]  # the last piece lacks its newline: empty, or a torn line
-        if not whole:
-            return {}
-        header = next(csv.reader([whole[0]]))
-        if header != self.columns:
-            raise SweepError(f"--out {self.path} holds another sweep's results (columns {', '.join(header[:12])}…); "
-                             "use another --out")
         keys = [a.key for a in self.plan.axes]
         done: dict[tuple[tuple[str, str], ...], Result] = {}
-        for n, row in enumerate(csv.DictReader(whole), start=2):
-            for k, v in self.plan.context.items():
-                if row.get(k) != v:
-                    raise SweepError(f"--out {self.path} line {n} is from another sweep ({k}: {row.get(k)!r}, "
-                                     f"this sweep: {v!r}); use another --out")
+        for n, row in self.rows():
             try:
                 grid = tuple((k, row[k]) for k in keys)
                 parts = {p: json.loads(row[p]) if row[p] else None for p in PARTS}
             except (KeyError, TypeError, ValueError):
-                raise SweepError(f"--out {self.path} line {n} is not a result line; use another --out") from None
+                raise self.bad_line(n) from None
             done[grid] = Result(Config(grid), parts["summary"], parts["in_sample"], parts["out_of_sample"],
                                 resumed=True)
         return done
-
-    def open(self) -> None:
-        """Ready to append; a torn last line (a crash mid-write) is cut off first."""
-        if self.path.exists():
-            data = self.path.read_bytes()
-            if data and not data.endswith(b"\n"):
-                keep = data.rfind(b"\n") + 1
-                with self.path.open("r+b") as f:
-                    f.truncate(keep)
-                print(f"qqq-bot sweep: dropped an incomplete last line of {self.path}", file=sys.stderr)
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        if new:
-            self._write(self.columns)
 
     def append(self, result: Result) -> None:
         s = result.summary or {}
@@ -434,20 +399,7 @@ class ResultsFile:
         for p in PARTS:
             value = result.part(p)
             row[p] = "" if value is None else json.dumps(value, separators=(",", ":"))
-        self._write([row[c] for c in self.columns])
-
-    def _write(self, values: list[Any]) -> None:
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerow(values)
-        data = buf.getvalue().encode("utf-8")
-        assert self._fd is not None
-        while data:  # one write for a whole line; the loop only guards a short write
-            data = data[os.write(self._fd, data):]
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self.write([row[c] for c in self.columns])
 
 
 # --------------------------------------------------------------------------------------------
