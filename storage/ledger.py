@@ -118,6 +118,7 @@ def set_limit(order_ref: str, limit: Decimal) -> None:
 def finish_order(order_ref: str, status: OrderState, at: datetime, message: str = "") -> bool:
     """Move an order to a final status once, as the lifecycle allows; returns False when it
     already was final (or the move is not allowed)."""
+    status = OrderState(status)
     assert status.is_final, status
     return move_order(order_ref, status, at, message)
 
