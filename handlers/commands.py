@@ -175,7 +175,8 @@ async def alert_action(update: Update, context: BotContext) -> None:
     assert query is not None and user is not None
     action = (query.data or "").removeprefix(ALERT_PREFIX)
     what, _, arg = action.partition(":")
-    if what not in ("positions", "why", "sell") or (arg and not arg.isdigit()) or (what == "sell" and not arg):
+    if what not in ("positions", "why", "sell") or (arg and not (arg.isascii() and arg.isdigit())) \
+            or (what == "sell" and not arg):
         await query.answer("This button is not valid.", show_alert=True)
         return
     await query.answer()

@@ -146,3 +146,13 @@ def test_only_sqlite_database_urls_start(url: str, monkeypatch: pytest.MonkeyPat
     assert len(err) == 1 and err[0].startswith("qqq-bot: configuration error: DATABASE_URL: only SQLite")
     with pytest.raises(ValueError, match="only SQLite"):
         open_database(url)
+
+
+@pytest.mark.parametrize("ids", ["12,²", "١٢", "12,①"])
+def test_admin_ids_in_other_digits_stop_start_up_with_one_line(ids: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """'²'.isdigit() is True but int('²') fails: such an id is refused at start-up, naming the variable."""
+    from bot.app.config import ConfigError, load_config
+
+    monkeypatch.setenv("ADMIN_USER_IDS", ids)
+    with pytest.raises(ConfigError, match=r"^ADMIN_USER_IDS: '.+' is not a Telegram user id"):
+        load_config()

@@ -97,7 +97,7 @@ class AppConfig(BaseSettings):
     @classmethod
     def _user_ids(cls, v: str) -> str:
         for part in v.replace(" ", "").split(","):
-            if part and not part.isdigit():
+            if part and not (part.isascii() and part.isdigit()):  # '²'.isdigit() is True, int('²') fails
                 raise ValueError(f"'{part}' is not a Telegram user id (comma-separated positive numbers)")
         return v
 
@@ -107,7 +107,7 @@ class AppConfig(BaseSettings):
         if v is None or not v.get_secret_value():
             return None
         bot_id, _, rest = v.get_secret_value().partition(":")
-        if not bot_id.isdigit() or len(rest) < 20:
+        if not (bot_id.isascii() and bot_id.isdigit()) or len(rest) < 20:
             raise ValueError("does not look like a BotFather token (123456:ABC...)")
         return v
 

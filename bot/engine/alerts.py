@@ -107,7 +107,7 @@ def actor_id(who: str) -> int | None:
     """The Telegram user id in a ``telegram:123 (@name)`` actor, so the notifier can spare that admin
     an alert about their own action (they have the reply); None for anyone else."""
     head = who.removeprefix("telegram:").split(" ", 1)[0] if who.startswith("telegram:") else ""
-    return int(head) if head.isdigit() else None
+    return int(head) if head.isascii() and head.isdigit() else None
 
 
 def mode_label(mode: str) -> str:
