@@ -175,3 +175,13 @@ def test_real_qqq_history_with_vxn(capsys: pytest.CaptureFixture[str]) -> None:
     check_consistency(result)
     assert result["summary"]["start"] == "2022-01-03"
     assert result["summary"]["buy_hold"]["cagr"] < -0.25  # 2022 was a bad year for QQQ
+
+
+def test_a_backtest_leaves_no_scratch_ledger_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert main(["backtest", "--synthetic-years", "1", "--start", "2025-09-01", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["summary"]
+    assert not list(tmp_path.glob("qqq-backtest-*"))  # its ledger went with it

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+import tempfile
 from collections.abc import Callable
 from datetime import date
 from decimal import Decimal, InvalidOperation
@@ -260,7 +261,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     try:
         if args.source == "ib":
             cfg.bars = _ib_bars(args)
-        run = asyncio.run(run_backtest(cfg, progress=progress))
+        with tempfile.TemporaryDirectory(prefix="qqq-backtest-") as tmp:  # its ledger goes with it
+            run = asyncio.run(run_backtest(cfg, workdir=Path(tmp), progress=progress))
     except BacktestError as e:
         print(f"qqq-bot backtest: {e}", file=sys.stderr)
         return 2
