@@ -111,7 +111,7 @@ def build(
                                 actions=alert_view.actions, rings_anew=frozenset(alert_view.RESULT_KINDS))
     sink = FanoutSink([LogSink(label), notifier])
     settings = SettingsService(sink, clock.now)
-    engine = Engine(broker, clock, calendar or nyse(), settings, sink, cfg.limits)
+    engine = Engine(broker, clock, calendar or nyse(), settings, sink, cfg.limits, record_quotes=cfg.broker == "ib")
     service = BotService(engine, settings, broker.mode,
                          BacktestSources(cfg.backtest_csv or None, cfg.backtest_iv or None, cfg.backtest_cash_rate))
     deps = Deps(service, cfg.admin_user_ids, fernet, timedelta(minutes=cfg.session_ttl_min), label, clock.now,

@@ -56,8 +56,15 @@ def _v4_journal_audit_alert_threads(db: Database) -> None:
         apply(migrator.add_index("alert", ("thread",)))
 
 
+def _v5_leaps_quotes(db: Database) -> None:
+    """leaps_quote: the long-dated option quotes an IB account saw (for `calibrate --from-db`)."""
+    from storage.models import LeapsQuote
+
+    db.create_tables([LeapsQuote], safe=True)
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial, _v2_alert_silent, _v3_expiry,
-                                                _v4_journal_audit_alert_threads]
+                                                _v4_journal_audit_alert_threads, _v5_leaps_quotes]
 
 
 def current_version(db: Database) -> int:

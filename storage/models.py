@@ -350,6 +350,25 @@ class AuditEntry(BaseModel):
     detail = TextField()
 
 
+class LeapsQuote(BaseModel):
+    """A quote of a long-dated option the bot asked its broker for (IB only), kept so that
+    `qqq-bot calibrate --from-db` can fit the simulated market to what this account saw. Capped:
+    the oldest rows go first (`storage.quotes.MAX_ROWS`)."""
+
+    class Meta:
+        table_name = "leaps_quote"
+
+    id = AutoField()
+    at = UtcDateTimeField(index=True)
+    symbol = CharField(max_length=16)
+    expiry = DateField()
+    strike = MoneyField()
+    right = CharField(max_length=1)
+    bid = MoneyField()
+    ask = MoneyField()
+    underlying = MoneyField(null=True)
+
+
 ALL_MODELS: list[type[BaseModel]] = [
     SchemaVersion,
     KeyValue,
@@ -366,6 +385,7 @@ ALL_MODELS: list[type[BaseModel]] = [
     Expiry,
     JournalEntry,
     AuditEntry,
+    LeapsQuote,
 ]
 
 _ = date  # re-exported for type users

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bot.app.config import AppConfig
+    from bot.lab.backtest import BacktestConfig
+    from strategy.calibration import RealQuote
 
 RunBot = Callable[["AppConfig"], int]
 
@@ -95,8 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(ch)
     add_pricing_flags(ch)
     cal = sub.add_parser("calibrate", help="fit the option market's parameters to real quotes (a CSV)")
-    cal.add_argument("quotes", type=Path, metavar="QUOTES.csv",
+    cal.add_argument("quotes", type=Path, metavar="QUOTES.csv", nargs="?",
                      help="columns date,expiry,strike,right,bid,ask[,underlying][,time]")
+    cal.add_argument("--from-db", action="store_true",
+                     help="fit to the LEAPS quotes the bot recorded at IB (the database of DATA_DIR/DATABASE_URL)")
     cal.add_argument("--save", type=Path, metavar="FILE", help="write the fitted parameters here (for --pricing)")
     cal.add_argument("--min-days", type=int, default=365, help="the table's quotes: at least this many days out")
     _add_data_flags(cal)
@@ -158,25 +162,52 @@ def cmd_chain(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from bot.lab.backtest import BacktestError, load_pricing_inputs
-    from bot.lab.calibrate import CalibrateError, calibrate, format_calibration, read_quotes, source_of
+    from bot.lab.calibrate import (
+        CalibrateError,
+        calibrate,
+        format_calibration,
+        read_quotes,
+        source_of,
+    )
     from bot.lab.pricing import save_pricing
 
+    if (args.quotes is None) == (not args.from_db):
+        print("qqq-bot calibrate: give either QUOTES.csv or --from-db", file=sys.stderr)
+        return 2
+    where = args.quotes if args.quotes is not None else "the recorded quotes"
     try:
         cfg = _data_config(args)
         start, _ = load_pricing_inputs(cfg)
-        quotes = read_quotes(args.quotes, cfg)
+        quotes = read_quotes(args.quotes, cfg) if args.quotes is not None else _recorded_quotes(cfg)
         result = calibrate(quotes, start, args.min_days)
     except (BacktestError, CalibrateError) as e:
         print(f"qqq-bot calibrate: {e}", file=sys.stderr)
         return 2
     except ValueError as e:  # no usable quote
-        print(f"qqq-bot calibrate: {args.quotes}: {e}", file=sys.stderr)
+        print(f"qqq-bot calibrate: {where}: {e}", file=sys.stderr)
         return 2
     print(format_calibration(result))
     if args.save:
         save_pricing(result.fit.params, args.save, source_of(args.quotes, result.fit.quotes))
         print(f"\nparameters written to {args.save} (use them with --pricing {args.save} or SIM_PRICING)")
     return 0
+
+
+def _recorded_quotes(cfg: BacktestConfig) -> list[RealQuote]:
+    """The quotes the bot recorded, read from its database (the configuration's)."""
+    from bot.app.config import ConfigError, load_config
+    from bot.lab.calibrate import CalibrateError, read_recorded
+    from storage.db import close_database, open_database
+
+    try:
+        app = load_config()
+    except ConfigError as e:
+        raise CalibrateError(f"configuration: {e}") from None
+    db = open_database(app.db_url)
+    try:
+        return read_recorded(cfg)
+    finally:
+        close_database(db)
 
 
 def add_pricing_flags(p: argparse.ArgumentParser) -> None:

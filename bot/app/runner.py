@@ -171,7 +171,7 @@ async def run_headless(cfg: AppConfig, max_ticks: int | None = None) -> None:
     broker = make_broker(cfg, clock)
     alerts = LogSink(lambda: mode_label(broker.mode))
     settings = SettingsService(alerts, clock.now)
-    engine = Engine(broker, clock, nyse(), settings, alerts, cfg.limits)
+    engine = Engine(broker, clock, nyse(), settings, alerts, cfg.limits, record_quotes=cfg.broker == "ib")
     main = asyncio.current_task()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from functools import partial
 from typing import Any, TypeVar
@@ -75,6 +75,8 @@ class Desk:
     report_error: Callable[[str, BaseException], None]
     note: Callable[[date, str, str, str], object] = lambda day, topic, key, text: None  # the decision journal
     last_chosen_iv: float = 0.25
+    # Keeps the long-dated quotes the broker gave (IB: for `calibrate --from-db`); None: kept nowhere.
+    record_quotes: Callable[[datetime, Decimal | None, list[OptionQuote]], object] | None = None
 
 
 async def execute_plan(
@@ -236,7 +238,10 @@ async def select_contract(desk: Desk, snap: MarketSnapshot, settings: StrategySe
         window = strike_window(chain.strikes, spot, T, iv_guess, settings, width=width)
         new = [k for k in window if k not in quoted]
         if new:
-            for q in await desk.broker.option_quotes([OptionContract("QQQ", expiry, k, "C") for k in new]):
+            got = await desk.broker.option_quotes([OptionContract("QQQ", expiry, k, "C") for k in new])
+            if desk.record_quotes is not None:
+                desk.record_quotes(snap.now, spot, got)
+            for q in got:
                 if is_fresh(q.time, snap.now, settings.max_quote_age_s):  # a stale quote never trades
                     quoted[q.contract.strike] = q
         result = select_strike([quoted[k] for k in window if k in quoted], spot, snap.session, settings)

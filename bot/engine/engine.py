@@ -33,6 +33,7 @@ from broker.base import (
 )
 from broker.clock import Clock
 from storage import kv, ledger
+from storage import quotes as recorded_quotes
 from storage.models import Order, OrderPurpose, OrderState, RollStatus
 from strategy.calendar import NY, SessionCalendar
 from strategy.explain import Reason, explain_tick
@@ -73,6 +74,7 @@ class Engine:
         journal: bool = True,
         private_db: bool = False,
         reconcile_every: timedelta | None = RECONCILE_EVERY,
+        record_quotes: bool = False,
     ) -> None:
         self.broker = broker
         self.clock = clock
@@ -86,7 +88,8 @@ class Engine:
         self._reconciled_at: datetime | None = None
         self.runner = OrderRunner(broker, clock, self._send_gate)
         self.journal = Journal(clock.now, enabled=journal)
-        self.desk = Desk(broker, clock, self.runner, self.limits, self.emit, self.report_error, self.journal.note)
+        self.desk = Desk(broker, clock, self.runner, self.limits, self.emit, self.report_error, self.journal.note,
+                         record_quotes=self._record_quotes if record_quotes else None)
         self.ready = False
         self.last_report: TickReport | None = None
         self._lock = asyncio.Lock()
@@ -123,6 +126,13 @@ class Engine:
             self.alerts.emit(Event(kind, text, self.clock.now(), dict(data)))
         except Exception:
             log.exception("alert sink failed for %s", kind)
+
+    def _record_quotes(self, at: datetime, underlying: Decimal | None, quotes: list[OptionQuote]) -> None:
+        """Keep the long-dated quotes the broker gave (for `calibrate --from-db`); never breaks a tick."""
+        try:
+            recorded_quotes.record(at, underlying, quotes)
+        except Exception:
+            log.exception("could not keep the option quotes")
 
     def _send_gate(self, purpose: OrderPurpose, manual: bool) -> str | None:
         """Why an order must not leave now, read at the last moment before it is sent: the engine is
@@ -317,6 +327,8 @@ class Engine:
         lot_quotes: dict[int, OptionQuote] = {}
         if book.open_lots:
             quotes = await self.broker.option_quotes([lot.contract for lot in book.open_lots])
+            if self.desk.record_quotes is not None:
+                self.desk.record_quotes(now, qqq.price, quotes)
             by_contract = {q.contract: q for q in quotes}
             for lot in book.open_lots:
                 q = by_contract.get(lot.contract)

@@ -57,6 +57,26 @@ def read_quotes(path: Path, cfg: BacktestConfig) -> list[RealQuote]:
     if not rows:
         raise CalibrateError(f"{path}: the file is empty")
     header = [h.strip().lower() for h in rows[0]]
+    return quotes_from_rows(header, rows[1:], cfg, str(path))
+
+
+def read_recorded(cfg: BacktestConfig) -> list[RealQuote]:
+    """The quotes the bot recorded at its broker (the open database's ``leaps_quote``), as
+    `read_quotes` reads a CSV."""
+    from storage import quotes as recorded_quotes
+
+    rows = recorded_quotes.recorded()
+    if not rows:
+        raise CalibrateError("the database holds no recorded quotes yet (the bot records the LEAPS quotes it "
+                             "asks IB for, with BROKER=ib)")
+    header = list(rows[0])
+    return quotes_from_rows(header, [[r[h] for h in header] for r in rows], cfg, "the recorded quotes")
+
+
+def quotes_from_rows(header: list[str], rows: list[list[str]], cfg: BacktestConfig, where: str) -> list[RealQuote]:
+    """Quote rows under ``header`` (date, expiry, strike, right, bid, ask[, underlying][, time]), each
+    with what the model knows at its time."""
+    path = where
     missing = [c for c in REQUIRED if c not in header]
     if missing:
         raise CalibrateError(f"{path}: missing column(s) {', '.join(missing)} (need {','.join(REQUIRED)}; "
@@ -75,7 +95,7 @@ def read_quotes(path: Path, cfg: BacktestConfig) -> list[RealQuote]:
     cal = nyse()
     pricer = OptionPricer(cal, iv, params=params, rate_series=rate)
     out: list[RealQuote] = []
-    for n, row in enumerate(rows[1:], start=2):
+    for n, row in enumerate(rows, start=2):
         if not any(c.strip() for c in row):
             continue
         try:
@@ -122,5 +142,8 @@ def format_calibration(c: Calibration) -> str:
     return "\n".join(lines)
 
 
-def source_of(path: Path, count: int) -> dict[str, object]:
+def source_of(path: Path | None, count: int) -> dict[str, object]:
+    """Where the fitted quotes came from, for the saved parameters' file."""
+    if path is None:
+        return {"quotes": "recorded by the bot (leaps_quote)", "count": count}
     return {"quotes": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16], "count": count}
