@@ -113,7 +113,8 @@ def build(
     settings = SettingsService(sink, clock.now)
     engine = Engine(broker, clock, calendar or nyse(), settings, sink, cfg.limits, record_quotes=cfg.broker == "ib")
     service = BotService(engine, settings, broker.mode,
-                         BacktestSources(cfg.backtest_csv or None, cfg.backtest_iv or None, cfg.backtest_cash_rate))
+                         BacktestSources(cfg.backtest_csv or None, cfg.backtest_iv or None, cfg.backtest_cash_rate,
+                                         cfg.sim_pricing))
     deps = Deps(service, cfg.admin_user_ids, fernet, timedelta(minutes=cfg.session_ttl_min), label, clock.now,
                 notifier)
     parts = BotParts(app, engine, notifier, deps, db, clock, cfg)

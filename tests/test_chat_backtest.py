@@ -149,3 +149,24 @@ def test_the_current_settings_become_the_backtests_overrides() -> None:
     s = StrategySettings().with_value("entry_drop_pct", 2).with_value("paused", "all")
     assert chat_backtest.overrides_of(s) == ["entry_drop_pct=2"]  # a paused bot's backtest still trades
     assert make_cfg  # the harness builds the config the bot reads BACKTEST_* from
+
+
+def test_a_chat_backtest_prices_with_the_sim_brokers_parameters_file(tmp_path: Path) -> None:
+    """SIM_PRICING reaches /backtest's runs: with spreads four times wider, fewer contracts pass
+    max_spread_pct and the run enters less than on the built-in market."""
+    from dataclasses import replace
+    from decimal import Decimal
+
+    from bot.lab.pricing import save_pricing
+    from strategy.option_market import DEFAULT_PARAMS
+    from strategy.rules import DailyLimits
+
+    wide = tmp_path / "wide.json"
+    save_pricing(replace(DEFAULT_PARAMS, spread_pct=DEFAULT_PARAMS.spread_pct * 4,
+                         spread_floor=DEFAULT_PARAMS.spread_floor * 4), wide, {"quotes": "test"})
+    bars = synthetic_bars(nyse().sessions_between(date(2023, 1, 3), date(2024, 12, 31)), seed=5, s0=400.0)
+    runs = (("current settings", ()),)
+    base = chat_backtest.Job(bars, "0.22", Decimal(100_000), "0", DailyLimits(), runs)
+    plain = chat_backtest.run_job(base).curves[0].summary
+    widened = chat_backtest.run_job(replace(base, pricing=str(wide))).curves[0].summary
+    assert plain["entries"] > widened["entries"]

@@ -52,12 +52,14 @@ async def _nothing() -> None:
 
 @dataclass(frozen=True, slots=True)
 class BacktestSources:
-    """Where /backtest takes its data when not from the broker (BACKTEST_CSV / BACKTEST_IV), and the
-    interest on idle cash it credits (BACKTEST_CASH_RATE)."""
+    """Where /backtest takes its data when not from the broker (BACKTEST_CSV / BACKTEST_IV), the
+    interest on idle cash it credits (BACKTEST_CASH_RATE), and the option market's parameters it
+    prices with (SIM_PRICING, as the sim broker; empty: the built-in ones)."""
 
     csv: str | None = None
     iv: str | None = None
     cash_rate: str = "0"
+    pricing: str = ""
 
 
 class BotService:
@@ -343,7 +345,8 @@ class BotService:
             data = await asyncio.wait_for(chat_backtest.load_data(
                 self.engine.broker, now.astimezone(NY).date(), now, request.years, src.csv, src.iv, Path(tmp)),
                 CHECK_TIMEOUT_S * 2)
-            job = chat_backtest.Job(data.bars, data.iv, capital, src.cash_rate, self.engine.limits, tuple(runs))
+            job = chat_backtest.Job(data.bars, data.iv, capital, src.cash_rate, self.engine.limits, tuple(runs),
+                                    src.pricing)
             try:
                 outcome = await chat_backtest.run_in_process(job)
             except TimeoutError:

@@ -221,6 +221,7 @@ class Job:
     cash_rate: str
     limits: DailyLimits
     runs: tuple[tuple[str, tuple[str, ...]], ...]  # (label, --set overrides) per strategy curve
+    pricing: str = ""  # the option market's parameters file (SIM_PRICING); empty: the built-in ones
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +252,7 @@ def run_job(job: Job) -> Outcome:
     buy_hold: list[float] = []
     for label, overrides in job.runs:
         cfg = BacktestConfig(bars=job.bars, iv=job.iv, capital=job.capital, overrides=list(overrides),
-                             limits=job.limits, cash_rate=job.cash_rate)
+                             limits=job.limits, cash_rate=job.cash_rate, pricing=job.pricing)
         with tempfile.TemporaryDirectory(prefix="qqq-chat-backtest-") as tmp:
             run = asyncio.run(run_backtest(cfg, workdir=Path(tmp)))
         curves.append(Curve(label, run.result["summary"], [e["date"] for e in run.result["equity"]],
